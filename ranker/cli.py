@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -35,6 +36,13 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
     from ranker.synth import build_world
 
     engine = get_engine()
+    if args.if_empty:
+        from ranker.db import ensure_schema
+        from ranker.synth import is_empty
+
+        if not is_empty(ensure_schema(engine)):
+            print(f"{mask_url(str(engine.url))} already holds data; keeping it")
+            return 0
     counts = build_world(engine, seed=args.seed, preset=args.preset, scale=args.scale,
                          force=args.force, show_bar=True)
     print(f"demo world built in {mask_url(str(engine.url))} "
@@ -112,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no-context: recency, popularity and diversity carry no signal")
     init.add_argument("--scale", choices=("small", "default", "large"), default="default")
     init.add_argument("--force", action="store_true", help="replace a non-empty database")
+    init.add_argument("--if-empty", action="store_true",
+                      help="do nothing when the database already holds data (used by `make run`)")
     init.set_defaults(handler=cmd_demo_init)
 
     db = sub.add_parser("db", help="database information and migrations").add_subparsers(
@@ -122,18 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="migrate the schema in place, keeping data").set_defaults(
         handler=cmd_db_upgrade)
 
-    for register in _EXTENSIONS:
-        register(sub)
+    from ranker.commands import MODULES
+
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_commands(sub)
     return parser
-
-
-#: Other modules add their subcommands here (see ``register``).
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def register(fn: Callable[[argparse._SubParsersAction], None]) -> Callable:
-    _EXTENSIONS.append(fn)
-    return fn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,4 +166,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "register", "CLIError", "config"]
+__all__ = ["main", "CLIError", "config"]

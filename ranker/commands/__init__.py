@@ -1,0 +1,9 @@
+"""Subcommands of the ``ranker`` CLI, one module per area.
+
+Each module listed in :data:`MODULES` defines ``add_commands(sub)``, which adds its
+parsers to the top-level subparsers and sets ``handler`` on each.
+"""
+
+MODULES = (
+    "ranker.commands.base",
+)

@@ -1,0 +1,106 @@
+"""The data layer on SQLite and PostgreSQL: schema round trip, migrations, errors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from ranker import db
+from ranker.schema import Base, Impression, Interaction, Item, Outcome, Setting, User
+from ranker.truth import WorldTruth
+
+
+def _round_trip(engine: Engine) -> None:
+    db.upgrade(engine)
+    t0 = datetime(2026, 1, 1, 12, 30, 5)
+    with db.session_scope(engine) as s:
+        u = User(name="ada", role="developer", category="ai", field="ml", created_at=t0)
+        i = Item(item_type="startup", name="acme", category="ai", field="b2b-saas", type="seed",
+                 created_at=t0, updated_at=t0, views=7)
+        s.add_all([u, i])
+        s.flush()
+        s.add(Interaction(user_id=u.id, item_id=i.id, kind="like", created_at=t0))
+        imp = Impression(request_id="r1", user_id=u.id, item_id=i.id, flow="developer-startup",
+                         arm="treatment", position=0, score=0.9, model_version="rule",
+                         features={"model_score": 1.0, "recency": 0.5}, served_at=t0)
+        s.add(imp)
+        s.flush()
+        s.add(Outcome(impression_id=imp.id, kind="click", created_at=t0))
+        db.put_setting(s, "rule_weights", {"model_score": 0.5})
+    with db.session_scope(engine) as s:
+        item = s.scalars(select(Item)).one()
+        assert (item.name, item.category, item.views, item.created_at) == ("acme", "ai", 7, t0)
+        inter = s.scalars(select(Interaction)).one()
+        assert (inter.kind, inter.user_id, inter.item_id) == ("like", item.id - item.id + inter.user_id,
+                                                              item.id)
+        imp = s.scalars(select(Impression)).one()
+        assert imp.features == {"model_score": 1.0, "recency": 0.5}
+        assert db.get_setting(s, "rule_weights") == {"model_score": 0.5}
+        assert s.scalars(select(Setting.key)).all() == ["rule_weights"]
+    counts = db.table_counts(engine)
+    assert counts["users"] == 1 and counts["outcomes"] == 1 and counts["impressions"] == 1
+
+
+def test_schema_round_trip_sqlite(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'rt.db'}")
+    _round_trip(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+@pytest.mark.postgres
+def test_schema_round_trip_postgres(pg_url):
+    engine = db.make_engine(pg_url)
+    with engine.begin() as conn:  # a clean slate in the shared test database
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    try:
+        _round_trip(engine)
+        assert db.schema_revision(engine) == db.head_revision()
+    finally:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+
+
+def test_upgrade_keeps_existing_rows(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'up.db'}")
+    db.upgrade(engine)
+    with db.session_scope(engine) as s:
+        s.add(User(name="x", role="founder", created_at=datetime(2026, 1, 1)))
+    assert db.upgrade(engine) == db.head_revision()  # a second upgrade is a no-op
+    assert db.table_counts(engine)["users"] == 1
+
+
+def test_world_truth_table_is_separate_from_observable_schema():
+    observable = {t.name for t in Base.metadata.sorted_tables} - {WorldTruth.__tablename__}
+    assert "world_truth" not in observable
+    assert "items" in observable
+
+
+def test_unknown_scheme_is_refused_with_masked_url():
+    with pytest.raises(db.DatabaseError) as err:
+        db.make_engine("mysql://bob:hunter2@db.example/ranker")
+    assert "hunter2" not in str(err.value)
+    assert "mysql" in str(err.value) and "***" in str(err.value)
+
+
+def test_unreachable_server_names_url_without_password():
+    engine = db.make_engine("postgresql+psycopg://bob:hunter2@127.0.0.1:1/nothing")
+    with pytest.raises(db.DatabaseError) as err:
+        db.check_connection(engine)
+    message = str(err.value)
+    assert "hunter2" not in message
+    assert "127.0.0.1:1" in message and "RANKER_DATABASE_URL" in message
+
+
+def test_plain_postgresql_scheme_uses_psycopg3():
+    engine = db.make_engine("postgresql://u@127.0.0.1:1/x")
+    assert engine.dialect.driver == "psycopg"
