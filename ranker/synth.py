@@ -36,7 +36,14 @@ from ranker.schema import (
     Setting,
     User,
 )
-from ranker.truth import GroundTruth, WorldParams, WorldTruth, attraction_logits, save_truth
+from ranker.truth import (
+    GroundTruth,
+    WorldParams,
+    WorldTruth,
+    attraction_logits,
+    examination_probability,
+    save_truth,
+)
 
 #: The demo history ends here. Fixed, so a seed always gives the same rows.
 WORLD_END = datetime(2026, 1, 1)
@@ -313,7 +320,7 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
             age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
             logits = attraction_logits(truth, int(user_ids[u]), item_ids[shown], age_days,
                                        items["category"][shown])
-            exam = rng.random(LIST_LENGTH) < 1.0 / np.arange(1, LIST_LENGTH + 1) ** truth.params.examination_decay
+            exam = rng.random(LIST_LENGTH) < examination_probability(truth.params, LIST_LENGTH)
             click = exam & (rng.random(LIST_LENGTH) < _sigmoid(logits))
             positive = click & (rng.random(LIST_LENGTH) < truth.params.positive_given_click)
             uid = int(user_ids[u])

@@ -53,8 +53,9 @@ def test_bad_url_is_one_line_error_with_masked_password(monkeypatch, capsys):
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_zero_or_negative_sizes_are_rejected(value, capsys):
-    from ranker.cli import _positive_int
     import argparse
+
+    from ranker.cli import _positive_int
 
     with pytest.raises(argparse.ArgumentTypeError):
         _positive_int(value)
