@@ -76,3 +76,69 @@ def pairwise_logistic_loss(scores: Tensor, labels: Tensor, groups: Tensor) -> Te
         return scores.sum() * 0.0
     diff = scores.unsqueeze(1) - scores.unsqueeze(0)  # (N, N): s_i - s_j
     return F.softplus(-diff[mask]).mean()
+
+
+def pairwise_logistic_loss_from_pairs(scores: Tensor, better: Tensor, worse: Tensor) -> Tensor:
+    """The same loss over precomputed pairs: ``mean(softplus(-(s[better] - s[worse])))``.
+
+    Parameters
+    ----------
+    scores : Tensor, shape (N,)
+    better, worse : Tensor, shape (P,), int64
+        Row indices of each pair; ``better[p]`` should rank above ``worse[p]``.
+
+    Linear in N + P, so training can use it on any batch size; with the pairs from
+    :func:`same_group_pairs` it equals :func:`pairwise_logistic_loss`.
+    """
+    if better.numel() == 0:
+        return scores.sum() * 0.0
+    return F.softplus(-(scores[better] - scores[worse])).mean()
+
+
+def same_group_pairs(labels, groups):
+    """All (better, worse) row-index pairs within the same group, as numpy int64 arrays.
+
+    ``labels`` and ``groups`` are numpy arrays of shape (N,). Pairs are built group by
+    group, so memory is the number of pairs, not N**2.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=np.int64)
+    if np.isin(labels, (0, 1)).all():
+        return _binary_pairs(labels, groups)
+    order = np.lexsort((-labels, groups))
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(g)]
+    better, worse = [], []
+    for a, b in zip(starts, ends):
+        if b - a < 2:
+            continue
+        rows = order[a:b]
+        lab = labels[rows]
+        if lab[0] == lab[-1]:
+            continue
+        i, j = np.nonzero(lab[:, None] > lab[None, :])
+        better.append(rows[i])
+        worse.append(rows[j])
+    if not better:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(better).astype(np.int64), np.concatenate(worse).astype(np.int64)
+
+
+def _binary_pairs(labels, groups):
+    """Vectorised positives x negatives cross join within each group (0/1 labels)."""
+    import numpy as np
+
+    pos = np.flatnonzero(labels == 1)
+    neg = np.flatnonzero(labels == 0)
+    neg = neg[np.argsort(groups[neg], kind="stable")]
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    ncount = np.bincount(groups[neg], minlength=n_groups)
+    nstart = np.cumsum(ncount) - ncount
+    reps = ncount[groups[pos]]
+    better = np.repeat(pos, reps)
+    offsets = np.arange(len(better)) - np.repeat(np.cumsum(reps) - reps, reps)
+    worse = neg[np.repeat(nstart[groups[pos]], reps) + offsets]
+    return better.astype(np.int64), worse.astype(np.int64)
