@@ -49,6 +49,11 @@ class Dataset:
     item_ids: np.ndarray
     source: str = ""
 
+    def __post_init__(self) -> None:
+        self.x = np.require(self.x, np.float32, ["C", "W"])
+        self.y = np.require(self.y, np.float32, ["C", "W"])
+        self.groups = np.require(self.groups, np.int64, ["C", "W"])
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -271,7 +276,7 @@ def train(
                 raise TrainingError("training cancelled")
             loss = pairwise_logistic_loss_from_pairs(model(x_all[torch.from_numpy(idx)]), better, worse)
             if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
+                raise TrainingError(f"loss became {float(loss.detach())} at epoch {epoch}; nothing was saved. "
                                     "Lower --lr or check the data for extreme values")
             opt.zero_grad()
             loss.backward()

@@ -1,0 +1,213 @@
+"""Serving: ``recommend(user_id, flow, k)``.
+
+Base candidates (``fetch_multiplier × k``) → greedy rerank → top k. Trending lists
+(users with no history) are served as they are, with ``reranked: false``. The
+result carries the items, their scores, their features as served, each feature's
+contribution to the score, the model version and the experiment arm.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+
+from ranker import config
+from ranker.catalog import Catalog, counts_as_of, load_catalog, make_context
+from ranker.clock import serve_now
+from ranker.db import get_engine, get_setting, session_scope
+from ranker.features import feature_names, list_features
+from ranker.registry import ActiveModel
+from ranker.rerank import RuleScorer, Scorer, greedy_rerank
+from ranker.schema import Interaction, Item, User
+
+log = logging.getLogger(__name__)
+CATALOG_TTL_S = 5.0
+
+
+@dataclass
+class RecommendedItem:
+    item_id: int
+    position: int
+    score: float | None
+    base_score: float
+    base_rank: int  # 0-based position in the base order
+    features: dict[str, float]
+    contributions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Recommendation:
+    request_id: str
+    user_id: int
+    flow: str
+    k: int
+    reranked: bool
+    arm: str
+    model_version: str  # a registry version, "rule", "base" (control arm) or "trending"
+    base_model: str
+    served_at: datetime
+    fallback: str | None  # why the neural ranker or personalisation was not used
+    items: list[RecommendedItem]
+
+    @property
+    def item_ids(self) -> list[int]:
+        return [i.item_id for i in self.items]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["served_at"] = self.served_at.isoformat()
+        return d
+
+
+class _Counts:
+    """Item counts strictly before a moment, kept current incrementally."""
+
+    def __init__(self) -> None:
+        self.as_of: datetime | None = None
+        self.views: np.ndarray | None = None
+        self.other: np.ndarray | None = None
+
+    def get(self, engine: Engine, catalog: Catalog, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
+        if self.as_of is None or as_of < self.as_of or self.views is None or len(self.views) != len(catalog):
+            self.views, self.other = counts_as_of(engine, catalog, as_of)
+        elif as_of > self.as_of:
+            stmt = select(Interaction.item_id, Interaction.kind).where(
+                Interaction.created_at >= self.as_of, Interaction.created_at < as_of)
+            with engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+            if rows:
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                is_view = np.array([r[1] == "view" for r in rows])
+                pos = catalog.index(ids)
+                np.add.at(self.views, pos[is_view], 1.0)
+                np.add.at(self.other, pos[~is_view], 1.0)
+        self.as_of = as_of
+        return self.views, self.other
+
+
+class Service:
+    """Process-wide serving state for one database: catalogue, counts, active model."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.model = ActiveModel()
+        self._lock = threading.RLock()
+        self._catalog: Catalog | None = None
+        self._catalog_sig: tuple | None = None
+        self._catalog_checked = 0.0
+        self._counts = _Counts()
+
+    def catalog(self) -> Catalog:
+        now = time.monotonic()
+        if self._catalog is not None and now - self._catalog_checked < CATALOG_TTL_S:
+            return self._catalog
+        with self.engine.connect() as conn:
+            stmt = select(func.count(), func.max(Item.id), func.max(Item.updated_at))
+            sig = tuple(conn.execute(stmt).one())
+        if sig != self._catalog_sig:
+            self._catalog, self._catalog_sig = load_catalog(self.engine), sig
+            self._counts = _Counts()
+        self._catalog_checked = now
+        return self._catalog
+
+    def invalidate(self) -> None:
+        """Forget cached catalogue and counts (after an import or a new world)."""
+        with self._lock:
+            self._catalog, self._catalog_sig, self._counts = None, None, _Counts()
+
+    def scorer(self) -> tuple[Scorer, str | None]:
+        """The active neural scorer, or the rule scorer and the reason for the fallback."""
+        neural = self.model.get()
+        if neural is not None:
+            return neural, None
+        with session_scope(self.engine) as s:
+            weights = get_setting(s, "rule_weights") or config.DEFAULT_RULE_WEIGHTS
+        return RuleScorer(weights), self.model.reason
+
+    def recommend(self, user_id: int, flow: str, k: int = config.DEFAULT_K, *,
+                  as_of: datetime | None = None, arm: str = "treatment",
+                  base_model: str = "ensemble", scorer: Scorer | None = None) -> Recommendation:
+        from ranker.flows import candidates
+
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
+        if arm not in config.ARMS:
+            raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(config.ARMS)}")
+        with session_scope(self.engine) as s:
+            as_of = as_of or serve_now(s)
+            user = s.get(User, int(user_id))
+            ucat, ufield = (user.category, user.field) if user else (None, None)
+        cands = candidates(user_id, flow, config.FETCH_MULTIPLIER * k, engine=self.engine,
+                           model=base_model, as_of=as_of)
+        with self._lock:
+            catalog = self.catalog()
+            views, other = self._counts.get(self.engine, catalog, as_of)
+        rows = catalog.index(cands.item_ids)
+        ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, user_id,
+                           ucat, ufield)
+        names = feature_names()
+        request_id = uuid.uuid4().hex
+        base_rank = np.arange(len(rows))
+
+        if cands.fallback or arm == "control" or len(rows) == 0:
+            top = np.arange(min(k, len(rows)))
+            x = list_features(_subset(ctx, top))
+            version = "trending" if cands.fallback else "base"
+            items = [RecommendedItem(int(ctx.item_ids[j]), p, None, float(ctx.base_scores[j]), int(j),
+                                     _named(names, x[p])) for p, j in enumerate(top)]
+            reason = "no history for this user: trending list (not reranked)" if cands.fallback else None
+            return Recommendation(request_id, int(user_id), flow, k, False, arm, version, cands.source,
+                                  as_of, reason, items)
+
+        chosen, reason = (scorer, None) if scorer is not None else self.scorer()
+        ranked = greedy_rerank(ctx, chosen, k)
+        contrib = chosen.contributions(ranked.features)
+        items = [
+            RecommendedItem(int(ctx.item_ids[j]), p, float(ranked.scores[p]), float(ctx.base_scores[j]),
+                            int(base_rank[j]), _named(names, ranked.features[p]),
+                            _named(names, contrib[p]))
+            for p, j in enumerate(ranked.order)
+        ]
+        return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version,
+                              cands.source, as_of, reason, items)
+
+
+def _subset(ctx, idx):
+    from dataclasses import replace
+
+    return replace(ctx, item_ids=ctx.item_ids[idx], base_scores=ctx.base_scores[idx],
+                   age_days=ctx.age_days[idx], views=ctx.views[idx],
+                   interactions=ctx.interactions[idx], category=ctx.category[idx],
+                   field=ctx.field[idx], type=ctx.type[idx])
+
+
+def _named(names: list[str], values: np.ndarray) -> dict[str, float]:
+    return {n: round(float(v), 6) for n, v in zip(names, values)}
+
+
+_SERVICES: dict[str, Service] = {}
+_SERVICES_LOCK = threading.Lock()
+
+
+def service(engine: Engine | None = None) -> Service:
+    """The process-wide :class:`Service` for ``engine`` (default: the configured database)."""
+    engine = engine or get_engine()
+    key = engine.url.render_as_string(hide_password=False)
+    with _SERVICES_LOCK:
+        if key not in _SERVICES:
+            _SERVICES[key] = Service(engine)
+        return _SERVICES[key]
+
+
+def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Engine | None = None,
+              as_of: datetime | None = None, arm: str = "treatment") -> Recommendation:
+    """The top ``k`` items for ``user_id`` in ``flow``, reranked unless trending or control."""
+    return service(engine).recommend(user_id, flow, k, as_of=as_of, arm=arm)
