@@ -55,6 +55,9 @@ class DatasetConfig:
     val_output: Path | None = None  # also write the latest ``val_fraction`` of lists here
     val_fraction: float = 0.2
     seed: int = 42
+    #: Explicit feedback window; overrides ``window_days`` (used by time-split evaluation).
+    window_start: datetime | None = None
+    window_end: datetime | None = None
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -151,8 +154,10 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
     from ranker.base import make_base_model
     from ranker.base.base import TrainingData
 
-    now = _clock(engine)
-    start = now - timedelta(days=cfg.window_days)
+    now = cfg.window_end or _clock(engine)
+    start = cfg.window_start or now - timedelta(days=cfg.window_days)
+    if start >= now:
+        raise ValueError(f"empty dataset window: {start} is not before {now}")
     history = load_interactions(engine, until=now)
     if len(history) == 0:
         raise ValueError("the database has no interactions; run `ranker demo init` or import data first")

@@ -93,6 +93,27 @@ class Impression(Base):
     __table_args__ = (Index("ix_impressions_served", "served_at", "arm", "flow"),)
 
 
+class ServedList(Base):
+    """One served list: its arm and list-level diversity and freshness, for SQL aggregation."""
+
+    __tablename__ = "served_lists"
+
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    flow: Mapped[str] = mapped_column(String(40))
+    arm: Mapped[str] = mapped_column(String(20))
+    k: Mapped[int] = mapped_column(Integer)
+    reranked: Mapped[bool] = mapped_column(Boolean)
+    model_version: Mapped[str] = mapped_column(String(60))
+    served_at: Mapped[datetime] = mapped_column(DateTime)
+    ild: Mapped[float] = mapped_column(Float)  # intra-list diversity
+    category_coverage: Mapped[float] = mapped_column(Float)  # distinct categories / list length
+    category_entropy: Mapped[float] = mapped_column(Float)  # nats
+    mean_age_days: Mapped[float] = mapped_column(Float)  # freshness: mean age of served items
+
+    __table_args__ = (Index("ix_served_lists_served", "served_at", "arm", "flow"),)
+
+
 class Outcome(Base):
     """A click or explicit feedback logged against an impression."""
 
@@ -166,6 +187,7 @@ COUNTED_TABLES = (
     "items",
     "interactions",
     "impressions",
+    "served_lists",
     "outcomes",
     "model_versions",
     "jobs",

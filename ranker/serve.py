@@ -56,6 +56,7 @@ class Recommendation:
     served_at: datetime
     fallback: str | None  # why the neural ranker or personalisation was not used
     items: list[RecommendedItem]
+    impression_ids: list[int] = field(default_factory=list)  # set when the list was logged
 
     @property
     def item_ids(self) -> list[int]:
@@ -128,13 +129,18 @@ class Service:
         neural = self.model.get()
         if neural is not None:
             return neural, None
+        return self.rule_scorer(), self.model.reason
+
+    def rule_scorer(self) -> RuleScorer:
+        """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""
         with session_scope(self.engine) as s:
             weights = get_setting(s, "rule_weights") or config.DEFAULT_RULE_WEIGHTS
-        return RuleScorer(weights), self.model.reason
+        return RuleScorer(weights)
 
     def recommend(self, user_id: int, flow: str, k: int = config.DEFAULT_K, *,
                   as_of: datetime | None = None, arm: str = "treatment",
-                  base_model: str = "ensemble", scorer: Scorer | None = None) -> Recommendation:
+                  base_model: str = "ensemble", scorer: Scorer | None = None,
+                  request_id: str | None = None) -> Recommendation:
         from ranker.flows import candidates
 
         if k < 1:
@@ -154,7 +160,7 @@ class Service:
         ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, user_id,
                            ucat, ufield)
         names = feature_names()
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         base_rank = np.arange(len(rows))
 
         if cands.fallback or arm == "control" or len(rows) == 0:
@@ -208,6 +214,27 @@ def service(engine: Engine | None = None) -> Service:
 
 
 def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Engine | None = None,
-              as_of: datetime | None = None, arm: str = "treatment") -> Recommendation:
-    """The top ``k`` items for ``user_id`` in ``flow``, reranked unless trending or control."""
-    return service(engine).recommend(user_id, flow, k, as_of=as_of, arm=arm)
+              as_of: datetime | None = None, arm: str | None = None, log: bool = True,
+              request_id: str | None = None) -> Recommendation:
+    """The top ``k`` items for ``user_id`` in ``flow``: what a user of the platform is served.
+
+    The user's experiment arm decides the list (treatment: reranked; control: the base
+    order truncated to k) unless ``arm`` is given. With ``log`` (the default) the list is
+    written to the impressions log, so outcomes can be attributed to it.
+    """
+    from ranker.experiments import assign_arm, get_experiment, log_served
+
+    svc = service(engine)
+    if arm is None:
+        arm = assign_arm(user_id, get_experiment(svc.engine))
+    rec = svc.recommend(user_id, flow, k, as_of=as_of, arm=arm, request_id=request_id)
+    if log and rec.items:
+        catalog = svc.catalog()
+        rows = catalog.index(np.array(rec.item_ids))
+        from ranker.features import age_days
+
+        attrs = {"category": list(catalog.category[rows]), "field": list(catalog.field[rows]),
+                 "type": list(catalog.type[rows]),
+                 "age_days": list(age_days(rec.served_at, catalog.created[rows], catalog.updated[rows]))}
+        rec.impression_ids = log_served(svc.engine, rec, attrs)
+    return rec

@@ -33,6 +33,7 @@ from ranker.schema import (
     Job,
     ModelVersion,
     Outcome,
+    ServedList,
     Setting,
     User,
 )
@@ -114,7 +115,7 @@ def is_empty(engine: Engine) -> bool:
 def wipe(engine: Engine) -> None:
     """Delete every world table (children first). The audit log is kept."""
     with session_scope(engine) as s:
-        for model in (Outcome, Impression, Interaction, WorldTruth, Item, User,
+        for model in (Outcome, Impression, ServedList, Interaction, WorldTruth, Item, User,
                       ModelVersion, Job, Setting):
             s.execute(delete(model))
 
@@ -261,7 +262,30 @@ def _make_truth(rng, params, users, items, user_ids, item_ids) -> GroundTruth:
         item_ids=item_ids.astype(np.int64),
         item_vecs=iv.astype(np.float32),
         item_quality=rng.normal(size=len(item_ids)).astype(np.float32),
+        extra={"category_vecs": {c: v.tolist() for c, v in cat_vec.items()},
+               "field_vecs": {f: v.tolist() for f, v in field_vec.items()}},
     )
+
+
+def new_items(rng: np.random.Generator, truth: GroundTruth, counts: dict[str, int],
+              created_at: datetime) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Rows for new items arriving at ``created_at``, with their latent vectors and quality.
+
+    Drawn exactly as the original catalogue was (used by the traffic simulator).
+    """
+    cat_vec = {c: np.array(v) for c, v in truth.extra["category_vecs"].items()}
+    field_vec = {f: np.array(v) for f, v in truth.extra["field_vecs"].items()}
+    rows, vecs = [], []
+    for item_type, n in counts.items():
+        fvocab, tvocab = VOCAB[item_type]
+        for _ in range(n):
+            c = str(rng.choice(CATEGORIES, p=_zipf(len(CATEGORIES), 0.6)))
+            f, t = str(rng.choice(fvocab)), str(rng.choice(tvocab))
+            rows.append({"item_type": item_type, "name": f"{item_type}-new", "category": c, "field": f,
+                         "type": t, "created_at": created_at, "updated_at": created_at, "views": 0})
+            vecs.append(cat_vec[c] + 0.5 * field_vec[f] + 0.45 * rng.normal(size=LATENT_DIM))
+    vecs_arr = _unit_rows(np.array(vecs)).astype(np.float32) if vecs else np.zeros((0, LATENT_DIM), np.float32)
+    return rows, vecs_arr, rng.normal(size=len(rows)).astype(np.float32)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -104,3 +104,18 @@ def test_unreachable_server_names_url_without_password():
 def test_plain_postgresql_scheme_uses_psycopg3():
     engine = db.make_engine("postgresql://u@127.0.0.1:1/x")
     assert engine.dialect.driver == "psycopg"
+
+
+def test_upgrade_from_first_revision_migrates_in_place(tmp_path):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(db._alembic_config(engine), "0001")
+    assert "served_lists" not in inspect(engine).get_table_names()
+    with db.session_scope(engine) as s:
+        s.add(User(name="early", role="investor", created_at=datetime(2025, 1, 1)))
+    assert db.upgrade(engine) == db.head_revision()
+    assert "served_lists" in inspect(engine).get_table_names()
+    with db.session_scope(engine) as s:
+        assert s.scalars(select(User.name)).all() == ["early"]

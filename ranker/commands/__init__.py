@@ -7,4 +7,5 @@ parsers to the top-level subparsers and sets ``handler`` on each.
 MODULES = (
     "ranker.commands.base",
     "ranker.commands.core",
+    "ranker.commands.experiments",
 )

@@ -1,0 +1,99 @@
+"""CLI: simulate, report, experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from ranker import config
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ranker.db import ensure_schema, get_engine
+    from ranker.simulate import simulate
+
+    s = simulate(ensure_schema(get_engine()), days=args.days, requests_per_day=args.requests_per_day,
+                 seed=args.seed, refit_base=not args.no_refit, show_bar=True)
+    print(f"simulated {s.requests:,} requests over {s.days} day(s) ({s.start} → {s.end}): "
+          f"{s.impressions:,} impressions, {s.clicks:,} clicks, {s.positives:,} explicit positives, "
+          f"{s.new_items:,} new items")
+    for arm, a in sorted(s.by_arm.items()):
+        ctr = a["clicks"] / a["impressions"] if a["impressions"] else float("nan")
+        print(f"  {arm:9} {a['requests']:>6,} requests  CTR {ctr:.4f}")
+    return 0
+
+
+def _fmt(v, pct=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.1%}" if pct else f"{v:.4f}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ranker.db import ensure_schema, get_engine
+    from ranker.report import build_report
+
+    report = build_report(ensure_schema(get_engine()), requests=args.requests, seed=args.seed, show_bar=True)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    print("Online (served traffic, per arm)")
+    if not report["online"]["arms"]:
+        print("  no impressions logged yet: run `ranker simulate`")
+    for a in report["online"]["arms"]:
+        print(f"  {a['arm']:9} impressions {a['impressions']:>8,}  CTR {_fmt(a['ctr'])}  "
+              f"ILD {_fmt(a.get('ild'))}  mean age {a.get('mean_age_days', float('nan')):.1f} d")
+    print(f"  A/B: {report['online']['ab']['verdict']}")
+    off = report["offline"]
+    if off:
+        print(f"\nOffline: paired simulated traffic ({off['requests']:,} requests, same users, candidates and "
+              f"random numbers; {off['skipped_trending']} trending requests excluded)")
+        print(f"  {'policy':9} {'CTR':>7} {'lift':>7} {'p':>8} {'gap closed':>10} {'ILD':>7} {'age d':>6}")
+        for name, p in off["policies"].items():
+            print(f"  {name:9} {_fmt(p['ctr'])} {_fmt(p['lift_vs_base'], True):>7} "
+                  f"{p.get('p_value_vs_base', float('nan')):>8.2g} {_fmt(p['gap_closed'], True):>10} "
+                  f"{_fmt(p['ild'])} {p['mean_age_days']:>6.1f}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from ranker.db import ensure_schema, get_engine
+    from ranker.experiments import get_experiment, update_experiment
+
+    engine = ensure_schema(get_engine())
+    if args.action == "show":
+        exp = get_experiment(engine)
+    else:
+        exp = update_experiment(engine, rollout=args.rollout,
+                                running={"start": True, "stop": False}.get(args.action))
+    state = "running" if exp.running else "stopped (everyone gets the ranker)"
+    print(f"experiment {exp.salt}: {state}, rollout {exp.rollout:g}% of users in treatment")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from ranker.commands.core import _positive_int
+
+    sim = sub.add_parser("simulate", help="simulated traffic through recommend() on the demo world")
+    sim.add_argument("--days", type=_positive_int, default=7)
+    sim.add_argument("--requests-per-day", type=_positive_int, default=500)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--no-refit", action="store_true", help="keep the base models fixed (faster)")
+    sim.set_defaults(handler=cmd_simulate)
+
+    rep = sub.add_parser("report", help="online metrics per arm, A/B verdict, offline comparison with the oracle")
+    rep.add_argument("--requests", type=_positive_int, default=3000)
+    rep.add_argument("--seed", type=int, default=7)
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(handler=cmd_report)
+
+    exp = sub.add_parser("experiment", help="A/B experiment: show, start, stop, set rollout")
+    exp.add_argument("action", choices=("show", "start", "stop", "set"))
+    exp.add_argument("--rollout", type=float, default=None, help="percent of users in treatment (0-100)")
+    exp.set_defaults(handler=cmd_experiment)
+
+
+__all__ = ["add_commands", "config"]

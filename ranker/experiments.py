@@ -1,0 +1,164 @@
+"""A/B serving: experiment config, deterministic assignment, impression and outcome logs.
+
+Users (not requests) are randomised: ``sha256(salt:user_id)`` maps each user to a
+number in [0, 100); those below the rollout % get the treatment (the reranked list),
+the rest the control (the base order truncated to k). When the experiment is
+stopped, everyone gets the treatment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, insert, select
+
+from ranker import config
+from ranker.clock import utcnow
+from ranker.db import audit, get_setting, put_setting, session_scope, with_retries
+from ranker.metrics import category_entropy, intra_list_diversity
+from ranker.schema import Impression, Interaction, Outcome, ServedList
+
+log = logging.getLogger(__name__)
+SETTING = "experiment"
+
+
+class UnknownImpressionError(ValueError):
+    pass
+
+
+@dataclass
+class Experiment:
+    rollout: float = config.DEFAULT_ROLLOUT_PERCENT  # % of users in treatment
+    salt: str = config.DEFAULT_EXPERIMENT_SALT
+    running: bool = True
+    started_at: str | None = None
+    stopped_at: str | None = None
+
+
+def validate_rollout(rollout: float) -> float:
+    rollout = float(rollout)
+    if not (0.0 <= rollout <= 100.0) or not np.isfinite(rollout):
+        raise ValueError(f"rollout must be between 0 and 100 (percent of users), got {rollout:g}")
+    return rollout
+
+
+def get_experiment(engine: Engine) -> Experiment:
+    with session_scope(engine) as s:
+        raw = get_setting(s, SETTING)
+    return Experiment(**raw) if raw else Experiment()
+
+
+def update_experiment(engine: Engine, *, rollout: float | None = None, running: bool | None = None,
+                      salt: str | None = None, actor: str = "cli") -> Experiment:
+    exp = get_experiment(engine)
+    if rollout is not None:
+        exp.rollout = validate_rollout(rollout)
+    if salt is not None:
+        exp.salt = salt
+    if running is not None and running != exp.running:
+        exp.running = running
+        if running:
+            exp.started_at, exp.stopped_at = utcnow().isoformat(), None
+        else:
+            exp.stopped_at = utcnow().isoformat()
+    with session_scope(engine) as s:
+        put_setting(s, SETTING, asdict(exp))
+        audit(s, "experiment_update", asdict(exp), actor)
+    return exp
+
+
+def bucket(user_id: int, salt: str) -> float:
+    """The user's position in [0, 100), stable for a given salt."""
+    digest = hashlib.sha256(f"{salt}:{int(user_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100.0
+
+
+def assign_arm(user_id: int, exp: Experiment) -> str:
+    if not exp.running:
+        return "treatment"
+    return "treatment" if bucket(user_id, exp.salt) < exp.rollout else "control"
+
+
+# --- Logging ------------------------------------------------------------------------
+
+
+def list_metrics(categories: list[str], fields: list[str], types: list[str], ages: list[float]) -> dict:
+    """Per-list diversity and freshness, stored once per served list."""
+    n = len(categories)
+    return {
+        "ild": intra_list_diversity(np.array(categories, dtype=object), np.array(fields, dtype=object),
+                                    np.array(types, dtype=object)),
+        "category_coverage": len(set(categories)) / n if n else 0.0,
+        "category_entropy": category_entropy(np.array(categories, dtype=object)) if n else 0.0,
+        "mean_age_days": float(np.mean(ages)) if n else 0.0,
+    }
+
+
+def log_served(engine: Engine, rec: Any, attrs: dict[str, list]) -> list[int]:
+    """Write one served list (its impressions and its list-level metrics); returns impression ids.
+
+    ``rec`` is a :class:`ranker.serve.Recommendation`; ``attrs`` holds the items'
+    ``category``, ``field``, ``type`` and ``age_days`` lists in served order.
+    """
+    rows = [
+        {"request_id": rec.request_id, "user_id": rec.user_id, "item_id": it.item_id, "flow": rec.flow,
+         "arm": rec.arm, "position": it.position, "score": it.score, "features": it.features,
+         "model_version": rec.model_version, "served_at": rec.served_at}
+        for it in rec.items
+    ]
+    summary = {"request_id": rec.request_id, "user_id": rec.user_id, "flow": rec.flow, "arm": rec.arm,
+               "k": len(rec.items), "reranked": rec.reranked, "model_version": rec.model_version,
+               "served_at": rec.served_at,
+               **list_metrics(attrs["category"], attrs["field"], attrs["type"], attrs["age_days"])}
+
+    def write() -> list[int]:
+        with session_scope(engine) as s:
+            if rows:
+                s.execute(insert(Impression), rows)
+            s.execute(insert(ServedList), [summary])
+            return list(s.scalars(select(Impression.id).where(Impression.request_id == rec.request_id)
+                                  .order_by(Impression.position)))
+
+    return with_retries(write)
+
+
+def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
+                 as_interactions: bool = True) -> None:
+    """Log (impression_id, kind, time) outcomes in one short transaction.
+
+    Each outcome is also written as a platform interaction (so popularity and the
+    base models see it) unless ``as_interactions`` is False.
+
+    Raises
+    ------
+    UnknownImpressionError
+        An impression id that does not exist (nothing is written; the error is logged).
+    """
+    if not events:
+        return
+    bad_kinds = {k for _, k, _ in events} - set(config.INTERACTION_KINDS)
+    if bad_kinds:
+        raise ValueError(f"unknown outcome kind(s) {sorted(bad_kinds)}; use {config.INTERACTION_KINDS}")
+
+    def write() -> None:
+        with session_scope(engine) as s:
+            ids = sorted({i for i, _, _ in events})
+            found = dict(s.execute(select(Impression.id, Impression.user_id).where(Impression.id.in_(ids))).all())
+            items = dict(s.execute(select(Impression.id, Impression.item_id).where(Impression.id.in_(ids))).all())
+            missing = [i for i in ids if i not in found]
+            if missing:
+                log.error("rejected outcomes for unknown impression id(s) %s", missing[:10])
+                raise UnknownImpressionError(f"unknown impression id(s) {missing[:10]}; outcomes must refer "
+                                             "to a logged impression")
+            s.execute(insert(Outcome), [{"impression_id": i, "kind": k, "created_at": t} for i, k, t in events])
+            if as_interactions:
+                s.execute(insert(Interaction), [
+                    {"user_id": found[i], "item_id": items[i], "kind": k, "created_at": t, "rating": None}
+                    for i, k, t in events])
+
+    with_retries(write)
