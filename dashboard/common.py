@@ -1,11 +1,16 @@
-"""Shared dashboard plumbing: the engine, cached queries and empty states."""
+"""Shared dashboard plumbing: the engine, operator auth and audit, cached queries, empty states."""
 
 from __future__ import annotations
+
+import hmac
+from typing import Any
 
 import streamlit as st
 from sqlalchemy import Engine
 
 from ranker import db
+
+ACTOR = "dashboard"
 
 
 @st.cache_resource(show_spinner=False)
@@ -23,10 +28,73 @@ def get_engine_or_stop() -> Engine:
         st.stop()
 
 
+def database_label(eng: Engine) -> str:
+    return db.mask_url(eng.url.render_as_string(hide_password=False))
+
+
 @st.cache_data(ttl=10, show_spinner=False)
 def table_counts(_engine: Engine, url: str) -> dict[str, int]:
     return db.table_counts(_engine)
 
 
-def database_label(eng: Engine) -> str:
-    return db.mask_url(eng.url.render_as_string(hide_password=False))
+def clear_caches() -> None:
+    """Call after any write, so no page shows data cached from before it."""
+    st.cache_data.clear()
+
+
+# --- Operator password (SPEC §14) ------------------------------------------------------
+
+
+def _operator_password() -> str | None:
+    try:
+        return st.secrets.get("operator_password")
+    except (FileNotFoundError, KeyError, Exception):  # no secrets.toml at all
+        return None
+
+
+def operator_gate() -> bool:
+    """True when mutations may proceed: no password is configured, or the right one was entered.
+
+    Call once per page, before any mutating widget. When ``operator_password`` is set
+    in ``.streamlit/secrets.toml``, the sidebar asks for it (compared with
+    ``hmac.compare_digest``) and mutating buttons stay disabled until it matches.
+    """
+    secret = _operator_password()
+    if not secret or st.session_state.get("operator_unlocked"):
+        return True
+    given = st.sidebar.text_input("Operator password", type="password", key="operator_password",
+                                  help="Needed to train, promote, activate, change weights or the rollout, "
+                                       "and run simulations.")
+    if given and hmac.compare_digest(given.encode(), str(secret).encode()):
+        st.session_state["operator_unlocked"] = True
+        return True
+    if given:
+        st.sidebar.error("Wrong operator password.")
+    else:
+        st.sidebar.info("Enter the operator password to make changes.")
+    return False
+
+
+def audit(eng: Engine, action: str, details: dict[str, Any]) -> None:
+    with db.session_scope(eng) as s:
+        db.audit(s, action, details, actor=ACTOR)
+
+
+def empty_database_notice(counts: dict[str, int]) -> bool:
+    """Show how to fill an empty database; True when it is empty."""
+    if counts.get("users", 0) == 0 and counts.get("items", 0) == 0:
+        st.info("The database is empty. Build the demo world with `ranker demo init` "
+                "(or `make run`, which does it on first run), or import your own data with `ranker import`.")
+        return True
+    return False
+
+
+def fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None:
+        return "–"
+    try:
+        if v != v:  # NaN
+            return "–"
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)

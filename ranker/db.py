@@ -234,3 +234,8 @@ def put_setting(session: Session, key: str, value: Any) -> None:
 
 def audit(session: Session, action: str, details: dict[str, Any], actor: str = "cli") -> None:
     session.add(AuditLog(at=utcnow(), actor=actor, action=action, details=details))
+
+
+def recent_audit(engine: Engine, limit: int = 25) -> list[AuditLog]:
+    with session_scope(engine) as s:
+        return list(s.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)))

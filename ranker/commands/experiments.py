@@ -94,6 +94,39 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("action", choices=("show", "start", "stop", "set"))
     exp.add_argument("--rollout", type=float, default=None, help="percent of users in treatment (0-100)")
     exp.set_defaults(handler=cmd_experiment)
+    add_job_commands(sub)
 
 
 __all__ = ["add_commands", "config"]
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from ranker import jobs
+    from ranker.db import ensure_schema, get_engine
+
+    engine = ensure_schema(get_engine())
+    if args.jobs_command == "run":
+        return jobs.run(engine, args.job_id)
+    if args.jobs_command == "cancel":
+        jobs.cancel(engine, args.job_id, actor="cli")
+        print(f"cancel requested for job {args.job_id}")
+        return 0
+    jobs.reap(engine)
+    for j in jobs.recent(engine, limit=args.limit):
+        print(f"{j.id:>5} {j.kind:9} {j.status:10} {j.progress or 0:>5.0%}  {j.created_at:%Y-%m-%d %H:%M:%S}  "
+              f"{j.error or j.message or ''}")
+    return 0
+
+
+def add_job_commands(sub: argparse._SubParsersAction) -> None:
+    jobs = sub.add_parser("jobs", help="background jobs started from the dashboard").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION")
+    ls = jobs.add_parser("list", help="recent jobs")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.set_defaults(handler=cmd_jobs)
+    run = jobs.add_parser("run", help="run a queued job in this process (the dashboard's worker)")
+    run.add_argument("job_id", type=int)
+    run.set_defaults(handler=cmd_jobs)
+    cancel = jobs.add_parser("cancel", help="ask a running job to stop")
+    cancel.add_argument("job_id", type=int)
+    cancel.set_defaults(handler=cmd_jobs)

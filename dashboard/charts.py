@@ -1,0 +1,53 @@
+"""Plotly figure builders. Pure functions: data in, figure out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+ARM_COLORS = {"control": "#8c8c8c", "treatment": "#1f77b4"}
+
+
+def loss_curves(history: Sequence[dict]) -> go.Figure:
+    """Train and validation pairwise loss per epoch."""
+    df = pd.DataFrame(history)
+    fig = go.Figure()
+    if not df.empty:
+        fig.add_scatter(x=df["epoch"], y=df["train_loss"], mode="lines+markers", name="train")
+        if "val_loss" in df and df["val_loss"].notna().any():
+            fig.add_scatter(x=df["epoch"], y=df["val_loss"], mode="lines+markers", name="validation")
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
+                      yaxis_title="pairwise loss", title="Loss")
+    return fig
+
+
+def feature_histograms(df: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
+    """One histogram per feature, split by label."""
+    long = df.melt(id_vars=["label"], value_vars=list(columns), var_name="feature", value_name="value")
+    long["label"] = long["label"].map({0: "negative", 1: "positive"})
+    fig = px.histogram(long, x="value", color="label", facet_col="feature", facet_col_wrap=len(columns),
+                       nbins=20, barmode="overlay", opacity=0.65, histnorm="probability")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10))
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    return fig
+
+
+def metric_over_time(df: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """A daily metric per arm (already aggregated per day and arm)."""
+    fig = px.line(df, x="day", y=metric, color="arm", markers=True, color_discrete_map=ARM_COLORS)
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title=title, yaxis_title=None)
+    return fig
+
+
+def lift_interval(lift: float, lo: float, hi: float) -> go.Figure:
+    """The relative lift and its 95% CI on one axis, with zero marked."""
+    fig = go.Figure(go.Scatter(x=[lift], y=["CTR lift"], mode="markers",
+                               error_x=dict(type="data", symmetric=False, array=[hi - lift],
+                                            arrayminus=[lift - lo]),
+                               marker=dict(size=12)))
+    fig.add_vline(x=0, line_dash="dash", line_color="gray")
+    fig.update_layout(height=140, margin=dict(l=10, r=10, t=10, b=10), xaxis_tickformat="+.0%")
+    return fig

@@ -1,0 +1,98 @@
+"""Data & Training: build a dataset, look at it, train, compare with the rule, promote."""
+
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, common, jobs_ui
+from ranker import config, jobs, registry
+from ranker.features import feature_columns
+from ranker.model import ARCHS
+
+st.title("Data & Training")
+engine = common.get_engine_or_stop()
+if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+    st.stop()
+
+can_edit = common.operator_gate()
+TRAIN_CSV = config.DATA_DIR / "ranker_train.csv"
+VAL_CSV = config.DATA_DIR / "ranker_val.csv"
+
+# --- Dataset ------------------------------------------------------------------------
+st.header("1. Training data")
+with st.form("dataset"):
+    c1, c2, c3 = st.columns(3)
+    neg_ratio = c1.number_input("Negatives per positive", 0.5, 10.0, 2.0, 0.5)
+    window = c2.number_input("Window (days)", 1, 365, 45, help="Lists from the last N days; the base "
+                             "model that gives model_score sees only earlier data.")
+    source = c3.selectbox("Source", ["feedback", "impressions"],
+                          help="feedback: explicit feedback vs viewed-not-engaged; impressions: served lists")
+    go = st.form_submit_button("Generate dataset", disabled=not can_edit)
+if go and can_edit:
+    job, _ = jobs.submit(engine, "dataset", {"output": str(TRAIN_CSV), "val_output": str(VAL_CSV),
+                                             "neg_ratio": neg_ratio, "window_days": float(window),
+                                             "source": source})
+    st.toast(f"Dataset job #{job.id} started")
+jobs_ui.job_status(engine, "dataset")
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def read_dataset(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(path, nrows=200_000)
+
+
+if TRAIN_CSV.exists():
+    df = read_dataset(str(TRAIN_CSV), TRAIN_CSV.stat().st_mtime)
+    st.caption(f"`{TRAIN_CSV}`: {len(df):,} rows shown (file {TRAIN_CSV.stat().st_size / 1e6:.1f} MB)"
+               + (f"; validation `{VAL_CSV}`" if VAL_CSV.exists() else ""))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Rows", f"{len(df):,}")
+    c2.metric("Positives", f"{int(df['label'].sum()):,}")
+    c3.metric("Positive share", f"{df['label'].mean():.1%}")
+    st.dataframe(df.head(20), hide_index=True, width="stretch")
+    st.plotly_chart(charts.feature_histograms(df, feature_columns()))
+else:
+    st.info("No dataset yet: generate one above (or `ranker dataset`).")
+
+# --- Training -----------------------------------------------------------------------
+st.header("2. Train the neural ranker")
+with st.form("train"):
+    c1, c2, c3, c4, c5 = st.columns(5)
+    epochs = c1.number_input("Epochs", 1, 500, 20)
+    batch = c2.number_input("Batch size", 8, 65536, 128)
+    lr = c3.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.4f")
+    arch = c4.selectbox("Architecture", list(ARCHS), index=list(ARCHS).index("default"),
+                        format_func=lambda a: f"{a} ({ARCHS[a][0]}/{ARCHS[a][1]})")
+    val_split = c5.number_input("Validation split", 0.0, 0.5, 0.2, 0.05,
+                                help=f"Used when there is no {VAL_CSV.name}; whole lists are held out.")
+    train_clicked = st.form_submit_button("Train", disabled=not (TRAIN_CSV.exists() and can_edit))
+if train_clicked and can_edit:
+    params = {"data": str(TRAIN_CSV), "val": str(VAL_CSV) if VAL_CSV.exists() else None,
+              "val_split": float(val_split), "activate": False,
+              "config": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "arch": arch}}
+    job, created = jobs.submit(engine, "train", params)
+    if created:
+        st.toast(f"Training job #{job.id} started")
+    else:
+        st.info(f"Training job #{job.id} is already running; showing it.")
+jobs_ui.job_status(engine, "train")
+
+last = jobs_ui.latest(engine, "train")
+if last is not None and last.status == "succeeded" and last.result:
+    res = last.result
+    m = res["metrics"]
+    st.subheader(f"Result: {res['version']}")
+    table = pd.DataFrame({name: m[name] for name in ("model", "rule", "base")}).T
+    table.index = ["neural ranker", "rule-based", "base order"]
+    st.dataframe(table.style.format("{:.4f}"), width="stretch")
+    st.caption(f"Evaluated on {m['evaluated_on']} data: {m['rows']:,} rows, {m['groups']:,} lists.")
+    active = registry.active_version(engine)
+    if active == res["version"]:
+        st.success(f"{res['version']} is serving.")
+    elif st.button(f"Promote {res['version']} to serving", type="primary", disabled=not can_edit) and can_edit:
+        registry.activate_version(engine, res["version"], actor=common.ACTOR)
+        common.clear_caches()
+        st.success(f"{res['version']} is now serving (hot reload, no restart).")
+elif registry.active_version(engine) is None:
+    st.info("No trained model yet: serving uses the rule-based ranker. Generate a dataset, then press Train.")
+

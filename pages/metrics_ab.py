@@ -1,0 +1,103 @@
+"""Metrics & A/B: CTR, diversity and freshness per arm over time, the verdict, rollout, simulation."""
+
+from datetime import timedelta
+
+import streamlit as st
+
+from dashboard import charts, common, jobs_ui
+from ranker import experiments, jobs, online
+
+st.title("Metrics & A/B")
+engine = common.get_engine_or_stop()
+if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+    st.stop()
+can_edit = common.operator_gate()
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def daily(_engine, url: str, flow: str | None, start, end):
+    return online.daily_metrics(_engine, flow, start, end)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def verdict(_engine, url: str, flow: str | None, start, end, mde: float):
+    return online.ab_test(_engine, flow, start, end, mde=mde)
+
+
+# --- Experiment controls ------------------------------------------------------------
+exp = experiments.get_experiment(engine)
+with st.expander(f"Experiment: {'running' if exp.running else 'stopped'}, rollout {exp.rollout:g}%",
+                 expanded=False):
+    rollout = st.slider("Rollout: % of users in treatment (reranked)", 0, 100, int(exp.rollout), 5)
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Save rollout", disabled=not can_edit or rollout == exp.rollout) and can_edit:
+        experiments.update_experiment(engine, rollout=rollout, actor=common.ACTOR)
+        st.rerun()
+    if exp.running:
+        if c2.button("Stop experiment", disabled=not can_edit,
+                     help="Everyone gets the ranker; the A/B split ends") and can_edit:
+            experiments.update_experiment(engine, running=False, actor=common.ACTOR)
+            st.rerun()
+    elif c2.button("Start experiment", disabled=not can_edit) and can_edit:
+        experiments.update_experiment(engine, running=True, actor=common.ACTOR)
+        st.rerun()
+
+# --- Simulated traffic --------------------------------------------------------------
+with st.expander("Run simulated traffic on the demo world"):
+    c1, c2, c3 = st.columns(3)
+    days = c1.number_input("Days", 1, 60, 3)
+    per_day = c2.number_input("Requests per day", 10, 20000, 300, 50)
+    seed = c3.number_input("Seed", 0, 10**6, 0)
+    if st.button("Run simulation", disabled=not can_edit) and can_edit:
+        job, _ = jobs.submit(engine, "simulate", {"days": int(days), "requests_per_day": int(per_day),
+                                                  "seed": int(seed)})
+        st.toast(f"Simulation job #{job.id} started")
+jobs_ui.job_status(engine, "simulate")
+
+# --- Filters ------------------------------------------------------------------------
+everything = daily(engine, str(engine.url), None, None, None)
+if everything.empty:
+    st.info("No served traffic yet. Online metrics need served lists with outcomes: run simulated traffic above "
+            "(demo world) or serve real requests through `recommend()`; imported data sets have no served "
+            "traffic until then.")
+    st.stop()
+c1, c2 = st.columns([1, 2])
+flow = c1.selectbox("Flow", ["all", *sorted(everything["flow"].unique())])
+lo, hi = everything["day"].min(), everything["day"].max()
+picked = c2.date_input("Dates", (lo, hi), min_value=lo, max_value=hi)
+start, end = (picked[0], picked[1] + timedelta(days=1)) if len(picked) == 2 else (lo, hi + timedelta(days=1))
+flow_f = None if flow == "all" else flow
+df = daily(engine, str(engine.url), flow_f, start, end)
+per_day_arm = df.groupby(["day", "arm"], as_index=False).agg(
+    impressions=("impressions", "sum"), clicks=("clicks", "sum"), feedback=("feedback", "sum"),
+    lists=("lists", "sum"))
+weighted = df.assign(ild_w=df["ild"] * df["lists"], age_w=df["mean_age_days"] * df["lists"],
+                     cov_w=df["category_coverage"] * df["lists"]).groupby(["day", "arm"], as_index=False)[
+    ["ild_w", "age_w", "cov_w"]].sum()
+per_day_arm = per_day_arm.merge(weighted, on=["day", "arm"])
+per_day_arm["CTR"] = per_day_arm["clicks"] / per_day_arm["impressions"]
+per_day_arm["Feedback rate"] = per_day_arm["feedback"] / per_day_arm["impressions"]
+per_day_arm["ILD"] = per_day_arm["ild_w"] / per_day_arm["lists"]
+per_day_arm["Category coverage"] = per_day_arm["cov_w"] / per_day_arm["lists"]
+per_day_arm["Mean age (days)"] = per_day_arm["age_w"] / per_day_arm["lists"]
+
+# --- Verdict --------------------------------------------------------------------------
+st.subheader("A/B verdict")
+mde = st.select_slider("Minimum detectable lift", [0.01, 0.02, 0.05, 0.1, 0.2], value=0.05,
+                       format_func=lambda v: f"{v:.0%}")
+res = verdict(engine, str(engine.url), flow_f, start, end, mde)
+(st.success if res.enough_data and res.p_value is not None and res.p_value < 0.05 else st.info)(res.verdict)
+if res.enough_data:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("CTR control", f"{res.control.rate:.2%}", help=f"{res.control.users:,} users")
+    c2.metric("CTR treatment", f"{res.treatment.rate:.2%}", help=f"{res.treatment.users:,} users")
+    c3.metric("Lift (95% CI)", f"{res.lift:+.1%}", help=f"{res.ci_low:+.1%} to {res.ci_high:+.1%}")
+    c4.metric(f"Users/arm for {mde:.0%} lift", f"{res.users_needed_per_arm:,}")
+    st.plotly_chart(charts.lift_interval(res.lift, res.ci_low, res.ci_high))
+
+# --- Over time ------------------------------------------------------------------------
+st.subheader("Over time, per arm")
+for metric in ("CTR", "ILD", "Mean age (days)", "Category coverage", "Feedback rate"):
+    st.plotly_chart(charts.metric_over_time(per_day_arm, metric, metric), key=f"chart_{metric}")
+st.caption("Aggregated in SQL per day, arm and flow. Diversity is intra-list diversity (1 − mean pairwise "
+           "similarity over category, field and type); freshness is the mean age of served items.")

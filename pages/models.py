@@ -1,0 +1,80 @@
+"""Models: versions and their metrics; activate, roll back, back up; compare two versions."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import common
+from ranker import registry
+
+st.title("Models")
+engine = common.get_engine_or_stop()
+can_edit = common.operator_gate()
+
+versions = registry.list_versions(engine)
+active = registry.active_version(engine)
+if not versions:
+    st.info("No trained versions yet: serving uses the rule-based ranker. Train one on the "
+            "**Data & Training** page (or `ranker train`).")
+    st.stop()
+
+
+def row(v) -> dict:
+    m = v.metrics or {}
+    p = v.params or {}
+    return {"version": v.version, "active": "●" if v.is_active else "", "created": v.created_at,
+            "NDCG@10": (m.get("model") or {}).get("ndcg@10"), "rule NDCG@10": (m.get("rule") or {}).get("ndcg@10"),
+            "base NDCG@10": (m.get("base") or {}).get("ndcg@10"), "AUC": (m.get("model") or {}).get("auc"),
+            "pair acc": (m.get("model") or {}).get("pairwise_accuracy"), "arch": p.get("arch"),
+            "epochs": p.get("epochs"), "lr": p.get("lr"), "data": v.data_hash}
+
+
+table = pd.DataFrame([row(v) for v in versions])
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                            for c in ("NDCG@10", "rule NDCG@10", "base NDCG@10", "AUC", "pair acc")})
+st.caption(f"Serving: **{active or 'rule-based ranker'}**. Every version's file is kept under "
+           f"`{registry.versions_dir()}` as a backup.")
+
+names = [v.version for v in versions]
+c1, c2, c3 = st.columns(3)
+with c1:
+    choice = st.selectbox("Version", names, index=len(names) - 1)
+    if st.button("Activate", disabled=not can_edit or choice == active, type="primary") and can_edit:
+        try:
+            registry.activate_version(engine, choice, actor=common.ACTOR)
+            st.success(f"{choice} is now serving.")
+            st.rerun()
+        except registry.CheckpointError as exc:
+            st.error(f"Not activated: {exc}")
+with c2:
+    st.write("")
+    st.write("")
+    if st.button("Roll back", disabled=not can_edit, help="Re-activate the previously active version") and can_edit:
+        try:
+            st.success(f"Rolled back to {registry.rollback(engine, actor=common.ACTOR)}.")
+            st.rerun()
+        except registry.RegistryError as exc:
+            st.error(str(exc))
+    if st.button("Use rule-based ranker", disabled=not can_edit or active is None) and can_edit:
+        registry.activate_version(engine, registry.RULE, actor=common.ACTOR)
+        st.rerun()
+with c3:
+    st.write("")
+    st.write("")
+    if st.button("Back up active file", disabled=not can_edit) and can_edit:
+        path = registry.backup_active()
+        common.audit(engine, "model_backup", {"path": str(path)})
+        st.success(f"Saved {path}" if path else "No active model file to back up.")
+
+st.subheader("Compare two versions")
+if len(names) < 2:
+    st.caption("Train a second version to compare.")
+else:
+    a, b = st.columns(2)
+    left = a.selectbox("A", names, index=len(names) - 2, key="cmp_a")
+    right = b.selectbox("B", names, index=len(names) - 1, key="cmp_b")
+    ra, rb = row(next(v for v in versions if v.version == left)), row(next(v for v in versions if v.version == right))
+    diff = pd.DataFrame({"A": ra, "B": rb}).drop(["version", "active"])
+    diff["B − A"] = [rb[k] - ra[k] if isinstance(ra[k], float) and isinstance(rb[k], float) else ""
+                     for k in diff.index]
+    st.dataframe(diff.astype(str), width="stretch")

@@ -1,0 +1,55 @@
+"""Ranking preview: base top-k and reranked top-k side by side for any user."""
+
+import streamlit as st
+
+from dashboard import common, preview
+from ranker import config
+
+st.title("Ranking preview")
+engine = common.get_engine_or_stop()
+if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+    st.stop()
+
+c1, c2, c3 = st.columns([1, 2, 1])
+flow = c1.selectbox("Flow", [f for f in config.FLOWS if not preview.users_for_flow(
+    engine, str(engine.url), f).empty] or list(config.FLOWS))
+users = preview.users_for_flow(engine, str(engine.url), flow)
+example = preview.example_user(engine)
+labels = {int(r.id): f"{r.id} · {r.name} ({r.category or '–'}/{r.field or '–'})" for r in users.itertuples()}
+ids = list(labels)
+default = ids.index(example[0]) if example and example[0] in labels and example[1] == flow else 0
+user_id = c2.selectbox("User (type to search)", ids, index=default, format_func=labels.get)
+k = c3.number_input("k", 1, 50, config.DEFAULT_K)
+
+try:
+    base = preview.base_list(engine, user_id, flow, k)
+    ranked = preview.reranked(engine, user_id, flow, k=k)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if not ranked.reranked:
+    st.info(f"{ranked.fallback}. Trending lists are never reranked.")
+who = f"neural ranker **{ranked.model_version}**" if ranked.fallback is None else \
+    f"**{ranked.model_version}** ({ranked.fallback})"
+st.caption(f"Candidates: {config.FETCH_MULTIPLIER}×k from the **{ranked.base_model}** base model; reranked by {who}.")
+
+left, right = st.columns(2)
+for col, title, rec, other in ((left, "Base order", base, None), (right, "Reranked", ranked, base)):
+    with col:
+        q = preview.list_quality(engine, rec)
+        st.subheader(title)
+        m1, m2 = st.columns(2)
+        m1.metric("Diversity (ILD)", common.fmt(q["ild"], ".3f"))
+        m2.metric("Mean age (days)", common.fmt(q["mean_age_days"], ".1f"))
+        st.dataframe(preview.list_table(engine, rec, other), hide_index=True, width="stretch",
+                     key=f"table_{title}")
+st.caption("Features: model_score, recency, popularity, diversity (as served). Columns marked ⊕ are each feature's "
+           "contribution to the score (weight × feature for the rule; integrated gradients for the neural model).")
+
+st.subheader("Recent interactions")
+recent = preview.recent_interactions(engine, user_id)
+if recent.empty:
+    st.caption("This user has no interactions yet.")
+else:
+    st.dataframe(recent, hide_index=True, width="stretch")
