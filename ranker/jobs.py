@@ -65,7 +65,8 @@ def submit(engine: Engine, kind: str, params: dict[str, Any], actor: str = "dash
 def _spawn(engine: Engine, job_id: int) -> None:
     log_dir = config.DATA_DIR / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, config.DATABASE_URL_ENV: engine.url.render_as_string(hide_password=False)}
+    env = {**os.environ, config.DATABASE_URL_ENV: engine.url.render_as_string(hide_password=False),
+           "RANKER_DATA_DIR": str(config.DATA_DIR), "RANKER_MODELS_DIR": str(config.MODELS_DIR)}
     with open(log_dir / f"{job_id}.log", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ranker", "jobs", "run", str(job_id)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -48,7 +48,8 @@ class RegistryError(ValueError):
 
 
 def models_dir() -> Path:
-    return Path(os.environ.get("RANKER_MODELS_DIR", str(config.MODELS_DIR)))
+    """``config.MODELS_DIR`` (set by ``RANKER_MODELS_DIR``), read at call time."""
+    return Path(config.MODELS_DIR)
 
 
 def versions_dir() -> Path:

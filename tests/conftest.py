@@ -75,3 +75,76 @@ def small_world_engine(small_world: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{small_world}")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Point data/ and models/ at a temporary folder (and clear cached base models)."""
+    from ranker import config
+    from ranker.base import store
+
+    dirs = {"data": tmp_path / "data", "models": tmp_path / "models"}
+    monkeypatch.setattr(config, "DATA_DIR", dirs["data"])
+    monkeypatch.setattr(config, "MODELS_DIR", dirs["models"])
+    monkeypatch.setenv("RANKER_DATA_DIR", str(dirs["data"]))
+    monkeypatch.setenv("RANKER_MODELS_DIR", str(dirs["models"]))
+    store.clear_cache()
+    yield dirs
+    store.clear_cache()
+
+
+@pytest.fixture(scope="session")
+def trained_world(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The small world plus fitted base models, a dataset and a trained, active ranker (built once)."""
+    import shutil
+
+    from ranker import config
+    from ranker.base import store
+    from ranker.dataset import DatasetConfig, build_dataset
+    from ranker.pipeline import train_and_register
+    from ranker.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copy(small_world, root / "world.db")
+    saved = (config.DATA_DIR, config.MODELS_DIR)
+    config.DATA_DIR, config.MODELS_DIR = root / "data", root / "models"
+    engine = make_engine(f"sqlite:///{root / 'world.db'}")
+    try:
+        store.clear_cache()
+        store.fit_base_models(engine)
+        cfg = DatasetConfig(output=root / "data" / "ranker_train.csv", val_output=root / "data" / "ranker_val.csv")
+        build_dataset(engine, cfg)
+        train_and_register(engine, cfg.output, TrainConfig(epochs=10, lr=0.003), val=cfg.val_output,
+                           output_dir=root / "models", activate=True, min_positives=50)
+    finally:
+        engine.dispose()
+        config.DATA_DIR, config.MODELS_DIR = saved
+        store.clear_cache()
+    return {"root": root, "db": root / "world.db", "data": root / "data", "models": root / "models"}
+
+
+@pytest.fixture
+def served(trained_world, tmp_path, monkeypatch) -> Iterator[Engine]:
+    """A private copy of ``trained_world`` with config pointed at it; yields its engine."""
+    import shutil
+
+    from ranker import config
+    from ranker.base import store
+    from ranker.serve import _SERVICES
+
+    shutil.copy(trained_world["db"], tmp_path / "world.db")
+    shutil.copytree(trained_world["models"], tmp_path / "models")
+    shutil.copytree(trained_world["data"], tmp_path / "data")
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(config, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RANKER_MODELS_DIR", str(tmp_path / "models"))
+    url = f"sqlite:///{tmp_path / 'world.db'}"
+    monkeypatch.setenv("RANKER_DATABASE_URL", url)
+    store.clear_cache()
+    _SERVICES.clear()
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+    _SERVICES.clear()
+    store.clear_cache()

@@ -26,9 +26,8 @@ def make_checkpoint(path, seed=0, names=None, version=None):
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANKER_MODELS_DIR", str(tmp_path / "models"))
-    return tmp_path / "models"
+def models_dir(isolated_dirs):
+    return isolated_dirs["models"]
 
 
 def test_hot_reload_picks_up_a_new_active_file(models_dir):

@@ -1,0 +1,126 @@
+"""recommend(): reranking, fallbacks, hot reload, logging, and train/serve parity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from ranker import config, registry
+from ranker.catalog import CountIndex, load_catalog
+from ranker.dataset import features_at
+from ranker.features import feature_names
+from ranker.flows import candidates
+from ranker.interactions import load_interactions
+from ranker.schema import Impression, Interaction, ServedList, User
+from ranker.serve import recommend
+
+
+def engaged_developer(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(User.id).join(Interaction, Interaction.user_id == User.id)
+            .where(User.role == "developer", Interaction.kind.in_(config.POSITIVE_KINDS))
+            .group_by(User.id).order_by(func.count().desc(), User.id).limit(1)).scalar_one()
+
+
+def test_recommend_reranks_2k_candidates_into_top_k(served):
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 10, engine=served, arm="treatment", log=False)
+    assert rec.reranked and len(rec.items) == 10
+    assert rec.model_version == "v1" and rec.fallback is None
+    assert all(set(it.features) == set(feature_names()) for it in rec.items)
+    assert max(it.base_rank for it in rec.items) < 2 * 10
+    assert [it.position for it in rec.items] == list(range(10))
+    scores = [it.score for it in rec.items]
+    assert all(np.isfinite(scores))
+
+
+def test_control_arm_gets_the_base_order_truncated(served):
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 10, engine=served, arm="control", log=False)
+    cands = candidates(uid, "developer-startup", 20, engine=served)
+    assert not rec.reranked and rec.model_version == "base"
+    assert rec.item_ids == cands.item_ids[:10].tolist()
+
+
+def test_without_a_model_the_rule_fallback_serves_and_says_why(served, caplog):
+    registry.activate_version(served, registry.RULE)
+    caplog.set_level(logging.WARNING)
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert rec.reranked and rec.model_version == "rule"
+    assert "Ranker model not found" in rec.fallback
+    assert "Ranker model not found, using rule-based ranker" in caplog.text
+
+
+def test_user_without_history_gets_trending_unreranked(served):
+    with served.begin() as conn:
+        uid = conn.execute(User.__table__.insert().values(
+            name="newcomer", role="investor", category="ai", field="seed",
+            created_at=__import__("datetime").datetime(2025, 12, 31))).inserted_primary_key[0]
+    rec = recommend(uid, "investor-startup", 10, engine=served, arm="treatment", log=False)
+    assert rec.reranked is False and rec.model_version == "trending"
+    assert len(rec.items) == 10 and "no history" in rec.fallback
+
+
+def test_unknown_user_or_wrong_flow_lists_the_valid_flows(served):
+    uid = engaged_developer(served)
+    with pytest.raises(ValueError, match="developer-startup"):
+        recommend(uid, "founder-investor", engine=served, log=False)
+    with pytest.raises(ValueError, match="unknown flow|valid flows"):
+        recommend(uid, "cats-dogs", engine=served, log=False)
+    with pytest.raises(ValueError, match="unknown user"):
+        recommend(10**9, "developer-startup", engine=served, log=False)
+
+
+def test_hot_reload_between_two_calls_and_corrupt_file_keeps_serving(served, caplog):
+    uid = engaged_developer(served)
+    first = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert first.model_version == "v1"
+    ckpt = registry.load_checkpoint(registry.active_path())
+    model = ckpt.model()
+    with __import__("torch").no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)  # a visibly different model
+    registry.save_checkpoint(registry.active_path(), model, {**ckpt.meta, "version": "v2"})
+    second = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert second.model_version == "v2"
+    registry.active_path().write_bytes(b"not a checkpoint")
+    caplog.set_level(logging.WARNING)
+    third = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert third.model_version == "v2"
+    assert "still serving v2" in caplog.text
+
+
+def test_served_lists_are_logged_as_impressions(served):
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 10, engine=served)
+    with served.connect() as conn:
+        rows = conn.execute(select(Impression.position, Impression.item_id, Impression.arm, Impression.features)
+                            .where(Impression.request_id == rec.request_id).order_by(Impression.position)).all()
+        lists = conn.execute(select(func.count()).select_from(ServedList)).scalar_one()
+    assert [r.item_id for r in rows] == rec.item_ids
+    assert {r.arm for r in rows} == {rec.arm}
+    assert rows[3].features == rec.items[3].features
+    assert lists == 1 and len(rec.impression_ids) == 10
+
+
+def test_features_served_equal_features_recomputed_by_the_dataset_code(served):
+    """Parity: the dataset's point-in-time path gives the served features back."""
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 10, engine=served, arm="treatment", log=False)
+    cands = candidates(uid, "developer-startup", 20, engine=served, as_of=rec.served_at)
+    served_ids = rec.item_ids
+    rest = [i for i in cands.item_ids.tolist() if i not in served_ids]
+    order = np.array(served_ids + rest)
+    score_of = dict(zip(cands.item_ids.tolist(), cands.scores.tolist()))
+    history = load_interactions(served, until=rec.served_at)
+    counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
+                        (history["kind"] == "view").to_numpy())
+    x = features_at(load_catalog(served), counts, np.array([score_of[i] for i in order]), order,
+                    rec.served_at, uid)
+    got = np.array([[it.features[n] for n in feature_names()] for it in rec.items])
+    np.testing.assert_allclose(got, x[:10], atol=1e-6)
