@@ -1,0 +1,155 @@
+"""Ranker core benchmarks: rerank latency, training speed, dataset generation, recommend()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = np.array(samples_s) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def bench_rerank(repeats: int = 3000) -> list[dict]:
+    """Greedy rerank 20 → 10 with the neural scorer (default arch) and dynamic diversity."""
+    import torch
+
+    from ranker.features import ListContext
+    from ranker.model import RankerMLP
+    from ranker.rerank import NeuralScorer, RuleScorer, greedy_rerank
+
+    rng = np.random.default_rng(0)
+    n = 20
+    ctx = ListContext(datetime(2026, 1, 1), 1, "ai", "ml", np.arange(n), rng.random(n), rng.random(n) * 90,
+                      rng.integers(0, 500, n).astype(float), rng.integers(0, 50, n).astype(float),
+                      rng.choice(list("abcdefghij"), n).astype(object), rng.choice(list("uvwxyz"), n).astype(object),
+                      rng.choice(list("pqrs"), n).astype(object))
+    torch.manual_seed(0)
+    neural = NeuralScorer({k: v.numpy() for k, v in RankerMLP(4).eval().state_dict().items()}, "bench")
+    rows = []
+    for name, scorer in (("neural", neural), ("rule", RuleScorer())):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            greedy_rerank(ctx, scorer, 10)
+            times.append(time.perf_counter() - t)
+        p50, p99 = _percentiles(times)
+        rows.append({"what": f"rerank 20→10, {name}, greedy diversity", "value": f"p50 {p50:.3f} / p99 {p99:.3f}",
+                     "unit": "ms", "target": "p99 ≤ 1 ms" if name == "neural" else "",
+                     "ok": p99 <= 1.0 if name == "neural" else None})
+    return rows
+
+
+def _train_rows(n: int, epochs: int = 20, batch_size: int = 128, runs: int = 1) -> float:
+    from ranker.train import Dataset, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 4)).astype(np.float32)
+    groups = np.arange(n) // 3
+    y = (rng.random(n) < 1 / (1 + np.exp(-(3 * x[:, 0] + x[:, 1] - 2.5)))).astype(np.float32)
+    data = Dataset(x, y, groups, groups, np.arange(n))
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        train(data, TrainConfig(epochs=epochs, batch_size=batch_size))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def bench_train(quick: bool) -> list[dict]:
+    small = _train_rows(1000, runs=5)
+    rows = [{"what": "train 1,000 rows × 20 epochs (batch 128)", "value": f"{small:.2f}", "unit": "s",
+             "target": "≤ 2 s (guide: 1–3 min)", "ok": small <= 2}]
+    n = 100_000 if quick else 1_000_000
+    for batch in (128, 1024):
+        t = _train_rows(n, batch_size=batch)
+        label = f"train {n:,} rows × 20 epochs (batch {batch})"
+        rows.append({"what": label, "value": f"{t:.1f}", "unit": "s",
+                     "target": "≤ 60 s" if n == 1_000_000 else "(quick: 100k rows)",
+                     "ok": t <= 60 if n == 1_000_000 else None})
+    return rows
+
+
+def bench_dataset(quick: bool) -> list[dict]:
+    """Dataset generation over the large world (≥ 1M interactions), in a child process for peak RSS."""
+    scale = "small" if quick else "large"
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        env = {"RANKER_DATABASE_URL": url, "RANKER_DATA_DIR": f"{tmp}/data", "RANKER_MODELS_DIR": f"{tmp}/models",
+               "PATH": "/usr/bin:/bin"}
+        subprocess.run([sys.executable, "-m", "ranker", "demo", "init", "--scale", scale], env=env, check=True,
+                       capture_output=True)
+        code = ("import time,resource,json;from ranker.db import get_engine;"
+                "from ranker.dataset import DatasetConfig,build_dataset;"
+                "from ranker.interactions import load_interactions;"
+                "e=get_engine();n=len(load_interactions(e));t=time.perf_counter();"
+                f"s=build_dataset(e,DatasetConfig(output='{tmp}/d.csv'));"
+                "print(json.dumps({'n':n,'s':time.perf_counter()-t,'rows':s.rows,"
+                "'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    import json
+
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    rss_mib = r["rss"] / 1024
+    return [{"what": f"dataset generation over {r['n']:,} interactions ({r['rows']:,} rows out)",
+             "value": f"{r['s']:.1f} s, {rss_mib:.0f} MiB peak RSS", "unit": "",
+             "target": "≤ 30 s, ≤ 1 GiB" if not quick else "(quick: small world)",
+             "ok": (r["s"] <= 30 and rss_mib <= 1024) if not quick else None}]
+
+
+def bench_recommend(quick: bool, requests: int = 500) -> list[dict]:
+    """recommend() end to end (base candidates + rerank, no logging) on a 20k-item world."""
+    scale = "small" if quick else "large"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"RANKER_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "RANKER_DATA_DIR": f"{tmp}/data",
+               "RANKER_MODELS_DIR": f"{tmp}/models", "PATH": "/usr/bin:/bin"}
+        subprocess.run([sys.executable, "-m", "ranker", "demo", "init", "--scale", scale], env=env, check=True,
+                       capture_output=True)
+        code = f"""
+import json, time, numpy as np
+from sqlalchemy import select, func
+from ranker.db import get_engine
+from ranker.schema import User, Item, Interaction
+from ranker.serve import recommend
+from ranker.synth import role_flows
+e = get_engine()
+with e.connect() as c:
+    users = c.execute(select(User.id, User.role).join(Interaction, Interaction.user_id == User.id)
+                      .where(Interaction.kind == 'click').group_by(User.id, User.role).limit(2000)).all()
+    n_items = c.execute(select(func.count()).select_from(Item)).scalar()
+recommend(users[0][0], role_flows(users[0][1])[0], engine=e, arm='treatment', log=False)  # fit/load once
+rng = np.random.default_rng(0); times = []
+for _ in range({requests}):
+    u, role = users[int(rng.integers(len(users)))]
+    t = time.perf_counter()
+    recommend(u, role_flows(role)[0], 10, engine=e, arm='treatment', log=False)
+    times.append(time.perf_counter() - t)
+ms = np.array(times) * 1e3
+print(json.dumps({{'items': n_items, 'p50': float(np.percentile(ms, 50)), 'p99': float(np.percentile(ms, 99))}}))
+"""
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    import json
+
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return [{"what": f"recommend() end to end, {r['items']:,} items (base + rerank)",
+             "value": f"p50 {r['p50']:.2f} / p99 {r['p99']:.2f}", "unit": "ms",
+             "target": "p99 ≤ 10 ms" if not quick else "(quick: small world)",
+             "ok": r["p99"] <= 10 if not quick else None}]
+
+
+def run(quick: bool = False) -> list[dict]:
+    return [*bench_rerank(), *bench_train(quick), *bench_dataset(quick), *bench_recommend(quick)]
+
+
+if __name__ == "__main__":
+    for row in run("--quick" in sys.argv):
+        print(row)
