@@ -7,5 +7,6 @@ parsers to the top-level subparsers and sets ``handler`` on each.
 MODULES = (
     "ranker.commands.base",
     "ranker.commands.core",
+    "ranker.commands.data_import",
     "ranker.commands.experiments",
 )
