@@ -126,7 +126,7 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
 
     from ranker.base.store import fit_base_models
     from ranker.flows import candidates, valid_flows
-    from ranker.schema import Interaction, User
+    from ranker.schema import User
 
     engine = _synthetic_catalogue(folder) if quick else _large_world(folder)
     source = "synthetic 20k-item catalogue" if quick else "large demo world, 20k items"
@@ -135,9 +135,10 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
     models = fit_base_models(engine, params=params, directory=folder / "models")
     fit_all = time.perf_counter() - t0
     ensemble = models["ensemble"]
+    # Users the ensemble personalises for: the scoring path, not the trending fallback.
     with engine.connect() as conn:
-        known = conn.execute(select(User.id, User.role).where(
-            User.id.in_(select(Interaction.user_id).distinct()))).all()
+        roles = dict(conn.execute(select(User.id, User.role)).all())
+    known = [(int(u), roles[int(u)]) for u in ensemble.user_ids_]
     rng = np.random.default_rng(seed)
     p50s, p99s, fallbacks = [], [], 0
     for _ in range(runs):
@@ -152,9 +153,11 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
             fallbacks += got.fallback
         p50s.append(np.percentile(times, 50) * 1e3)
         p99s.append(np.percentile(times, 99) * 1e3)
-    t = time.perf_counter()
-    pool_ids, _ = ensemble.recommend(int(known[0][0]), 20, item_type="startup")
-    one = (time.perf_counter() - t) * 1e3
+    alone = []
+    for j in rng.integers(0, len(known), requests):
+        t = time.perf_counter()
+        ensemble.recommend(known[j][0], 20, item_type="startup")
+        alone.append(time.perf_counter() - t)
     engine.dispose()
     n = f"{runs}x{requests} requests"
     return [
@@ -163,9 +166,9 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
          "value": float(np.median(p50s)), "unit": "ms", "target": LATENCY_TARGET},
         {"what": f"candidates() p99, ensemble, n=20 ({source}; median of {n})",
          "value": float(np.median(p99s)), "unit": "ms", "target": LATENCY_TARGET},
-        {"what": "ensemble.recommend() alone, 12k startups (one call)", "value": one, "unit": "ms",
-         "target": ""},
-        {"what": "requests that fell back to trending", "value": fallbacks, "unit": "count", "target": ""},
+        {"what": f"ensemble.recommend() alone, 12k startups, p50 of {requests} calls",
+         "value": float(np.percentile(alone, 50) * 1e3), "unit": "ms", "target": ""},
+        {"what": "requests that fell back to trending", "value": fallbacks, "unit": "count", "target": "0"},
     ]
 
 

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 _lock = threading.RLock()
-#: (directory, database) -> {name: (mtime_ns, model)}
-_cache: dict[tuple[str, str], dict[str, tuple[int, BaseRecommender]]] = {}
+#: (directory, database) -> {name: ((mtime_ns, inode, size), model or None if rejected)}
+_cache: dict[tuple[str, str], dict[str, tuple[tuple[int, int, int], BaseRecommender | None]]] = {}
 
 
 def models_dir(directory: str | Path | None = None) -> Path:
@@ -166,30 +166,33 @@ def load_base_models(engine: Engine, directory: str | Path | None = None) -> dic
     stamp = None
     key = (str(folder.resolve()), engine.url.render_as_string(hide_password=True))
     with _lock:
-        cached = _cache.setdefault(key, {})  # name -> (mtime seen, model or None)
+        cached = _cache.setdefault(key, {})
         for name in MODEL_NAMES:
             path = model_path(name, folder)
             try:
-                mtime = path.stat().st_mtime_ns
+                st = path.stat()
             except FileNotFoundError:
                 cached.pop(name, None)
                 continue
-            if name in cached and cached[name][0] == mtime:
+            # os.replace gives every saved version a new inode, so two saves within one
+            # mtime tick are still told apart.
+            signature = (st.st_mtime_ns, st.st_ino, st.st_size)
+            if name in cached and cached[name][0] == signature:
                 continue
-            previous = cached.get(name, (0, None))[1]
+            previous = cached.get(name, (None, None))[1]
             try:
                 meta = BaseRecommender.read_metadata(path)
                 stamp = stamp or database_fingerprint(engine)
                 if meta.get("extra") != stamp:
                     log.warning("skipping %s: fitted on other data (%s, this database: %s); refit with "
                                 "`ranker base fit`", path, meta.get("extra"), stamp)
-                    cached[name] = (mtime, None)
+                    cached[name] = (signature, None)
                     continue
-                cached[name] = (mtime, BaseRecommender.load(path))
+                cached[name] = (signature, BaseRecommender.load(path))
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("cannot load %s (%s); %s", path, exc,
                             "keeping the loaded version" if previous else "skipping it")
-                cached[name] = (mtime, previous)
+                cached[name] = (signature, previous)
         return {name: model for name, (_, model) in cached.items() if model is not None}
 
 
