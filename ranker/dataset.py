@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from tqdm import tqdm
 
 from ranker import config
@@ -268,11 +268,18 @@ def _val_start(start: datetime, end: datetime, cfg: DatasetConfig) -> datetime |
 def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
                       show_bar: bool) -> DatasetSummary:
     engaged = select(Outcome.impression_id).where(Outcome.kind.in_(config.ENGAGED_KINDS))
+    viewed = select(Outcome.impression_id).where(Outcome.kind == "view")
     stmt = (
         select(Impression.request_id, Impression.user_id, Impression.item_id, Impression.features,
                Impression.served_at, Impression.id.in_(engaged).label("engaged"))
         .order_by(Impression.request_id, Impression.position)
     )
+    with engine.connect() as conn:
+        views_logged = conn.execute(select(Outcome.id).where(Outcome.kind == "view").limit(1)).first() is not None
+    if views_logged:
+        # Negatives are viewed-not-engaged, as in the feedback source: an impression nobody
+        # looked at says nothing about the item, only about its position.
+        stmt = stmt.where(or_(Impression.id.in_(viewed), Impression.id.in_(engaged)))
     names = list(REGISTRY)
     rng = np.random.default_rng(cfg.seed)
     with engine.connect() as conn:

@@ -19,10 +19,10 @@ from sqlalchemy import Engine, func, insert, select
 
 from ranker import config
 from ranker.clock import serve_now, set_clock
-from ranker.db import audit, get_setting, put_setting, session_scope, with_retries
+from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.experiments import log_outcomes
 from ranker.features import age_days
-from ranker.schema import Interaction, Item, User
+from ranker.schema import Item, User
 from ranker.truth import GroundTruth, attraction_logits, examination_probability, load_truth, save_truth
 
 log = logging.getLogger(__name__)
@@ -179,16 +179,11 @@ def _user_response(rng, truth, svc, rec, t: datetime, exam_p, positive_kind) -> 
 
 
 def _write_response(engine: Engine, rec, events) -> None:
-    """Views become interactions; clicks and feedback become outcomes (and interactions)."""
-    views = [{"user_id": rec.user_id, "item_id": rec.item_ids[p], "kind": "view", "created_at": ts, "rating": None}
-             for p, kind, ts in events if kind == "view"]
-    if views:
-        def write() -> None:
-            with session_scope(engine) as s:
-                s.execute(insert(Interaction), views)
-        with_retries(write)
-    outcomes = [(rec.impression_ids[p], kind, ts) for p, kind, ts in events if kind != "view"]
-    log_outcomes(engine, outcomes)
+    """Every event (view, click, feedback) is an outcome of its impression and a platform interaction.
+
+    A ``view`` outcome says the user examined the item, as a client's viewport logging would.
+    """
+    log_outcomes(engine, [(rec.impression_ids[p], kind, ts) for p, kind, ts in events])
 
 
 __all__ = ["simulate", "SimulationSummary", "get_setting", "put_setting"]

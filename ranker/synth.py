@@ -52,6 +52,13 @@ HISTORY_DAYS = 90
 LIST_LENGTH = 10
 LATENT_DIM = 8
 INSERT_BATCH = 20_000
+#: How much of an item's and a user's taste is idiosyncratic (not explained by category/field).
+ITEM_TASTE_NOISE = 0.45
+USER_TASTE_NOISE = 0.5
+#: Share of the catalogue that predates the 90 days of history.
+OLD_ITEM_SHARE = 0.3
+#: The legacy policy's weights: popularity, declared-category match, editorial quality.
+LEGACY_WEIGHTS = (0.4, 1.0, 0.0)
 
 CATEGORIES = (
     "ai", "fintech", "health", "climate", "edtech",
@@ -216,7 +223,7 @@ def _make_items(rng: np.random.Generator, sc: Scale, start: datetime) -> dict:
         fields += list(rng.choice(fvocab, size=n))
         types += list(rng.choice(tvocab, size=n))
         # 30% of the catalogue predates the history; the rest arrives during it.
-        old = rng.random(n) < 0.3
+        old = rng.random(n) < OLD_ITEM_SHARE
         offset = np.where(old, -rng.integers(86400, 365 * 86400, size=n),
                           rng.integers(0, span, size=n))
         c = [start + timedelta(seconds=int(o)) for o in offset]
@@ -249,12 +256,12 @@ def _make_truth(rng, params, users, items, user_ids, item_ids) -> GroundTruth:
     field_vec = {f: _unit(rng.normal(size=LATENT_DIM)) for f in all_fields}
 
     iv = np.stack([cat_vec[c] + 0.5 * field_vec[f] for c, f in zip(items["category"], items["field"])])
-    iv = _unit_rows(iv + 0.45 * rng.normal(size=iv.shape))
+    iv = _unit_rows(iv + ITEM_TASTE_NOISE * rng.normal(size=iv.shape))
     # A user likes their declared category, a hidden second one, and some noise.
     hidden = rng.choice(CATEGORIES, size=len(user_ids))
     uv = np.stack([cat_vec[c] + 0.7 * cat_vec[h] + 0.3 * field_vec[f]
                    for c, h, f in zip(users["category"], hidden, users["field"])])
-    uv = _unit_rows(uv + 0.5 * rng.normal(size=uv.shape))
+    uv = _unit_rows(uv + USER_TASTE_NOISE * rng.normal(size=uv.shape))
     return GroundTruth(
         params=params,
         user_ids=user_ids.astype(np.int64),
@@ -283,7 +290,7 @@ def new_items(rng: np.random.Generator, truth: GroundTruth, counts: dict[str, in
             f, t = str(rng.choice(fvocab)), str(rng.choice(tvocab))
             rows.append({"item_type": item_type, "name": f"{item_type}-new", "category": c, "field": f,
                          "type": t, "created_at": created_at, "updated_at": created_at, "views": 0})
-            vecs.append(cat_vec[c] + 0.5 * field_vec[f] + 0.45 * rng.normal(size=LATENT_DIM))
+            vecs.append(cat_vec[c] + 0.5 * field_vec[f] + ITEM_TASTE_NOISE * rng.normal(size=LATENT_DIM))
     vecs_arr = _unit_rows(np.array(vecs)).astype(np.float32) if vecs else np.zeros((0, LATENT_DIM), np.float32)
     return rows, vecs_arr, rng.normal(size=len(rows)).astype(np.float32)
 
@@ -338,7 +345,7 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
             pool = pool[items["created"][pool] <= t64]
             if len(pool) < LIST_LENGTH:
                 continue
-            shown = _legacy_list(rng, pool, users["category"][u], items["category"], views)
+            shown = _legacy_list(rng, pool, users["category"][u], items["category"], views, truth.item_quality)
             # The item's age as of t: the last edit only counts once it has happened.
             ref = np.where(items["updated"][shown] <= t64, item_age_ref[shown], items["created"][shown])
             age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
@@ -373,12 +380,14 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
     return views, engaged
 
 
-def _legacy_list(rng, pool, user_category, item_category, views) -> np.ndarray:
-    """The legacy policy: 50 random eligible items, ordered by popularity + category match + noise."""
+def _legacy_list(rng, pool, user_category, item_category, views, quality) -> np.ndarray:
+    """The legacy policy: 50 random eligible items, ordered by popularity, declared-category
+    match and an editorial quality grade (curators spot good items), plus noise."""
     cand = pool[rng.integers(0, len(pool), size=min(50, len(pool) * 2))]
     cand = np.unique(cand)
-    score = (0.4 * np.log1p(views[cand]) + 1.0 * (item_category[cand] == user_category)
-             + rng.gumbel(size=len(cand)))
+    w_pop, w_cat, w_quality = LEGACY_WEIGHTS
+    score = (w_pop * np.log1p(views[cand]) + w_cat * (item_category[cand] == user_category)
+             + w_quality * quality[cand] + rng.gumbel(size=len(cand)))
     top = np.argsort(-score, kind="stable")[:LIST_LENGTH]
     return cand[top]
 

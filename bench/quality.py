@@ -1,0 +1,109 @@
+"""The quality study behind the README's figures (SPEC §10, issue "Experiments").
+
+For each preset (default, no-context) on a fresh default-scale world:
+1. fit the base models, build the feedback dataset, train and activate the ranker;
+2. serve simulated A/B traffic through ``recommend()`` and analyse it (delta method);
+3. run the paired offline report (base, rule, neural, LightGBM, oracle);
+4. closed loop: dataset from the logged impressions → retrain → serve again → report.
+
+    python bench/quality.py [--days 3] [--requests-per-day 1000] [--json]
+
+Takes several minutes. Nothing here is asserted: it measures and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def study(preset: str, days: int, per_day: int, report_requests: int) -> dict:
+    from ranker import config
+    from ranker.base import store
+    from ranker.dataset import DatasetConfig, build_dataset
+    from ranker.db import make_engine
+    from ranker.online import ab_test, summary_by_arm
+    from ranker.pipeline import train_and_register
+    from ranker.report import paired_simulation, train_lightgbm
+    from ranker.serve import _SERVICES, service
+    from ranker.simulate import simulate
+    from ranker.synth import build_world
+    from ranker.train import TrainConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"quality-{preset}-"))
+    config.DATA_DIR, config.MODELS_DIR = tmp / "data", tmp / "models"
+    store.clear_cache()
+    _SERVICES.clear()
+    engine = make_engine(f"sqlite:///{tmp / 'world.db'}")
+    build_world(engine, seed=42, preset=preset, scale="default")
+    store.fit_base_models(engine)
+    out: dict = {"preset": preset}
+
+    def round_(name: str, data: Path, val: Path) -> None:
+        trained = train_and_register(engine, data, TrainConfig(), val=val, activate=True)
+        out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
+        svc = service(engine)
+        scorers = {"rule": svc.rule_scorer(), "neural": svc.model.get(), "lightgbm": train_lightgbm(data)}
+        out[f"{name}_paired"] = paired_simulation(engine, report_requests, seed=7, scorers=scorers)["policies"]
+        start = svc_clock(engine)
+        simulate(engine, days=days, requests_per_day=per_day, seed=11, refit_base=False)
+        out[f"{name}_ab"] = ab_test(engine, start=start).__dict__ | {
+            "control": ab_test(engine, start=start).control.__dict__,
+            "treatment": ab_test(engine, start=start).treatment.__dict__}
+        arms = summary_by_arm(engine, start=start)
+        out[f"{name}_arms"] = arms.reset_index().to_dict(orient="records")
+
+    feedback = DatasetConfig(output=config.DATA_DIR / "fb.csv", val_output=config.DATA_DIR / "fb_val.csv")
+    build_dataset(engine, feedback)
+    round_("feedback", feedback.output, feedback.val_output)
+    loop = DatasetConfig(output=config.DATA_DIR / "imp.csv", val_output=config.DATA_DIR / "imp_val.csv",
+                         source="impressions")
+    build_dataset(engine, loop)
+    round_("closed_loop", loop.output, loop.val_output)
+    return out
+
+
+def svc_clock(engine):
+    from ranker.clock import serve_now
+    from ranker.db import session_scope
+
+    with session_scope(engine) as s:
+        return serve_now(s)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--requests-per-day", type=int, default=1000)
+    p.add_argument("--report-requests", type=int, default=3000)
+    p.add_argument("--presets", default="default,no-context")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests)
+               for preset in args.presets.split(",")]
+    if args.json:
+        print(json.dumps(results, default=str, indent=1))
+        return 0
+    for r in results:
+        print(f"\n=== preset {r['preset']} ===")
+        for stage in ("feedback", "closed_loop"):
+            v = r[f"{stage}_offline_val"]
+            print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
+                  f"  base {v['base']['ndcg@10']:.4f}")
+            print(f"[{stage}] paired offline simulation:")
+            for name, pol in r[f"{stage}_paired"].items():
+                print(f"    {name:9} CTR {pol['ctr']:.4f}  lift {pol['lift_vs_base']:+.1%}  "
+                      f"p {pol.get('p_value_vs_base', float('nan')):.2g}  gap closed {pol['gap_closed']:+.1%}  "
+                      f"ILD {pol['ild']:.3f}  age {pol['mean_age_days']:.1f} d")
+            ab = r[f"{stage}_ab"]
+            print(f"[{stage}] A/B (served traffic): {ab['verdict']}")
+            for a in r[f"{stage}_arms"]:
+                print(f"    {a['arm']:9} CTR {a['ctr']:.4f}  ILD {a['ild']:.3f}  age {a['mean_age_days']:.1f} d")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
