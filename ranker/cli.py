@@ -9,8 +9,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ranker import config
-
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -166,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "CLIError", "config"]
+__all__ = ["main", "CLIError"]

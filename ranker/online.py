@@ -12,7 +12,7 @@ from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, case, cast, distinct, func, select
+from sqlalchemy import Engine, and_, cast, distinct, func, select
 from sqlalchemy.types import Date
 
 from ranker import config
@@ -145,4 +145,4 @@ def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: 
     return analyse(stats["control"], stats["treatment"], mde=mde)
 
 
-__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "per_user_counts", "case"]
+__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "per_user_counts"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from sqlalchemy import select
 
 from ranker import config
 from ranker.clock import serve_now
@@ -120,7 +121,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
         truth = load_truth(s)
         as_of = serve_now(s)
         users = s.execute(
-            __import__("sqlalchemy").select(User.id, User.role, User.category, User.field).order_by(User.id)
+            select(User.id, User.role, User.category, User.field).order_by(User.id)
         ).all()
     if truth is None:
         raise ValueError("no synthetic ground truth in this database: the oracle comparison needs the demo "

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, insert, select
 
 from ranker import config
 from ranker.clock import serve_now, set_clock
-from ranker.db import audit, get_setting, put_setting, session_scope
+from ranker.db import audit, session_scope
 from ranker.experiments import log_outcomes
 from ranker.features import age_days
 from ranker.schema import Item, User
@@ -186,4 +186,4 @@ def _write_response(engine: Engine, rec, events) -> None:
     log_outcomes(engine, [(rec.impression_ids[p], kind, ts) for p, kind, ts in events])
 
 
-__all__ = ["simulate", "SimulationSummary", "get_setting", "put_setting"]
+__all__ = ["simulate", "SimulationSummary"]

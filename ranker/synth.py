@@ -25,8 +25,6 @@ from ranker import config
 from ranker.clock import set_clock
 from ranker.db import audit, ensure_schema, put_setting, session_scope
 from ranker.schema import (
-    AuditLog,
-    Base,
     Impression,
     Interaction,
     Item,
@@ -396,4 +394,4 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-__all__ = ["build_world", "WorldExistsError", "SCALES", "WORLD_END", "Base", "AuditLog"]
+__all__ = ["build_world", "new_items", "WorldExistsError", "SCALES", "WORLD_END"]

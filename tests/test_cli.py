@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -63,6 +64,6 @@ def test_zero_or_negative_sizes_are_rejected(value, capsys):
 
 def test_python_dash_m_ranker_runs(cli_db):
     out = subprocess.run([sys.executable, "-m", "ranker", "db", "info"], capture_output=True,
-                         text=True, env={**__import__("os").environ, "RANKER_DATABASE_URL": cli_db})
+                         text=True, env={**os.environ, "RANKER_DATABASE_URL": cli_db})
     assert out.returncode == 0, out.stderr
     assert "users" in out.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 
@@ -61,7 +62,7 @@ def test_popularity_is_taken_as_of_the_event(trained_world, frame, small_world_e
             "SELECT sum(kind = 'view'), sum(kind != 'view') FROM interactions "
             "WHERE item_id = :i AND created_at < :t"), {"i": int(row["item_id"]), "t": at}).one()
         max_views = conn.execute(text("SELECT value FROM settings WHERE key='popularity_max_views'")).scalar()
-    expected = math.log((views or 0) + 3 * (other or 0) + 1) / math.log(__import__("json").loads(max_views)["v"])
+    expected = math.log((views or 0) + 3 * (other or 0) + 1) / math.log(json.loads(max_views)["v"])
     # event_time is rounded to the second in the CSV; counts come from the exact moment
     assert row["popularity_score"] == pytest.approx(min(expected, 1.0), abs=0.02)
 
@@ -94,7 +95,7 @@ def test_impressions_source_uses_features_as_logged(served, isolated_dirs):
         rid, item = df.iloc[0][["group_id", "item_id"]]
         logged = conn.execute(text("SELECT features FROM impressions WHERE request_id = :r AND item_id = :i"),
                               {"r": rid, "i": int(item)}).scalar_one()
-    logged = __import__("json").loads(logged) if isinstance(logged, str) else logged
+    logged = json.loads(logged) if isinstance(logged, str) else logged
     assert df.iloc[0]["recency_score"] == pytest.approx(logged["recency"], abs=1e-6)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from ranker import config, registry
@@ -60,7 +62,7 @@ def test_user_without_history_gets_trending_unreranked(served):
     with served.begin() as conn:
         uid = conn.execute(User.__table__.insert().values(
             name="newcomer", role="investor", category="ai", field="seed",
-            created_at=__import__("datetime").datetime(2025, 12, 31))).inserted_primary_key[0]
+            created_at=datetime(2025, 12, 31))).inserted_primary_key[0]
     rec = recommend(uid, "investor-startup", 10, engine=served, arm="treatment", log=False)
     assert rec.reranked is False and rec.model_version == "trending"
     assert len(rec.items) == 10 and "no history" in rec.fallback
@@ -82,7 +84,7 @@ def test_hot_reload_between_two_calls_and_corrupt_file_keeps_serving(served, cap
     assert first.model_version == "v1"
     ckpt = registry.load_checkpoint(registry.active_path())
     model = ckpt.model()
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.0)  # a visibly different model
     registry.save_checkpoint(registry.active_path(), model, {**ckpt.meta, "version": "v2"})

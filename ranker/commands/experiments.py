@@ -6,8 +6,6 @@ import argparse
 import json
 import math
 
-from ranker import config
-
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ranker.db import ensure_schema, get_engine
@@ -97,7 +95,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_job_commands(sub)
 
 
-__all__ = ["add_commands", "config"]
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
