@@ -4,7 +4,8 @@ For each preset (default, no-context) on a fresh default-scale world:
 1. fit the base models, build the feedback dataset, train and activate the ranker;
 2. serve simulated A/B traffic through ``recommend()`` and analyse it (delta method);
 3. run the paired offline report (base, rule, neural, LightGBM, oracle);
-4. closed loop: dataset from the logged impressions → retrain → serve again → report.
+4. closed loop (``--loops`` rounds): dataset from the logged impressions → retrain →
+   serve again → report.
 
     python bench/quality.py [--days 3] [--requests-per-day 1000] [--json]
 
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-def study(preset: str, days: int, per_day: int, report_requests: int) -> dict:
+def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1) -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
@@ -50,19 +51,20 @@ def study(preset: str, days: int, per_day: int, report_requests: int) -> dict:
         out[f"{name}_paired"] = paired_simulation(engine, report_requests, seed=7, scorers=scorers)["policies"]
         start = svc_clock(engine)
         simulate(engine, days=days, requests_per_day=per_day, seed=11, refit_base=False)
-        out[f"{name}_ab"] = ab_test(engine, start=start).__dict__ | {
-            "control": ab_test(engine, start=start).control.__dict__,
-            "treatment": ab_test(engine, start=start).treatment.__dict__}
+        ab = ab_test(engine, start=start)
+        out[f"{name}_ab"] = ab.__dict__ | {"control": ab.control.__dict__, "treatment": ab.treatment.__dict__}
         arms = summary_by_arm(engine, start=start)
         out[f"{name}_arms"] = arms.reset_index().to_dict(orient="records")
 
     feedback = DatasetConfig(output=config.DATA_DIR / "fb.csv", val_output=config.DATA_DIR / "fb_val.csv")
     build_dataset(engine, feedback)
     round_("feedback", feedback.output, feedback.val_output)
-    loop = DatasetConfig(output=config.DATA_DIR / "imp.csv", val_output=config.DATA_DIR / "imp_val.csv",
-                         source="impressions")
-    build_dataset(engine, loop)
-    round_("closed_loop", loop.output, loop.val_output)
+    for i in range(1, loops + 1):
+        loop = DatasetConfig(output=config.DATA_DIR / f"imp{i}.csv", val_output=config.DATA_DIR / f"imp{i}_val.csv",
+                             source="impressions")
+        build_dataset(engine, loop)
+        round_(f"closed_loop_{i}", loop.output, loop.val_output)
+    out["stages"] = ["feedback", *(f"closed_loop_{i}" for i in range(1, loops + 1))]
     return out
 
 
@@ -80,16 +82,17 @@ def main() -> int:
     p.add_argument("--requests-per-day", type=int, default=1000)
     p.add_argument("--report-requests", type=int, default=3000)
     p.add_argument("--presets", default="default,no-context")
+    p.add_argument("--loops", type=int, default=1, help="closed-loop rounds after the feedback round")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    results = [study(preset, args.days, args.requests_per_day, args.report_requests)
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops)
                for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
     for r in results:
         print(f"\n=== preset {r['preset']} ===")
-        for stage in ("feedback", "closed_loop"):
+        for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
                   f"  base {v['base']['ndcg@10']:.4f}")
