@@ -2,14 +2,11 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="Ranker", page_icon="🔀", layout="wide")
+from dashboard.common import PAGES
 
-pages = [
-    st.Page("../pages/overview.py", title="Overview", icon="🏠", default=True),
-    st.Page("../pages/data_training.py", title="Data & Training", icon="🧪"),
-    st.Page("../pages/models.py", title="Models", icon="🗂️"),
-    st.Page("../pages/rule_weights.py", title="Rule weights", icon="🎚️"),
-    st.Page("../pages/ranking_preview.py", title="Ranking preview", icon="🔍"),
-    st.Page("../pages/metrics_ab.py", title="Metrics & A/B", icon="📈"),
-]
+st.set_page_config(page_title="Ranker", page_icon=":material/swap_vert:", layout="wide")
+
+# Material icons ship with Streamlit's own font, so they render on machines without an emoji font.
+pages = [st.Page(f"../pages/{name}.py", title=title, icon=icon, default=name == "overview")
+         for name, (title, icon) in PAGES.items()]
 st.navigation(pages).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -9,6 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 ARM_COLORS = {"control": "#8c8c8c", "treatment": "#1f77b4"}
+LABEL_COLORS = {"negative": "#8c8c8c", "positive": "#ff7f0e"}
+DAY_MS = 86_400_000
 
 
 def loss_curves(history: Sequence[dict]) -> go.Figure:
@@ -21,6 +24,7 @@ def loss_curves(history: Sequence[dict]) -> go.Figure:
             fig.add_scatter(x=df["epoch"], y=df["val_loss"], mode="lines+markers", name="validation")
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
                       yaxis_title="pairwise loss", title="Loss")
+    fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(len(df) / 10)))  # whole epochs only
     return fig
 
 
@@ -29,16 +33,24 @@ def feature_histograms(df: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     long = df.melt(id_vars=["label"], value_vars=list(columns), var_name="feature", value_name="value")
     long["label"] = long["label"].map({0: "negative", 1: "positive"})
     fig = px.histogram(long, x="value", color="label", facet_col="feature", facet_col_wrap=len(columns),
-                       nbins=20, barmode="overlay", opacity=0.65, histnorm="probability")
+                       nbins=20, barmode="overlay", opacity=0.6, histnorm="probability",
+                       color_discrete_map=LABEL_COLORS, category_orders={"label": list(LABEL_COLORS)})
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10))
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return fig
 
 
-def metric_over_time(df: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """A daily metric per arm (already aggregated per day and arm)."""
+def metric_over_time(df: pd.DataFrame, metric: str, title: str, percent: bool = False) -> go.Figure:
+    """A daily metric per arm (already aggregated per day and arm); ``percent`` for rates."""
     fig = px.line(df, x="day", y=metric, color="arm", markers=True, color_discrete_map=ARM_COLORS)
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title=title, yaxis_title=None)
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title=title, yaxis_title=None,
+                      yaxis_tickformat=".1%" if percent else None)
+    days = pd.to_datetime(pd.Series(df["day"]).drop_duplicates())
+    fig.update_xaxes(type="date", tickformat="%b %d", title=None,
+                     dtick=DAY_MS if len(days) <= 14 else None)  # whole days, never hours
+    if len(days) == 1:  # one point per arm: show the day in the middle, not a millisecond range
+        day = days.iloc[0]
+        fig.update_xaxes(range=[day - pd.Timedelta(days=1), day + pd.Timedelta(days=1)])
     return fig
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import Engine
 
+from dashboard import preview
 from ranker import db
 
 ACTOR = "dashboard"
@@ -20,12 +21,18 @@ def engine(url: str) -> Engine:
 
 
 def get_engine_or_stop() -> Engine:
-    """The engine, or an error box that says what to check, and stop the page."""
+    """The engine, or an error box that says what to check, and stop the page.
+
+    The first call in a process also starts loading the serving state in the background.
+    """
+    url = db.database_url()
     try:
-        return engine(db.database_url())
+        eng = engine(url)
     except db.DatabaseError as exc:
         st.error(f"Database unavailable. {exc}")
         st.stop()
+    preview.warm_up(url)
+    return eng
 
 
 def database_label(eng: Engine) -> str:
@@ -40,6 +47,21 @@ def table_counts(_engine: Engine, url: str) -> dict[str, int]:
 def clear_caches() -> None:
     """Call after any write, so no page shows data cached from before it."""
     st.cache_data.clear()
+
+
+def done(message: str) -> None:
+    """After a write: clear caches and rerun the page; the new run shows ``message`` where the page
+    calls :func:`show_done`."""
+    clear_caches()
+    st.session_state["_flash"] = message
+    st.rerun()
+
+
+def show_done() -> None:
+    """Show the message left by :func:`done` in the previous run, once."""
+    message = st.session_state.pop("_flash", None)
+    if message:
+        st.success(message)
 
 
 # --- Operator password (SPEC §14) ------------------------------------------------------
@@ -78,6 +100,22 @@ def operator_gate() -> bool:
 def audit(eng: Engine, action: str, details: dict[str, Any]) -> None:
     with db.session_scope(eng) as s:
         db.audit(s, action, details, actor=ACTOR)
+
+
+PAGES = {
+    "overview": ("Overview", ":material/home:"),
+    "data_training": ("Data & Training", ":material/model_training:"),
+    "models": ("Models", ":material/inventory_2:"),
+    "rule_weights": ("Rule weights", ":material/tune:"),
+    "ranking_preview": ("Ranking preview", ":material/compare_arrows:"),
+    "metrics_ab": ("Metrics & A/B", ":material/monitoring:"),
+}
+
+
+def link(page: str, label: str | None = None) -> None:
+    """A link to another page of the dashboard (``page`` is the file stem under ``pages/``)."""
+    title, icon = PAGES[page]
+    st.page_link(f"../pages/{page}.py", label=label or title, icon=icon)
 
 
 def empty_database_notice(counts: dict[str, int]) -> bool:

@@ -20,34 +20,38 @@ def latest(engine: Engine, kind: str) -> Job | None:
     return found[0] if found else None
 
 
-def job_status(engine: Engine, kind: str, on_done: Callable[[Job], None] | None = None) -> None:
-    """Show the latest job of ``kind``; while it is active, poll it every second."""
+def job_status(engine: Engine, kind: str, can_edit: bool = True,
+               on_done: Callable[[Job], None] | None = None) -> None:
+    """Show the latest job of ``kind``; while it is active, poll it every second.
+
+    ``can_edit`` (the operator gate) enables the Cancel button.
+    """
     job = latest(engine, kind)
     if job is None:
         return
     if job.status in jobs.ACTIVE:
-        _live(engine, kind, job.id)
+        _live(engine, kind, job.id, can_edit)
     else:
-        _render(engine, job)
+        _render(engine, job, can_edit)
         if on_done:
             on_done(job)
 
 
 @st.fragment(run_every=POLL_SECONDS)
-def _live(engine: Engine, kind: str, job_id: int) -> None:
+def _live(engine: Engine, kind: str, job_id: int, can_edit: bool) -> None:
     job = jobs.get(engine, job_id)
-    _render(engine, job)
+    _render(engine, job, can_edit)
     if job.status not in jobs.ACTIVE:
         common.clear_caches()
         st.rerun()  # the whole page, so results below the job appear
 
 
-def _render(engine: Engine, job: Job) -> None:
+def _render(engine: Engine, job: Job, can_edit: bool = True) -> None:
     label = f"{job.kind.capitalize()} job #{job.id}: {job.status}"
     if job.status in jobs.ACTIVE:
         st.progress(float(job.progress or 0.0), text=f"{label} — {job.message or ''}")
-        if st.button("Cancel", key=f"cancel_{job.id}"):
-            jobs.cancel(engine, job.id)
+        if st.button("Cancel", key=f"cancel_{job.id}", disabled=not can_edit) and can_edit:
+            jobs.cancel(engine, job.id, actor=common.ACTOR)
             st.toast(f"Cancelling job #{job.id}…")
     elif job.status == "succeeded":
         st.success(f"{label} (finished {job.finished_at:%Y-%m-%d %H:%M:%S})")

@@ -1,6 +1,5 @@
 """Data & Training: build a dataset, look at it, train, compare with the rule, promote."""
 
-
 import pandas as pd
 import streamlit as st
 
@@ -33,24 +32,33 @@ if go and can_edit:
                                              "neg_ratio": neg_ratio, "window_days": float(window),
                                              "source": source})
     st.toast(f"Dataset job #{job.id} started")
-jobs_ui.job_status(engine, "dataset")
+jobs_ui.job_status(engine, "dataset", can_edit)
+
+
+PREVIEW_ROWS, HISTOGRAM_ROWS = 200_000, 20_000
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def read_dataset(path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_csv(path, nrows=200_000)
+    return pd.read_csv(path, nrows=PREVIEW_ROWS)
 
 
-if TRAIN_CSV.exists():
-    df = read_dataset(str(TRAIN_CSV), TRAIN_CSV.stat().st_mtime)
-    st.caption(f"`{TRAIN_CSV}`: {len(df):,} rows shown (file {TRAIN_CSV.stat().st_size / 1e6:.1f} MB)"
-               + (f"; validation `{VAL_CSV}`" if VAL_CSV.exists() else ""))
+df = read_dataset(str(TRAIN_CSV), TRAIN_CSV.stat().st_mtime) if TRAIN_CSV.exists() else None
+missing = [] if df is None else [c for c in (*feature_columns(), "label") if c not in df.columns]
+if missing:
+    st.error(f"`{TRAIN_CSV}` has no column(s) {', '.join(missing)}, so training on it will fail. "
+             "Generate a new dataset above (or `ranker dataset`).")
+elif df is not None:
+    first = "the first " if len(df) == PREVIEW_ROWS else ""
+    st.caption(f"`{TRAIN_CSV}` ({TRAIN_CSV.stat().st_size / 1e6:.1f} MB): {first}{len(df):,} rows below"
+               + (f"; validation rows in `{VAL_CSV}`" if VAL_CSV.exists() else ""))
     c1, c2, c3 = st.columns(3)
     c1.metric("Rows", f"{len(df):,}")
     c2.metric("Positives", f"{int(df['label'].sum()):,}")
     c3.metric("Positive share", f"{df['label'].mean():.1%}")
     st.dataframe(df.head(20), hide_index=True, width="stretch")
-    st.plotly_chart(charts.feature_histograms(df, feature_columns()))
+    sample = df.sample(min(len(df), HISTOGRAM_ROWS), random_state=0)  # the browser gets every value plotted
+    st.plotly_chart(charts.feature_histograms(sample, feature_columns()))
 else:
     st.info("No dataset yet: generate one above (or `ranker dataset`).")
 
@@ -75,7 +83,7 @@ if train_clicked and can_edit:
         st.toast(f"Training job #{job.id} started")
     else:
         st.info(f"Training job #{job.id} is already running; showing it.")
-jobs_ui.job_status(engine, "train")
+jobs_ui.job_status(engine, "train", can_edit)
 
 last = jobs_ui.latest(engine, "train")
 if last is not None and last.status == "succeeded" and last.result:
@@ -86,13 +94,20 @@ if last is not None and last.status == "succeeded" and last.result:
     table.index = ["neural ranker", "rule-based", "base order"]
     st.dataframe(table.style.format("{:.4f}"), width="stretch")
     st.caption(f"Evaluated on {m['evaluated_on']} data: {m['rows']:,} rows, {m['groups']:,} lists.")
+    worse = (m["model"].get("ndcg@10") or 0.0) < (m["rule"].get("ndcg@10") or 0.0)
+    if worse:
+        st.warning(f"{res['version']} ranks worse than the rule-based ranker on this data (NDCG@10 "
+                   f"{common.fmt(m['model']['ndcg@10'])} vs {common.fmt(m['rule']['ndcg@10'])}): promoting it "
+                   "would serve worse lists. Train longer, or with more data.")
     active = registry.active_version(engine)
     if active == res["version"]:
         st.success(f"{res['version']} is serving.")
-    elif st.button(f"Promote {res['version']} to serving", type="primary", disabled=not can_edit) and can_edit:
+    elif st.button(f"Promote {res['version']} to serving", type="secondary" if worse else "primary",
+                   disabled=not can_edit) and can_edit:
         registry.activate_version(engine, res["version"], actor=common.ACTOR)
-        common.clear_caches()
-        st.success(f"{res['version']} is now serving (hot reload, no restart).")
+        common.done(f"{res['version']} is now serving (hot reload, no restart).")
 elif registry.active_version(engine) is None:
-    st.info("No trained model yet: serving uses the rule-based ranker. Generate a dataset, then press Train.")
+    st.info("No trained model yet: serving uses the rule-based ranker (weights on the **Rule weights** page). "
+            + ("Press **Train** above." if TRAIN_CSV.exists() else "Generate a dataset above, then press **Train**."))
+common.show_done()
 

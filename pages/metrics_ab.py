@@ -24,6 +24,9 @@ def verdict(_engine, url: str, flow: str | None, start, end, mde: float):
     return online.ab_test(_engine, flow, start, end, mde=mde)
 
 
+everything = daily(engine, str(engine.url), None, None, None)
+common.show_done()
+
 # --- Experiment controls ------------------------------------------------------------
 exp = experiments.get_experiment(engine)
 with st.expander(f"Experiment: {'running' if exp.running else 'stopped'}, rollout {exp.rollout:g}%",
@@ -32,18 +35,18 @@ with st.expander(f"Experiment: {'running' if exp.running else 'stopped'}, rollou
     c1, c2, c3 = st.columns(3)
     if c1.button("Save rollout", disabled=not can_edit or rollout == exp.rollout) and can_edit:
         experiments.update_experiment(engine, rollout=rollout, actor=common.ACTOR)
-        st.rerun()
+        common.done(f"Rollout saved: {rollout}% of users get the reranked list.")
     if exp.running:
         if c2.button("Stop experiment", disabled=not can_edit,
                      help="Everyone gets the ranker; the A/B split ends") and can_edit:
             experiments.update_experiment(engine, running=False, actor=common.ACTOR)
-            st.rerun()
+            common.done("Experiment stopped: everyone gets the ranker.")
     elif c2.button("Start experiment", disabled=not can_edit) and can_edit:
         experiments.update_experiment(engine, running=True, actor=common.ACTOR)
-        st.rerun()
+        common.done("Experiment started.")
 
 # --- Simulated traffic --------------------------------------------------------------
-with st.expander("Run simulated traffic on the demo world"):
+with st.expander("Run simulated traffic on the demo world", expanded=everything.empty):
     c1, c2, c3 = st.columns(3)
     days = c1.number_input("Days", 1, 60, 3)
     per_day = c2.number_input("Requests per day", 10, 20000, 300, 50)
@@ -52,10 +55,9 @@ with st.expander("Run simulated traffic on the demo world"):
         job, _ = jobs.submit(engine, "simulate", {"days": int(days), "requests_per_day": int(per_day),
                                                   "seed": int(seed)})
         st.toast(f"Simulation job #{job.id} started")
-jobs_ui.job_status(engine, "simulate")
+jobs_ui.job_status(engine, "simulate", can_edit)
 
 # --- Filters ------------------------------------------------------------------------
-everything = daily(engine, str(engine.url), None, None, None)
 if everything.empty:
     st.info("No served traffic yet. Online metrics need served lists with outcomes: run simulated traffic above "
             "(demo world) or serve real requests through `recommend()`; imported data sets have no served "
@@ -97,7 +99,12 @@ if res.enough_data:
 
 # --- Over time ------------------------------------------------------------------------
 st.subheader("Over time, per arm")
-for metric in ("CTR", "ILD", "Mean age (days)", "Category coverage", "Feedback rate"):
-    st.plotly_chart(charts.metric_over_time(per_day_arm, metric, metric), key=f"chart_{metric}")
+RATES = ("CTR", "Feedback rate")
+for i, metric in enumerate((*RATES, "ILD", "Category coverage", "Mean age (days)")):
+    if i % 2 == 0:
+        cols = st.columns(2)
+    with cols[i % 2]:
+        st.plotly_chart(charts.metric_over_time(per_day_arm, metric, metric, percent=metric in RATES),
+                        key=f"chart_{metric}")
 st.caption("Aggregated in SQL per day, arm and flow. Diversity is intra-list diversity (1 − mean pairwise "
            "similarity over category, field and type); freshness is the mean age of served items.")

@@ -8,6 +8,8 @@ from ranker import registry
 
 st.title("Models")
 engine = common.get_engine_or_stop()
+if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+    st.stop()
 can_edit = common.operator_gate()
 
 versions = registry.list_versions(engine)
@@ -15,6 +17,7 @@ active = registry.active_version(engine)
 if not versions:
     st.info("No trained versions yet: serving uses the rule-based ranker. Train one on the "
             "**Data & Training** page (or `ranker train`).")
+    common.link("data_training", "Train a model on Data & Training")
     st.stop()
 
 
@@ -36,32 +39,26 @@ st.caption(f"Serving: **{active or 'rule-based ranker'}**. Every version's file 
            f"`{registry.versions_dir()}` as a backup.")
 
 names = [v.version for v in versions]
-c1, c2, c3 = st.columns(3)
-with c1:
-    choice = st.selectbox("Version", names, index=len(names) - 1)
-    if st.button("Activate", disabled=not can_edit or choice == active, type="primary") and can_edit:
-        try:
+c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1.5, 1.5], vertical_alignment="bottom")
+choice = c1.selectbox("Version", names, index=len(names) - 1)
+activate = c2.button("Activate", disabled=not can_edit or choice == active, type="primary")
+roll_back = c3.button("Roll back", disabled=not can_edit, help="Re-activate the previously active version")
+use_rule = c4.button("Use rule-based ranker", disabled=not can_edit or active is None)
+back_up = c5.button("Back up active file", disabled=not can_edit or active is None)
+common.show_done()
+if can_edit:
+    try:
+        if activate:
             registry.activate_version(engine, choice, actor=common.ACTOR)
-            st.success(f"{choice} is now serving.")
-            st.rerun()
-        except registry.CheckpointError as exc:
-            st.error(f"Not activated: {exc}")
-with c2:
-    st.write("")
-    st.write("")
-    if st.button("Roll back", disabled=not can_edit, help="Re-activate the previously active version") and can_edit:
-        try:
-            st.success(f"Rolled back to {registry.rollback(engine, actor=common.ACTOR)}.")
-            st.rerun()
-        except registry.RegistryError as exc:
-            st.error(str(exc))
-    if st.button("Use rule-based ranker", disabled=not can_edit or active is None) and can_edit:
-        registry.activate_version(engine, registry.RULE, actor=common.ACTOR)
-        st.rerun()
-with c3:
-    st.write("")
-    st.write("")
-    if st.button("Back up active file", disabled=not can_edit) and can_edit:
+            common.done(f"{choice} is now serving (hot reload, no restart).")
+        if roll_back:
+            common.done(f"Rolled back to {registry.rollback(engine, actor=common.ACTOR)}.")
+        if use_rule:
+            registry.activate_version(engine, registry.RULE, actor=common.ACTOR)
+            common.done("The rule-based ranker is now serving.")
+    except (registry.CheckpointError, registry.RegistryError) as exc:
+        st.error(f"Nothing changed: {exc}")
+    if back_up:
         path = registry.backup_active()
         common.audit(engine, "model_backup", {"path": str(path)})
         st.success(f"Saved {path}" if path else "No active model file to back up.")

@@ -1,5 +1,7 @@
 """Overview: what is serving, what data there is, and how the experiment is doing."""
 
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -22,8 +24,10 @@ scorer, reason = svc.scorer()
 if reason is None:
     st.success(f"Serving the neural ranker **{scorer.version}**.")
 else:
-    st.warning(f"Serving the **rule-based ranker** (weights {svc.rule_scorer().weights}). Why: {reason}. "
-               "Train a model on the **Data & Training** page.")
+    weights = ", ".join(f"{k} {v:g}" for k, v in svc.rule_scorer().weights.items())
+    st.warning(f"Serving the **rule-based ranker** (weights {weights}). Why: {reason}. "
+               "Train a model to serve the neural ranker.")
+    common.link("data_training", "Train a model on Data & Training")
 
 # --- Data ---------------------------------------------------------------------------
 st.subheader("Data")
@@ -38,16 +42,16 @@ left, right = st.columns(2)
 with left:
     st.markdown("**Last dataset**")
     if last_dataset:
-        st.write(f"{last_dataset['rows']:,} rows, {last_dataset['positives']:,} positives, "
-                 f"source {last_dataset['source']}, built {last_dataset['created_at'][:19]} → "
-                 f"`{last_dataset['path']}`")
+        st.write(f"{last_dataset['rows']:,} training + {last_dataset.get('val_rows', 0):,} validation rows "
+                 f"({last_dataset['positives']:,} positives in all), source {last_dataset['source']}, "
+                 f"built {last_dataset['created_at'][:19].replace('T', ' ')} → `{last_dataset['path']}`")
     else:
         st.write("None yet.")
 with right:
     st.markdown("**Last training run**")
     if last_training:
         m = last_training["metrics"]
-        st.write(f"{last_training['version']} at {last_training['at'][:19]}: NDCG@10 "
+        st.write(f"{last_training['version']} at {last_training['at'][:19].replace('T', ' ')}: NDCG@10 "
                  f"{common.fmt(m['model']['ndcg@10'])} (rule {common.fmt(m['rule']['ndcg@10'])}, "
                  f"base {common.fmt(m['base']['ndcg@10'])})")
     else:
@@ -59,15 +63,15 @@ arms = online.summary_by_arm(engine)
 if arms.empty:
     st.info("No served traffic yet. Run simulated traffic on the **Metrics & A/B** page "
             "(or `ranker simulate`).")
+    common.link("metrics_ab", "Run simulated traffic on Metrics & A/B")
 else:
-    cols = st.columns(3)
-    for col, (label, metric, spec) in zip(cols, [("CTR", "ctr", ".2%"), ("Diversity (ILD)", "ild", ".3f"),
-                                                 ("Mean age of served items (days)", "mean_age_days", ".1f")]):
-        t = arms[metric].get("treatment")
-        c = arms[metric].get("control")
-        delta = None if t is None or c is None else format(t - c, "+" + spec)
-        col.metric(f"{label}: treatment", common.fmt(t, spec), delta=delta,
-                   delta_color="inverse" if metric == "mean_age_days" else "normal",
+    headline = [("CTR", "ctr", ".2%", lambda d: f"{d * 100:+.2f} pp vs control"),
+                ("Diversity (ILD)", "ild", ".3f", lambda d: f"{d:+.3f} vs control"),
+                ("Mean age of served items (days)", "mean_age_days", ".1f", lambda d: f"{d:+.1f} days vs control")]
+    for col, (label, metric, spec, delta) in zip(st.columns(3), headline):
+        t, c = arms[metric].get("treatment"), arms[metric].get("control")
+        col.metric(f"{label}: treatment", common.fmt(t, spec), delta=None if t is None or c is None else delta(t - c),
+                   delta_color="inverse" if metric == "mean_age_days" else "normal",  # fresher is better
                    help=f"control: {common.fmt(c, spec)}")
 
 # --- Latency ------------------------------------------------------------------------
@@ -79,7 +83,11 @@ c2.metric("p99 (ms, 20 → 10)", common.fmt(lat["p99_ms"], ".3f"))
 
 # --- Audit log ----------------------------------------------------------------------
 st.subheader("Audit log")
-rows = [{"at": a.at, "actor": a.actor, "action": a.action, "details": str(a.details)}
+rows = [{"at": a.at, "actor": a.actor, "action": a.action, "details": json.dumps(a.details, default=str)}
         for a in db.recent_audit(engine, limit=25)]
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+if rows:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.caption("The 25 latest changes: who made them, and what they were.")
+else:
+    st.caption("No changes recorded yet.")
 

@@ -7,12 +7,12 @@ from ranker import config
 
 st.title("Ranking preview")
 engine = common.get_engine_or_stop()
-if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+counts = common.table_counts(engine, common.database_label(engine))
+if common.empty_database_notice(counts):
     st.stop()
 
 c1, c2, c3 = st.columns([1, 2, 1])
-flow = c1.selectbox("Flow", [f for f in config.FLOWS if not preview.users_for_flow(
-    engine, str(engine.url), f).empty] or list(config.FLOWS))
+flow = c1.selectbox("Flow", preview.flows_with_users(engine, str(engine.url)) or list(config.FLOWS))
 users = preview.users_for_flow(engine, str(engine.url), flow)
 example = preview.example_user(engine)
 labels = {int(r.id): f"{r.id} · {r.name} ({r.category or '–'}/{r.field or '–'})" for r in users.itertuples()}
@@ -21,6 +21,8 @@ default = ids.index(example[0]) if example and example[0] in labels and example[
 user_id = c2.selectbox("User (type to search)", ids, index=default, format_func=labels.get)
 k = c3.number_input("k", 1, 50, config.DEFAULT_K)
 
+if not preview.ensure_base_models(engine, counts["interactions"]):
+    st.stop()
 try:
     base = preview.base_list(engine, user_id, flow, k)
     ranked = preview.reranked(engine, user_id, flow, k=k)
@@ -43,9 +45,13 @@ for col, title, rec, other in ((left, "Base order", base, None), (right, "Rerank
         m1.metric("Diversity (ILD)", common.fmt(q["ild"], ".3f"))
         m2.metric("Mean age (days)", common.fmt(q["mean_age_days"], ".1f"))
         st.dataframe(preview.list_table(engine, rec, other), hide_index=True, width="stretch",
-                     key=f"table_{title}")
-st.caption("Features: model_score, recency, popularity, diversity (as served). Columns marked ⊕ are each feature's "
-           "contribution to the score (weight × feature for the rule; integrated gradients for the neural model).")
+                     key=f"table_{title}", column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                                          for c in ("score", "base score")})
+with st.expander("Features and score contributions of the reranked list"):
+    st.dataframe(preview.list_table(engine, ranked, base, detail=True), hide_index=True, width="stretch")
+    st.caption("Features as served: model_score, recency, popularity, diversity. Columns marked ⊕ are each "
+               "feature's contribution to the score (weight × feature for the rule; integrated gradients for "
+               "the neural model).")
 
 st.subheader("Recent interactions")
 recent = preview.recent_interactions(engine, user_id)

@@ -1,6 +1,5 @@
 """Rule weights: tune the fallback's four weights with a live preview of the effect."""
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import common, preview
@@ -10,12 +9,15 @@ from ranker.rerank import RuleScorer
 
 st.title("Rule weights")
 engine = common.get_engine_or_stop()
-if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+counts = common.table_counts(engine, common.database_label(engine))
+if common.empty_database_notice(counts):
     st.stop()
 can_edit = common.operator_gate()
 saved = tuning.current_weights(engine)
+defaults = ", ".join(f"{k} {v:g}" for k, v in config.DEFAULT_RULE_WEIGHTS.items())
 st.caption("The rule-based ranker scores each candidate as Σ weight × feature. It serves whenever no trained "
-           f"model is active. Defaults: {config.DEFAULT_RULE_WEIGHTS}.")
+           f"model is active. Defaults: {defaults}.")
+common.show_done()
 
 if st.session_state.pop("reset_weights", False):
     for name in feature_names():
@@ -29,9 +31,7 @@ for col, name in zip(cols, feature_names()):
 c1, c2, _ = st.columns([1, 1, 4])
 if c1.button("Save", type="primary", disabled=not can_edit or weights == saved) and can_edit:
     tuning.save_weights(engine, weights, actor=common.ACTOR)
-    common.clear_caches()
-    st.success("Saved. Serving uses these weights from the next request.")
-    saved = weights
+    common.done("Saved. Serving uses these weights from the next request.")
 if c2.button("Reset to defaults", disabled=not can_edit):
     st.session_state["reset_weights"] = True
     st.rerun()
@@ -45,17 +45,16 @@ else:
     ndcg_new, ndcg_saved = tuning.offline_ndcg(weights, data), tuning.offline_ndcg(saved, data)
     tau = tuning.rank_correlation(saved, weights, data)
     m1, m2 = st.columns(2)
-    m1.metric("Offline NDCG@10 (these weights)", f"{ndcg_new:.4f}", delta=f"{ndcg_new - ndcg_saved:+.4f} vs saved")
+    m1.metric("Offline NDCG@10 (these weights)", f"{ndcg_new:.4f}",
+              delta=f"{ndcg_new - ndcg_saved:+.4f} vs saved" if weights != saved else None)
     m2.metric("Rank correlation with saved weights (Kendall τ)", f"{tau:.3f}")
     st.caption(f"On {len(data):,} held-out rows in {len(set(data.groups.tolist())):,} lists from `{source}`.")
 
 example = preview.example_user(engine)
-if example is not None:
+if example is not None and preview.ensure_base_models(engine, counts["interactions"]):
     user_id, flow = example
     before = preview.reranked(engine, user_id, flow, RuleScorer(saved))
     after = preview.reranked(engine, user_id, flow, RuleScorer(weights))
     st.markdown(f"**Example: user {user_id}, flow `{flow}`** (saved weights → these weights)")
-    moves = preview.moves(before.item_ids, after.item_ids)
-    st.dataframe(pd.DataFrame({"position": range(1, len(after.items) + 1), "saved": before.item_ids,
-                               "these weights": after.item_ids, "move": moves}),
+    st.dataframe(preview.comparison_table(engine, before, after, "saved", "these weights"),
                  hide_index=True, width="stretch")

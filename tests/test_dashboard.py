@@ -1,42 +1,424 @@
-"""Dashboard pages under Streamlit's AppTest, on a real demo database."""
+"""Dashboard pages under Streamlit's AppTest, on real demo databases.
+
+Every page is rendered through ``dashboard/app.py`` (``st.navigation``) and the values
+it shows are checked against ``ranker/`` queries. Buttons start real background jobs:
+``python -m ranker jobs run ID`` subprocesses that report progress in the jobs table.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from ranker import db
+from dashboard.common import PAGES
+from ranker import config, db, jobs, online, registry, tuning
+from ranker.serve import _SERVICES, recommend
+from ranker.simulate import simulate
+from ranker.train import load_dataset
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+PASSWORD = "correct horse"
+JOB_TIMEOUT_S = 90.0
+
+
+# --- Fixtures and helpers --------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    """No page may see data cached for another test's database."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    db._cached_engine.cache_clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    db._cached_engine.cache_clear()
 
 
 @pytest.fixture
-def app_db(small_world, monkeypatch):
-    monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{small_world}")
-    db._cached_engine.cache_clear()
-    yield small_world
-    db._cached_engine.cache_clear()
+def demo(served) -> Iterator:
+    """The trained small demo world (active model v1, a dataset, no traffic); stops any job left running."""
+    yield served
+    for job in jobs.recent(served, limit=50):
+        if job.status in jobs.ACTIVE and job.pid:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)  # the worker leads its own session
+            except ProcessLookupError:
+                pass
 
 
-def _metrics(at: AppTest) -> dict[str, str]:
+@pytest.fixture
+def untrained(world_copy, isolated_dirs, monkeypatch):
+    """The small demo world as `ranker demo init` leaves it: no base models, dataset, model or traffic."""
+    monkeypatch.setenv("RANKER_DATABASE_URL", world_copy.url.render_as_string(hide_password=False))
+    _SERVICES.clear()
+    yield world_copy
+    _SERVICES.clear()
+
+
+@pytest.fixture
+def empty_db(tmp_path, isolated_dirs, monkeypatch) -> Path:
+    path = tmp_path / "empty.db"
+    monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{path}")
+    return path
+
+
+def open_page(name: str, password: str | None = None) -> AppTest:
+    """A new browser session on page ``name`` (a file stem under pages/), rendered once."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    if password is not None:
+        at.secrets["operator_password"] = password
+    return at.switch_page(f"../pages/{name}.py").run()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def test_overview_shows_real_counts(app_db):
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    counts = db.table_counts(db.make_engine(f"sqlite:///{app_db}"))
-    shown = _metrics(at)
-    for name in ("users", "items", "interactions"):
-        assert shown[name.capitalize()] == f"{counts[name]:,}"
+def texts(at: AppTest, kind: str) -> list[str]:
+    """The texts of every element of ``kind`` (success, info, warning, error, caption, toast, ...)."""
+    return [e.value for e in getattr(at, kind)]
 
 
-def test_overview_on_empty_database_offers_demo_init(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
-    db._cached_engine.cache_clear()
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    assert any("ranker demo init" in i.value for i in at.info)
-    db._cached_engine.cache_clear()
+def progress(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.get("progress")]
+
+
+def links(at: AppTest) -> list[str]:
+    """The pages linked to, by URL path (the file stem)."""
+    return [p.proto.page for p in at.get("page_link")]
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
+    return found[0]
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    return button(at, label).click().run()
+
+
+def number(at: AppTest, label: str):
+    return next(n for n in at.number_input if n.label == label)
+
+
+def everything_shown(at: AppTest) -> str:
+    parts = [*progress(at)]
+    for kind in ("title", "subheader", "success", "info", "warning", "error", "exception", "toast"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return " | ".join(parts)
+
+
+def rerun_until(at: AppTest, shown: Callable[[AppTest], bool], what: str,
+                timeout: float = JOB_TIMEOUT_S) -> AppTest:
+    """Poll like the page's fragment does: rerun every 0.3 s until ``shown(at)``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, at.exception
+        if shown(at):
+            return at
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page never showed {what} within {timeout:.0f} s; it shows: "
+                                 f"{everything_shown(at)}")
+        time.sleep(0.3)
+
+
+def start_training(at: AppTest, engine, epochs: int, batch_size: int = 128):
+    """Fill in the train form, press Train; returns the newest training job."""
+    number(at, "Epochs").set_value(epochs)
+    number(at, "Batch size").set_value(batch_size)
+    click(at, "Train")
+    assert not at.exception, at.exception
+    return jobs.recent(engine, kind="train", limit=1)[0]
+
+
+# --- Every page, real values ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_renders_on_the_demo_database_without_an_error(demo, page):
+    at = open_page(page)
+    assert not at.exception, at.exception
+    assert texts(at, "title") == [PAGES[page][0]]
+    assert texts(at, "error") == []
+
+
+def test_overview_counts_equal_the_database_and_it_names_the_serving_model(demo):
+    at = open_page("overview")
+    counts = db.table_counts(demo)
+    assert counts["interactions"] > 0
+    shown = metrics(at)
+    for table in ("users", "items", "interactions", "impressions", "outcomes"):
+        assert shown[table.capitalize()] == f"{counts[table]:,}"
+    assert texts(at, "success") == ["Serving the neural ranker **v1**."]
+
+
+def test_data_training_shows_the_dataset_rows_and_label_balance(demo):
+    data = pd.read_csv(config.DATA_DIR / "ranker_train.csv")
+    at = open_page("data_training")
+    assert metrics(at) == {"Rows": f"{len(data):,}", "Positives": f"{int(data['label'].sum()):,}",
+                           "Positive share": f"{data['label'].mean():.1%}"}
+    assert at.dataframe[0].value.equals(data.head(20))
+
+
+def test_models_table_lists_every_registered_version_with_its_ndcg(demo):
+    registry.register(demo, registry.versions_dir() / "v1.pth", actor="test")  # a second version: v2
+    versions = registry.list_versions(demo)
+    at = open_page("models")
+    table = at.dataframe[0].value
+    assert table["version"].tolist() == [v.version for v in versions] == ["v1", "v2"]
+    assert table["NDCG@10"].tolist() == pytest.approx([v.metrics["model"]["ndcg@10"] for v in versions])
+    assert table["rule NDCG@10"].tolist() == pytest.approx([v.metrics["rule"]["ndcg@10"] for v in versions])
+    assert table["active"].tolist() == ["●", ""]
+    assert "Serving: **v1**." in texts(at, "caption")[0]
+
+
+def test_rule_weights_preview_ndcg_equals_offline_ndcg_on_the_held_out_file(demo):
+    held_out = load_dataset(config.DATA_DIR / "ranker_val.csv", min_positives=1)
+    saved = tuning.current_weights(demo)
+    at = open_page("rule_weights")
+    assert [s.value for s in at.slider] == [saved[name] for name in ("model_score", "recency", "popularity",
+                                                                      "diversity")]
+    shown = metrics(at)
+    assert shown["Offline NDCG@10 (these weights)"] == f"{tuning.offline_ndcg(saved, held_out):.4f}"
+    assert shown["Rank correlation with saved weights (Kendall τ)"] == "1.000"
+
+
+def test_moving_a_weight_slider_changes_the_ndcg_and_the_example_list(demo):
+    held_out = load_dataset(config.DATA_DIR / "ranker_val.csv", min_positives=1)
+    at = open_page("rule_weights")
+    before = at.dataframe[0].value
+    assert before["move"].eq("=").all()  # these weights are the saved ones
+
+    at.slider(key="w_model_score").set_value(0.0).run()
+
+    moved = {**tuning.current_weights(demo), "model_score": 0.0}
+    assert metrics(at)["Offline NDCG@10 (these weights)"] == f"{tuning.offline_ndcg(moved, held_out):.4f}"
+    after = at.dataframe[0].value
+    assert after["id (saved)"].tolist() == before["id (saved)"].tolist()
+    assert after["id (these weights)"].tolist() != before["id (these weights)"].tolist()
+    assert not after["move"].eq("=").all()
+    assert not button(at, "Save").disabled
+
+
+def test_ranking_preview_shows_the_served_base_and_reranked_lists_side_by_side(demo):
+    at = open_page("ranking_preview")
+    flow = at.selectbox[0].value
+    picker = at.selectbox[1]
+    ids = [int(label.split(" · ")[0]) for label in picker.options]
+    user = next(u for u in ids[1:] if u != picker.value)  # not the default user
+    picker.set_value(user).run()
+    assert not at.exception, at.exception
+
+    user = int(at.selectbox[1].value)
+    control = recommend(user, flow, engine=demo, arm="control", log=False)
+    treatment = recommend(user, flow, engine=demo, arm="treatment", log=False)
+    base_table, reranked_table = at.dataframe[0].value, at.dataframe[1].value
+    assert texts(at, "subheader")[:2] == ["Base order", "Reranked"]
+    assert base_table["id"].tolist() == control.item_ids
+    assert reranked_table["id"].tolist() == treatment.item_ids
+    assert reranked_table["score"].tolist() == pytest.approx([i.score for i in treatment.items], abs=1e-4)
+    detail = at.dataframe[2].value  # features and contributions, under the two lists
+    assert detail["id"].tolist() == treatment.item_ids
+    for name in ("model_score", "popularity"):
+        assert detail[name].tolist() == pytest.approx([i.features[name] for i in treatment.items], abs=1e-3)
+        assert detail[f"{name} ⊕"].tolist() == pytest.approx([i.contributions[name] for i in treatment.items],
+                                                              abs=1e-3)
+    assert treatment.model_version == "v1"
+
+
+def test_metrics_page_verdict_and_overview_ctr_match_the_logs_after_simulated_traffic(demo):
+    simulate(demo, days=1, requests_per_day=100, refit_base=False)
+
+    at = open_page("metrics_ab")
+    verdict = online.ab_test(demo, mde=0.05).verdict
+    assert verdict
+    assert verdict in texts(at, "success") + texts(at, "info")
+    assert len(at.get("plotly_chart")) >= 5  # CTR, ILD, age, coverage, feedback rate over time
+
+    arms = online.summary_by_arm(demo)
+    overview = open_page("overview")
+    ctr = metrics(overview)["CTR: treatment"]
+    assert ctr == f"{arms['ctr']['treatment']:.2%}"
+    assert metrics(overview)["Impressions"] == f"{db.table_counts(demo)['impressions']:,}" != "0"
+
+
+# --- Jobs ---------------------------------------------------------------------------------
+
+
+def test_clicking_train_runs_a_real_training_job_and_the_new_version_appears(demo):
+    at = open_page("data_training")
+    job = start_training(at, demo, epochs=3)
+    assert f"Training job #{job.id} started" in texts(at, "toast")
+    assert job.pid and job.pid != os.getpid()  # a worker process of its own
+
+    rerun_until(at, lambda at: any("succeeded" in s for s in texts(at, "success")), "the job succeeding")
+
+    assert [v.version for v in registry.list_versions(demo)] == ["v1", "v2"]
+    assert jobs.get(demo, job.id).status == "succeeded"
+    assert "Result: v2" in texts(at, "subheader")
+    assert (config.DATA_DIR / "jobs" / f"{job.id}.log").exists()
+    models = open_page("models")
+    assert models.dataframe[0].value["version"].tolist() == ["v1", "v2"]
+
+    click(at, "Promote v2 to serving")
+    assert registry.active_version(demo) == "v2"
+    assert "v2 is now serving (hot reload, no restart)." in texts(at, "success")
+
+
+def test_a_running_job_survives_a_page_reload_and_can_be_cancelled_there(demo):
+    job = start_training(open_page("data_training"), demo, epochs=500, batch_size=8)  # minutes of work
+
+    reloaded = open_page("data_training")  # a new session: all it knows is the database
+    running = f"Train job #{job.id}: running"
+    rerun_until(reloaded, lambda at: any(p.startswith(running) for p in progress(at)), "the job running")
+    click(reloaded, "Cancel")
+
+    rerun_until(reloaded, lambda at: f"Train job #{job.id}: cancelled." in texts(at, "warning"),
+                "the job cancelled")
+    assert jobs.get(demo, job.id).status == "cancelled"
+    assert [v.version for v in registry.list_versions(demo)] == ["v1"]
+
+
+def test_a_second_train_click_shows_the_training_job_already_running(demo):
+    at = open_page("data_training")
+    first = start_training(at, demo, epochs=500, batch_size=8)
+
+    click(at, "Train")
+
+    assert f"Training job #{first.id} is already running; showing it." in texts(at, "info")
+    assert [j.id for j in jobs.recent(demo, kind="train")] == [first.id]
+    again, created = jobs.submit(demo, "train", {"data": "any.csv"}, spawn=False)
+    assert (again.id, created) == (first.id, False)
+    jobs.cancel(demo, first.id)
+    rerun_until(at, lambda at: f"Train job #{first.id}: cancelled." in texts(at, "warning"), "the job cancelled")
+
+
+def test_a_failed_training_job_shows_its_error_on_the_page(demo):
+    train_csv = config.DATA_DIR / "ranker_train.csv"
+    pd.read_csv(train_csv).rename(columns={"label": "clicked"}).to_csv(train_csv, index=False)
+    at = open_page("data_training")
+    assert any("no column(s) label" in e for e in texts(at, "error"))  # said before anyone trains
+
+    job = start_training(at, demo, epochs=3)
+    failed = f"Train job #{job.id}: failed"
+    rerun_until(at, lambda at: any(e.startswith(failed) for e in texts(at, "error")), "the job failing")
+
+    error = jobs.get(demo, job.id).error
+    assert "DataError" in error and "missing column(s): label" in error
+    assert f"{failed}: {error}" in texts(at, "error")
+    assert [v.version for v in registry.list_versions(demo)] == ["v1"]
+
+
+# --- Empty states ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_an_empty_database_offers_demo_init_on_every_page(empty_db, page):
+    at = open_page(page)
+    assert not at.exception, at.exception
+    assert any("`ranker demo init`" in i for i in texts(at, "info")), everything_shown(at)
+
+
+def test_without_a_model_the_pages_explain_the_rule_fallback_and_offer_train(demo):
+    registry.activate_version(demo, registry.RULE, actor="test")
+
+    overview = open_page("overview")
+    warning = texts(overview, "warning")[0]
+    assert "Serving the **rule-based ranker**" in warning and config.MODEL_NOT_FOUND_MESSAGE in warning
+    assert "weights model_score 0.5, recency 0.2, popularity 0.2, diversity 0.1" in warning
+    assert "data_training" in links(overview)
+
+    training = open_page("data_training")
+    assert any(i.startswith("No trained model yet: serving uses the rule-based ranker") for i in
+               texts(training, "info"))
+    assert not button(training, "Train").disabled
+
+
+def test_without_a_dataset_or_model_the_pages_say_what_to_do_first(untrained):
+    training = open_page("data_training")
+    assert "No dataset yet: generate one above (or `ranker dataset`)." in texts(training, "info")
+    assert button(training, "Train").disabled and not button(training, "Generate dataset").disabled
+
+    models = open_page("models")
+    assert texts(models, "info")[0].startswith("No trained versions yet: serving uses the rule-based ranker")
+    assert links(models) == ["data_training"]
+
+    weights = open_page("rule_weights")
+    assert any(i.startswith("Offline NDCG needs held-out data") for i in texts(weights, "info"))
+
+
+def test_without_impressions_the_pages_offer_simulated_traffic(demo):
+    overview = open_page("overview")
+    assert any(i.startswith("No served traffic yet") for i in texts(overview, "info"))
+    assert "metrics_ab" in links(overview)
+
+    at = open_page("metrics_ab")
+    assert any(i.startswith("No served traffic yet") for i in texts(at, "info"))
+    assert at.expander[1].label == "Run simulated traffic on the demo world"
+    assert at.expander[1].proto.expanded
+    assert not button(at, "Run simulation").disabled
+
+
+# --- Operator password and audit ------------------------------------------------------------
+
+MUTATIONS = {
+    "data_training": ["Generate dataset", "Train"],
+    "models": ["Roll back", "Use rule-based ranker", "Back up active file"],
+    "rule_weights": ["Reset to defaults"],
+    "metrics_ab": ["Stop experiment", "Run simulation"],
+}
+
+
+@pytest.mark.parametrize("page", list(MUTATIONS))
+def test_mutating_buttons_stay_disabled_until_the_operator_password_is_entered(demo, page):
+    at = open_page(page, password=PASSWORD)
+    assert at.button and all(b.disabled for b in at.button)
+    assert texts(at.sidebar, "info") == ["Enter the operator password to make changes."]
+
+    at.text_input(key="operator_password").input("wrong").run()
+    assert all(b.disabled for b in at.button)
+    assert texts(at.sidebar, "error") == ["Wrong operator password."]
+
+    at.text_input(key="operator_password").input(PASSWORD).run()
+    assert [button(at, label).disabled for label in MUTATIONS[page]] == [False] * len(MUTATIONS[page])
+
+
+def test_without_an_operator_password_nothing_is_locked(demo):
+    at = open_page("rule_weights")
+    assert not at.text_input and not button(at, "Reset to defaults").disabled
+
+
+def test_each_mutation_writes_an_audit_row_that_the_overview_shows(demo):
+    at = open_page("rule_weights", password=PASSWORD)
+    at.text_input(key="operator_password").input(PASSWORD).run()
+    at.slider(key="w_diversity").set_value(0.3).run()
+    click(at, "Save")
+    assert texts(at, "success") == ["Saved. Serving uses these weights from the next request."]
+    assert tuning.current_weights(demo)["diversity"] == 0.3
+
+    at.switch_page("../pages/metrics_ab.py").run()  # the same session: still unlocked
+    at.slider[0].set_value(70).run()
+    click(at, "Save rollout")
+    at.switch_page("../pages/models.py").run()
+    click(at, "Back up active file")
+    click(at, "Use rule-based ranker")
+    assert registry.active_version(demo) is None
+
+    mine = [a for a in db.recent_audit(demo, limit=50) if a.actor == "dashboard"]
+    assert [a.action for a in mine] == ["model_activate", "model_backup", "experiment_update", "rule_weights"]
+    assert mine[0].details == {"version": "rule"} and mine[2].details["rollout"] == 70
+    log = open_page("overview").dataframe[0].value
+    assert log["action"].tolist()[:4] == [a.action for a in mine]
+    assert log["actor"].tolist()[:4] == ["dashboard"] * 4
