@@ -80,6 +80,7 @@ class DatasetSummary:
     source: str
     val_path: str | None = None
     val_rows: int = 0
+    val_positives: int = 0
     window_start: str | None = None
     window_end: str | None = None
 
@@ -105,7 +106,8 @@ class _Writer:
             self._writers.append(csv.writer(self._files[1]))
         for w in self._writers:
             w.writerow(header())
-        self.rows, self.positives, self.groups = [0, 0], 0, 0
+        # per file: [train, val]
+        self.rows, self.positives, self.groups = [0, 0], [0, 0], [0, 0]
 
     def write(self, user_id: int, item_ids, x: np.ndarray, labels, group: str, when: datetime) -> None:
         target = 1 if self.val_from is not None and when >= self.val_from else 0
@@ -114,12 +116,19 @@ class _Writer:
         for item, feats, label in zip(item_ids, x, labels):
             w.writerow([user_id, int(item), *(f"{v:.6f}" for v in feats), int(label), group, stamp])
         self.rows[target] += len(labels)
-        self.positives += int(np.sum(labels))
-        self.groups += 1
+        self.positives[target] += int(np.sum(labels))
+        self.groups[target] += 1
 
     def close(self) -> None:
         for f in self._files:
             f.close()
+
+    def summary(self, source: str, start: datetime, end: datetime) -> DatasetSummary:
+        return DatasetSummary(
+            path=str(self.cfg.output), rows=self.rows[0], positives=self.positives[0], groups=self.groups[0],
+            source=source, val_path=str(self.cfg.val_output) if self.cfg.val_output else None,
+            val_rows=self.rows[1], val_positives=self.positives[1], window_start=start.isoformat(),
+            window_end=end.isoformat())
 
 
 def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None = None,
@@ -220,14 +229,10 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
     if skipped_unknown:
         log.info("skipped %d lists of users the base model does not know (served trending)",
                  skipped_unknown)
-    if writer.positives == 0:
+    if sum(writer.positives) == 0:
         raise ValueError("no list in the window holds both explicit feedback and an unengaged view; "
                          "widen --window-days or collect more feedback")
-    return DatasetSummary(
-        path=str(cfg.output), rows=writer.rows[0], positives=writer.positives, groups=writer.groups,
-        source="feedback", val_path=str(cfg.val_output) if cfg.val_output else None,
-        val_rows=writer.rows[1], window_start=start.isoformat(), window_end=now.isoformat(),
-    )
+    return writer.summary("feedback", start, now)
 
 
 def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, item_ids: np.ndarray,
@@ -308,13 +313,9 @@ def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | N
     finally:
         bar.close()
         writer.close()
-    if writer.positives == 0:
+    if sum(writer.positives) == 0:
         raise ValueError("no served list has an engaged item yet; simulate more traffic first")
-    return DatasetSummary(path=str(cfg.output), rows=writer.rows[0], positives=writer.positives,
-                          groups=writer.groups, source="impressions",
-                          val_path=str(cfg.val_output) if cfg.val_output else None,
-                          val_rows=writer.rows[1], window_start=first.isoformat(),
-                          window_end=last.isoformat())
+    return writer.summary("impressions", first, last)
 
 
 def _write_request(writer: _Writer, rows: list, names: list[str], cfg: DatasetConfig,

@@ -235,6 +235,7 @@ def _run_train(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[st
                              val_split=float(params.get("val_split", 0.0)),
                              output_dir=Path(params.get("output_dir", config.MODELS_DIR)),
                              activate=params.get("activate"), on_epoch=on_epoch,
+                             min_positives=int(params.get("min_positives", 100)),
                              should_stop=_stopper(rep), actor="dashboard")
     return {"version": out.version, "activated": out.activated, "metrics": out.metrics,
             "history": out.history, "best_epoch": out.best_epoch, "paths": out.paths}
@@ -243,7 +244,7 @@ def _run_train(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[st
 def _run_simulate(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[str, Any]:
     from ranker.simulate import simulate
 
-    summary = simulate(engine, progress=rep.progress, should_stop=_stopper(rep), **params)
+    summary = simulate(engine, progress=rep.progress, should_stop=_stopper(rep), actor="dashboard", **params)
     return summary.__dict__
 
 

@@ -70,6 +70,8 @@ class Interaction(Base):
         Index("ix_interactions_user_time", "user_id", "created_at"),
         Index("ix_interactions_item_time", "item_id", "created_at"),
         Index("ix_interactions_time", "created_at"),
+        # covers the per-item view/other counts serving computes at start-up
+        Index("ix_interactions_item_kind_time", "item_id", "kind", "created_at"),
     )
 
 

@@ -61,7 +61,7 @@ def _require_world(engine: Engine) -> GroundTruth:
 def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: int = 0,
              k: int = config.DEFAULT_K, refit_base: bool = True, new_items_per_day: float = 0.01,
              progress: Progress | None = None, show_bar: bool = False,
-             should_stop: Callable[[], bool] | None = None) -> SimulationSummary:
+             should_stop: Callable[[], bool] | None = None, actor: str = "cli") -> SimulationSummary:
     """Serve ``days × requests_per_day`` simulated requests and log what users do.
 
     ``new_items_per_day`` is a fraction of each item type's catalogue added per day.
@@ -128,7 +128,7 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
         bar.close()
     with session_scope(engine) as s:
         audit(s, "simulate", {"days": days, "requests_per_day": requests_per_day, "seed": seed,
-                              "requests": summary.requests})
+                              "requests": summary.requests}, actor)
     return summary
 
 

@@ -56,10 +56,10 @@ def test_bad_url_is_one_line_error_with_masked_password(monkeypatch, capsys):
 def test_zero_or_negative_sizes_are_rejected(value, capsys):
     import argparse
 
-    from ranker.cli import _positive_int
+    from ranker.cli import positive_int
 
     with pytest.raises(argparse.ArgumentTypeError):
-        _positive_int(value)
+        positive_int(value)
 
 
 def test_python_dash_m_ranker_runs(cli_db):

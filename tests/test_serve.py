@@ -126,3 +126,20 @@ def test_features_served_equal_features_recomputed_by_the_dataset_code(served):
                     rec.served_at, uid)
     got = np.array([[it.features[n] for n in feature_names()] for it in rec.items])
     np.testing.assert_allclose(got, x[:10], atol=1e-6)
+
+
+def test_new_items_do_not_force_a_refit_of_the_saved_base_models(served):
+    from ranker.base import store
+    from ranker.schema import Item
+
+    before = {p.name: p.stat().st_mtime_ns for p in store.models_dir().glob("*.npz")}
+    with served.begin() as conn:
+        conn.execute(Item.__table__.insert().values(
+            item_type="startup", name="fresh", category="ai", field="b2b-saas", type="seed",
+            created_at=datetime(2025, 12, 31), updated_at=datetime(2025, 12, 31), views=0))
+    store.clear_cache()
+    uid = engaged_developer(served)
+    rec = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert rec.reranked and not rec.fallback
+    after = {p.name: p.stat().st_mtime_ns for p in store.models_dir().glob("*.npz")}
+    assert after == before  # loaded, not refitted

@@ -65,6 +65,21 @@ def database_fingerprint(engine: Engine) -> dict[str, Any]:
     return {"world": world, "items": [n_items, max_item], "users": [n_users, max_user]}
 
 
+def fits_database(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> bool:
+    """True when a model saved with fingerprint ``saved`` was fitted on (an earlier state of) this data.
+
+    The world must be the same; the catalogue and the user base may only have grown since
+    (new items score 0 until the next fit), never shrunk or been replaced.
+    """
+    if not saved or saved.get("world") != now.get("world"):
+        return False
+    for key in ("items", "users"):
+        (n_then, max_then), (n_now, max_now) = saved.get(key, [None, None]), now[key]
+        if n_then is None or n_now < n_then or (max_then or 0) > (max_now or 0):
+            return False
+    return True
+
+
 def _expand(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
     """``names`` plus popularity (the fallback) and the ensemble's members, in fitting order."""
     bad = [n for n in names if n not in MODEL_NAMES]
@@ -183,7 +198,7 @@ def load_base_models(engine: Engine, directory: str | Path | None = None) -> dic
             try:
                 meta = BaseRecommender.read_metadata(path)
                 stamp = stamp or database_fingerprint(engine)
-                if meta.get("extra") != stamp:
+                if not fits_database(meta.get("extra"), stamp):
                     log.warning("skipping %s: fitted on other data (%s, this database: %s); refit with "
                                 "`ranker base fit`", path, meta.get("extra"), stamp)
                     cached[name] = (signature, None)

@@ -13,27 +13,9 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ranker.cli import positive_float, positive_int  # noqa: E402
+
 Progress = Callable[[float, str], None]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _model_list(text: str) -> list[str]:
@@ -116,10 +98,10 @@ def cmd_evaluate_base(args: argparse.Namespace) -> int:
 def _evaluate_args(ev: argparse.ArgumentParser) -> None:
     from ranker.base import MODEL_NAMES
 
-    ev.add_argument("--holdout-days", type=_positive_float, default=14.0,
+    ev.add_argument("--holdout-days", type=positive_float, default=14.0,
                     help="test window ending at the world clock (default 14)")
-    ev.add_argument("--k", type=_positive_int, default=20, help="Recall cut-off (default 20)")
-    ev.add_argument("--ndcg-k", type=_positive_int, default=10, help="NDCG cut-off (default 10)")
+    ev.add_argument("--k", type=positive_int, default=20, help="Recall cut-off (default 20)")
+    ev.add_argument("--ndcg-k", type=positive_int, default=10, help="NDCG cut-off (default 10)")
     ev.add_argument("--models", type=_model_list, default=list(MODEL_NAMES))
     ev.add_argument("--seed", type=int, default=42)
     ev.add_argument("--json", action="store_true")
@@ -150,7 +132,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cand = sub.add_parser("candidates", help="base candidates for one user and flow")
     cand.add_argument("--user-id", type=int, required=True)
     cand.add_argument("--flow", required=True, help="e.g. developer-startup; see config.FLOWS")
-    cand.add_argument("--n", type=_positive_int, default=20)
+    cand.add_argument("--n", type=positive_int, default=20)
     cand.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL)
     cand.add_argument("--json", action="store_true")
     cand.set_defaults(handler=cmd_candidates)

@@ -10,22 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ranker import config
-
-
-def _positive_int(text: str) -> int:
-    from ranker.cli import _positive_int as check
-
-    return check(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
-    return value
+from ranker.cli import positive_float, positive_int  # noqa: E402
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -36,10 +21,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                         window_days=args.window_days, base_model=args.base_model,
                         val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)
     summary = build_dataset(ensure_schema(get_engine()), cfg, show_bar=True)
-    print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives across both files, "
-          f"{summary.groups:,} lists) to {summary.path}")
+    print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives, {summary.groups:,} lists) "
+          f"to {summary.path}")
     if summary.val_path:
-        print(f"wrote {summary.val_rows:,} validation rows (the latest lists) to {summary.val_path}")
+        print(f"wrote {summary.val_rows:,} validation rows ({summary.val_positives:,} positives; the latest "
+              f"lists) to {summary.val_path}")
     return 0
 
 
@@ -171,10 +157,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     ds = sub.add_parser("dataset", help="build ranker training data (leak-free, point in time)")
     ds.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
-    ds.add_argument("--neg-ratio", type=_positive_float, default=2.0,
+    ds.add_argument("--neg-ratio", type=positive_float, default=2.0,
                     help="negatives sampled per positive within the same list (default 2)")
     ds.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
-    ds.add_argument("--window-days", type=_positive_float, default=45.0,
+    ds.add_argument("--window-days", type=positive_float, default=45.0,
                     help="feedback: use lists from the last N days; the base model sees only earlier data")
     ds.add_argument("--base-model", default="ensemble", help="base model that gives model_score")
     ds.add_argument("--val-output", type=Path, default=None,
@@ -189,7 +175,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
     tr.add_argument("--val-split", type=float, default=0.0,
                     help="without --val: hold out this fraction of lists for validation")
-    tr.add_argument("--min-positives", type=_positive_int, default=100)
+    tr.add_argument("--min-positives", type=positive_int, default=100)
     act = tr.add_mutually_exclusive_group()
     act.add_argument("--activate", action="store_true", help="serve the new version at once")
     act.add_argument("--no-activate", action="store_true", help="only register the new version")
@@ -210,24 +196,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recommend", help="one served list")
     rec.add_argument("--user-id", type=int, required=True)
     rec.add_argument("--flow", required=True, help=", ".join(config.FLOWS))
-    rec.add_argument("--k", type=_positive_int, default=config.DEFAULT_K)
+    rec.add_argument("--k", type=positive_int, default=config.DEFAULT_K)
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=cmd_recommend)
 
     rt = sub.add_parser("retrain", help="dataset + train + evaluate; promote only if no worse")
     _train_args(rt)
     rt.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
-    rt.add_argument("--neg-ratio", type=_positive_float, default=2.0)
-    rt.add_argument("--window-days", type=_positive_float, default=45.0)
+    rt.add_argument("--neg-ratio", type=positive_float, default=2.0)
+    rt.add_argument("--window-days", type=positive_float, default=45.0)
     rt.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(handler=cmd_retrain)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=_positive_int, default=20)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=0.001)
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.001)
     p.add_argument("--output-dir", type=Path, default=config.MODELS_DIR)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--arch", choices=("small", "default", "large"), default="default")

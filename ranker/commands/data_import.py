@@ -8,12 +8,7 @@ import sys
 from pathlib import Path
 
 from ranker import config
-
-
-def _positive_int(text: str) -> int:
-    from ranker.cli import _positive_int as check
-
-    return check(text)
+from ranker.cli import positive_int  # noqa: E402
 
 
 def _rating(text: str) -> float:
@@ -136,10 +131,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--time-split", default="0.8,0.1,0.1",
                     help="fractions of the interactions, by time: base fit, ranker data, test (default 0.8,0.1,0.1)")
     ev.add_argument("--base-model", default="ensemble", help="base model that proposes the candidates")
-    ev.add_argument("--k", type=_positive_int, default=config.DEFAULT_K,
+    ev.add_argument("--k", type=positive_int, default=config.DEFAULT_K,
                     help=f"list length; candidates are {config.FETCH_MULTIPLIER}×k")
-    ev.add_argument("--epochs", type=_positive_int, default=20, help="ranker training epochs")
-    ev.add_argument("--min-positives", type=_positive_int, default=100,
+    ev.add_argument("--epochs", type=positive_int, default=20, help="ranker training epochs")
+    ev.add_argument("--min-positives", type=positive_int, default=100,
                     help="positives the ranker's training data needs at least")
     ev.add_argument("--seed", type=int, default=42)
     ev.add_argument("--json", action="store_true")

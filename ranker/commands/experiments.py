@@ -73,7 +73,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from ranker.commands.core import _positive_int
+    from ranker.cli import positive_int as _positive_int
 
     sim = sub.add_parser("simulate", help="simulated traffic through recommend() on the demo world")
     sim.add_argument("--days", type=_positive_int, default=7)
