@@ -43,7 +43,8 @@ with left:
     st.markdown("**Last dataset**")
     if last_dataset:
         st.write(f"{last_dataset['rows']:,} training + {last_dataset.get('val_rows', 0):,} validation rows "
-                 f"({last_dataset['positives']:,} positives in all), source {last_dataset['source']}, "
+                 f"({last_dataset['positives'] + last_dataset.get('val_positives', 0):,} positives in all), "
+                 f"source {last_dataset['source']}, "
                  f"built {last_dataset['created_at'][:19].replace('T', ' ')} → `{last_dataset['path']}`")
     else:
         st.write("None yet.")
