@@ -158,6 +158,37 @@ class Service:
         return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": n, "k": k,
                 "scorer": scorer.version}
 
+    def _trending(self, user: User | None, flow: str, k: int, as_of: datetime, arm: str,
+                  request_id: str | None) -> Recommendation:
+        """``trending`` (the user's own item type) or ``trending-<item type>``: never reranked."""
+        from ranker.base.store import serving_models
+        from ranker.flows import FlowError, valid_flows
+
+        if user is None:
+            raise FlowError("unknown user: no such user id in the database")
+        if "-" in flow:
+            item_type = flow.split("-", 1)[1]
+        else:
+            own = [config.FLOWS[f][1] for f in valid_flows(user.role) if config.FLOWS[f][1]]
+            item_type = own[0] if own else None
+        types = sorted(set(self.catalog().item_type.tolist()))
+        if item_type is not None and item_type not in types:
+            raise FlowError(f"unknown trending list {flow!r}; choose trending or one of: "
+                            + ", ".join(f"trending-{t}" for t in types))
+        popular = serving_models(self.engine, ["popularity"])["popularity"]
+        ids, scores = popular.recommend(user.id, k, item_type=item_type, as_of=as_of, filter_engaged=False)
+        catalog = self.catalog()
+        views, other = self._counts.get(self.engine, catalog, as_of)
+        rows = catalog.index(ids)
+        ctx = make_context(catalog, rows, views[rows], other[rows], scores, as_of, user.id, user.category,
+                           user.field)
+        x = list_features(ctx)
+        names = feature_names()
+        items = [RecommendedItem(int(i), p, None, float(s), p, _named(names, x[p]))
+                 for p, (i, s) in enumerate(zip(ids, scores))]
+        return Recommendation(request_id or uuid.uuid4().hex, int(user.id), flow, k, False, arm, "trending",
+                              "popularity", as_of, "trending lists are never reranked", items)
+
     def recommend(self, user_id: int, flow: str, k: int = config.DEFAULT_K, *,
                   as_of: datetime | None = None, arm: str = "treatment",
                   base_model: str = "ensemble", scorer: Scorer | None = None,
@@ -172,6 +203,8 @@ class Service:
             as_of = as_of or serve_now(s)
             user = s.get(User, int(user_id))
             ucat, ufield = (user.category, user.field) if user else (None, None)
+        if flow == config.TRENDING_FLOW or flow.startswith(config.TRENDING_FLOW + "-"):
+            return self._trending(user, flow, k, as_of, arm, request_id)
         cands = candidates(user_id, flow, config.FETCH_MULTIPLIER * k, engine=self.engine,
                            model=base_model, as_of=as_of)
         with self._lock:

@@ -16,7 +16,7 @@ from ranker.dataset import features_at
 from ranker.features import feature_names
 from ranker.flows import candidates
 from ranker.interactions import load_interactions
-from ranker.schema import Impression, Interaction, ServedList, User
+from ranker.schema import Impression, Interaction, Item, ServedList, User
 from ranker.serve import recommend
 
 
@@ -143,3 +143,15 @@ def test_new_items_do_not_force_a_refit_of_the_saved_base_models(served):
     assert rec.reranked and not rec.fallback
     after = {p.name: p.stat().st_mtime_ns for p in store.models_dir().glob("*.npz")}
     assert after == before  # loaded, not refitted
+
+
+def test_trending_lists_are_served_as_they_are(served):
+    uid = engaged_developer(served)
+    rec = recommend(uid, "trending", 10, engine=served, log=False)
+    assert rec.reranked is False and rec.model_version == "trending" and len(rec.items) == 10
+    per_type = recommend(uid, "trending-investor", 5, engine=served, log=False)
+    with served.connect() as conn:
+        kinds = set(conn.execute(select(Item.item_type).where(Item.id.in_(per_type.item_ids))).scalars())
+    assert kinds == {"investor"}
+    with pytest.raises(ValueError, match="trending-startup"):
+        recommend(uid, "trending-robots", engine=served, log=False)

@@ -195,7 +195,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     rec = sub.add_parser("recommend", help="one served list")
     rec.add_argument("--user-id", type=int, required=True)
-    rec.add_argument("--flow", required=True, help=", ".join(config.FLOWS))
+    rec.add_argument("--flow", required=True,
+                     help=", ".join(config.FLOWS) + "; or trending[-ITEM_TYPE] (never reranked)")
     rec.add_argument("--k", type=positive_int, default=config.DEFAULT_K)
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=cmd_recommend)
