@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 
-def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1) -> dict:
+def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
+          train_cfg: dict | None = None) -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
@@ -44,7 +45,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     out: dict = {"preset": preset}
 
     def round_(name: str, data: Path, val: Path) -> None:
-        trained = train_and_register(engine, data, TrainConfig(), val=val, activate=True)
+        trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
         scorers = {"rule": svc.rule_scorer(), "neural": svc.model.get(), "lightgbm": train_lightgbm(data)}
@@ -83,9 +84,13 @@ def main() -> int:
     p.add_argument("--report-requests", type=int, default=3000)
     p.add_argument("--presets", default="default,no-context")
     p.add_argument("--loops", type=int, default=1, help="closed-loop rounds after the feedback round")
+    p.add_argument("--arch", default="default", help="ranker architecture: small, default or large")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops)
+    train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg)
                for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
