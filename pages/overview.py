@@ -77,7 +77,7 @@ else:
 
 # --- Latency ------------------------------------------------------------------------
 st.subheader("Rerank latency")
-lat = svc.rerank_latency()
+lat = common.rerank_latency(engine, common.database_label(engine), scorer.version)
 c1, c2 = st.columns(2)
 c1.metric("p50 (ms, 20 → 10)", common.fmt(lat["p50_ms"], ".3f"))
 c2.metric("p99 (ms, 20 → 10)", common.fmt(lat["p99_ms"], ".3f"))

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, case, func, select
 from ranker import config
 from ranker.db import get_setting, session_scope
 from ranker.features import ListContext, age_days
-from ranker.schema import Interaction, Item, User
+from ranker.schema import Interaction, Item
 
 
 @dataclass
@@ -137,11 +137,6 @@ class CountIndex:
         items = np.asarray(item_ids, dtype=np.int64)
         t = np.asarray(as_of).astype("datetime64[us]").astype(np.int64)
         return self._count(self._view_keys, items, t), self._count(self._other_keys, items, t)
-
-
-def user_profile(engine: Engine, user_id: int) -> User | None:
-    with session_scope(engine) as s:
-        return s.get(User, int(user_id))
 
 
 def make_context(

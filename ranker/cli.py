@@ -88,21 +88,15 @@ def cmd_db_info(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from ranker.db import get_engine, mask_url, schema_revision, upgrade
+    from ranker.db import check_connection, get_engine, mask_url, schema_revision, upgrade
 
     engine = get_engine()
-    before = schema_revision(engine) if _reachable(engine) else None
+    check_connection(engine)  # one clear error before Alembic gets to it
+    before = schema_revision(engine)
     after = upgrade(engine)
     print(f"{mask_url(engine.url.render_as_string(hide_password=False))}: "
           f"schema {before or 'empty'} -> {after}")
     return 0
-
-
-def _reachable(engine) -> bool:
-    from ranker.db import check_connection
-
-    check_connection(engine)
-    return True
 
 
 def _print_counts(counts: dict[str, int]) -> None:

@@ -65,13 +65,6 @@ def train_lightgbm(train_csv: Path, seed: int = 42) -> LightGBMScorer:
     return LightGBMScorer(lgb.train(params, ds, num_boost_round=200))
 
 
-class OracleScorer:
-    """Greedy by true attraction: at each position, the item the user likes most given
-    the categories already placed above (satiation included)."""
-
-    version = "oracle"
-
-
 @dataclass
 class PolicyStats:
     clicks: int = 0
@@ -93,6 +86,8 @@ class PolicyStats:
 
 
 def _oracle_order(truth: GroundTruth, user_id: int, ctx, k: int) -> np.ndarray:
+    """Greedy by true attraction: at each position, the item the user likes most given the
+    categories already placed above (satiation included)."""
     n = len(ctx)
     base = attraction_logits(truth, user_id, ctx.item_ids, ctx.age_days, np.array([f"u{i}" for i in range(n)]))
     placed: list[int] = []
@@ -127,8 +122,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
         raise ValueError("no synthetic ground truth in this database: the oracle comparison needs the demo "
                          "world (`ranker demo init`)")
     svc = service(engine)
-    catalog = svc.catalog()
-    views, other = svc._counts.get(engine, catalog, as_of)
+    catalog, views, other = svc.counts(as_of)
     scorers = dict(scorers or {})
     policies = ["base", *scorers, "oracle"]
     out = {p: PolicyStats() for p in policies}

@@ -119,6 +119,13 @@ class Service:
         self._catalog_checked = now
         return self._catalog
 
+    def counts(self, as_of: datetime) -> tuple[Catalog, np.ndarray, np.ndarray]:
+        """The catalogue and its (views, other interactions) strictly before ``as_of``, kept current."""
+        with self._lock:
+            catalog = self.catalog()
+            views, other = self._counts.get(self.engine, catalog, as_of)
+            return catalog, views, other
+
     def invalidate(self) -> None:
         """Forget cached catalogue and counts (after an import or a new world)."""
         with self._lock:
@@ -177,8 +184,7 @@ class Service:
                             + ", ".join(f"trending-{t}" for t in types))
         popular = serving_models(self.engine, ["popularity"])["popularity"]
         ids, scores = popular.recommend(user.id, k, item_type=item_type, as_of=as_of, filter_engaged=False)
-        catalog = self.catalog()
-        views, other = self._counts.get(self.engine, catalog, as_of)
+        catalog, views, other = self.counts(as_of)
         rows = catalog.index(ids)
         ctx = make_context(catalog, rows, views[rows], other[rows], scores, as_of, user.id, user.category,
                            user.field)
@@ -207,9 +213,7 @@ class Service:
             return self._trending(user, flow, k, as_of, arm, request_id)
         cands = candidates(user_id, flow, config.FETCH_MULTIPLIER * k, engine=self.engine,
                            model=base_model, as_of=as_of)
-        with self._lock:
-            catalog = self.catalog()
-            views, other = self._counts.get(self.engine, catalog, as_of)
+        catalog, views, other = self.counts(as_of)
         rows = catalog.index(cands.item_ids)
         ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, user_id,
                            ucat, ufield)

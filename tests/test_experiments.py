@@ -129,10 +129,6 @@ def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, tra
 
 def test_concurrent_writers_lose_no_impressions(served):
     from ranker.serve import recommend
-
-    with served.connect() as conn:
-        users = conn.execute(select(Impression.user_id)).all()  # none yet
-    assert users == []
     from tests.test_serve import engaged_developer
 
     uid = engaged_developer(served)
