@@ -251,6 +251,7 @@ def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor,
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
     scale = keep / (1.0 - model.config.dropout)
     with torch.no_grad():
+        x = model.standardise(x)
         z1 = torch.addmm(lin1.bias, x, lin1.weight.t())
         h1 = z1.clamp_min(0.0) * scale
         z2 = torch.addmm(lin2.bias, h1, lin2.weight.t())
@@ -293,6 +294,7 @@ def train(
     seed_everything(cfg.seed)
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they save
     model = RankerMLP.from_arch(data.x.shape[1], cfg.arch)
+    model.fit_input_scaling(data.x)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     rng = np.random.default_rng(cfg.seed)
     x_all = torch.from_numpy(data.x)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ranker.model import ARCHS, MLPConfig, RankerMLP, count_parameters
+from ranker.rerank import NeuralScorer
 
 
 def test_default_arch_with_four_features_has_705_parameters():
@@ -75,3 +77,45 @@ def test_config_dict_rebuilds_an_identical_model():
 def test_zero_input_dim_is_rejected():
     with pytest.raises(ValueError, match="input_dim must be >= 1"):
         RankerMLP(0)
+
+
+def _scaled_model(seed: int = 0) -> tuple[RankerMLP, np.ndarray]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    # Features in [0, 1] with one narrow band and one constant column, like popularity among top candidates.
+    x = np.column_stack([rng.random(200), 0.8 + 0.15 * rng.random(200), np.full(200, 0.5), rng.random(200)])
+    model = RankerMLP(4)
+    model.fit_input_scaling(x)
+    return model.eval(), x
+
+
+def test_input_scaling_standardises_the_training_columns_and_leaves_constants_at_scale_one():
+    model, x = _scaled_model()
+    z = model.standardise(torch.from_numpy(x).float()).numpy()
+    assert z[:, [0, 1, 3]].mean(axis=0) == pytest.approx(0.0, abs=1e-5)
+    assert z[:, [0, 1, 3]].std(axis=0) == pytest.approx(1.0, abs=1e-4)
+    assert model.x_scale[2].item() == 1.0 and z[:, 2] == pytest.approx(0.0, abs=1e-6)
+    assert count_parameters(model) == 705  # buffers, not trained parameters
+
+
+def test_numpy_scorer_and_contributions_agree_with_the_torch_model_under_scaling():
+    model, x = _scaled_model(1)
+    scorer = NeuralScorer({k: v.numpy() for k, v in model.state_dict().items()}, "t")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x[:20]).float()).numpy()
+        at_zero = model(torch.zeros(1, 4)).item()
+    assert scorer(x[:20]) == pytest.approx(expected, abs=1e-5)
+    # Integrated gradients from the all-zero raw input still sum to score(x) - score(0).
+    contrib = scorer.contributions(x[:20])
+    assert contrib.sum(axis=1) == pytest.approx(expected - at_zero, abs=0.05)
+
+
+def test_a_state_without_scaling_buffers_loads_as_identity_scaling():
+    model, x = _scaled_model(2)
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("x_")}
+    rebuilt = RankerMLP(4)
+    rebuilt.load_state_dict(old)
+    assert torch.equal(rebuilt.x_mean, torch.zeros(4)) and torch.equal(rebuilt.x_scale, torch.ones(4))
+    scorer = NeuralScorer({k: v.numpy() for k, v in old.items()}, "old")
+    with torch.no_grad():
+        assert scorer(x[:5]) == pytest.approx(rebuilt.eval()(torch.from_numpy(x[:5]).float()).numpy(), abs=1e-5)
