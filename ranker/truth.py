@@ -32,9 +32,9 @@ class WorldParams:
 
     affinity: float = 2.2  # weight of the true user-item affinity (dot product)
     freshness: float = 1.5  # weight of exp(-age_days / freshness_days)
-    freshness_days: float = 20.0
+    freshness_days: float = 30.0
     quality: float = 1.2  # weight of the item's latent quality
-    satiation: float = 0.9  # penalty per earlier same-category item in the list
+    satiation: float = 1.2  # penalty per earlier same-category item in the list
     bias: float = -2.6
     examination_decay: float = 0.75  # P(examine position p) = 1 / (p + 1) ** decay
     positive_given_click: float = 0.35  # chance a click turns into explicit feedback
