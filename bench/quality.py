@@ -33,7 +33,8 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     from ranker.serve import _SERVICES, service
     from ranker.simulate import simulate
     from ranker.synth import build_world
-    from ranker.train import TrainConfig
+    from ranker.metrics import mean_ndcg_at_k
+    from ranker.train import TrainConfig, load_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix=f"quality-{preset}-"))
     config.DATA_DIR, config.MODELS_DIR = tmp / "data", tmp / "models"
@@ -49,6 +50,9 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
         scorers = {"rule": svc.rule_scorer(), "neural": svc.model.get(), "lightgbm": train_lightgbm(data)}
+        v = load_dataset(val, min_positives=1)
+        out[f"{name}_offline_val"]["lightgbm"] = {
+            "ndcg@10": mean_ndcg_at_k(v.y, scorers["lightgbm"](v.x), v.groups, 10)}
         out[f"{name}_paired"] = paired_simulation(engine, report_requests, seed=7, scorers=scorers)["policies"]
         start = svc_clock(engine)
         simulate(engine, days=days, requests_per_day=per_day, seed=11, refit_base=False)
@@ -100,7 +104,7 @@ def main() -> int:
         for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
-                  f"  base {v['base']['ndcg@10']:.4f}")
+                  f"  base {v['base']['ndcg@10']:.4f}  LightGBM {v['lightgbm']['ndcg@10']:.4f}")
             print(f"[{stage}] paired offline simulation:")
             for name, pol in r[f"{stage}_paired"].items():
                 print(f"    {name:9} CTR {pol['ctr']:.4f}  lift {pol['lift_vs_base']:+.1%}  "
