@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
-          train_cfg: dict | None = None) -> dict:
+          train_cfg: dict | None = None, seed: int = 42) -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
@@ -41,9 +41,9 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     store.clear_cache()
     _SERVICES.clear()
     engine = make_engine(f"sqlite:///{tmp / 'world.db'}")
-    build_world(engine, seed=42, preset=preset, scale="default")
+    build_world(engine, seed=seed, preset=preset, scale="default")
     store.fit_base_models(engine)
-    out: dict = {"preset": preset}
+    out: dict = {"preset": preset, "seed": seed}
 
     def round_(name: str, data: Path, val: Path) -> None:
         trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
@@ -91,16 +91,17 @@ def main() -> int:
     p.add_argument("--arch", default="default", help="ranker architecture: small, default or large")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--seed", type=int, default=42, help="world seed (simulation and report seeds are fixed)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
-    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg)
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, args.seed)
                for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
     for r in results:
-        print(f"\n=== preset {r['preset']} ===")
+        print(f"\n=== preset {r['preset']}, world seed {r['seed']} ===")
         for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
