@@ -74,14 +74,16 @@ class NeuralScorer:
         self.version = version
         self.meta = meta or {}
         self._layers = [(arr(f"net.{i}.weight").T, arr(f"net.{i}.bias")) for i in (0, 3, 5)]
-        n_in = self._layers[0][0].shape[0]
-        # Input standardisation (absent from checkpoints that predate it: identity).
-        self._mean = arr("x_mean") if "x_mean" in state_dict else np.zeros(n_in)
-        self._scale = arr("x_scale") if "x_scale" in state_dict else np.ones(n_in)
+        # Fold the input standardisation into the first layer (absent from checkpoints that
+        # predate it: identity): ((x - m) / s) @ W + b == x @ (W / s[:, None]) + (b - (m / s) @ W).
+        w1, b1 = self._layers[0]
+        mean = arr("x_mean") if "x_mean" in state_dict else np.zeros(w1.shape[0])
+        scale = arr("x_scale") if "x_scale" in state_dict else np.ones(w1.shape[0])
+        self._layers[0] = (w1 / scale[:, None], b1 - (mean / scale) @ w1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         (w1, b1), (w2, b2), (w3, b3) = self._layers
-        h = np.maximum(((x - self._mean) / self._scale) @ w1 + b1, 0.0)
+        h = np.maximum(x @ w1 + b1, 0.0)
         h = np.maximum(h @ w2 + b2, 0.0)
         return (h @ w3 + b3)[:, 0]
 
@@ -95,12 +97,12 @@ class NeuralScorer:
         grads = np.zeros_like(x)
         (w1, b1), (w2, b2), (w3, _) = self._layers
         for a in alphas:
-            z1 = ((a * x - self._mean) / self._scale) @ w1 + b1
+            z1 = (a * x) @ w1 + b1
             h1 = np.maximum(z1, 0.0)
             z2 = h1 @ w2 + b2
             g2 = (z2 > 0) * w3[:, 0]  # d out / d z2
             g1 = (g2 @ w2.T) * (z1 > 0)  # d out / d z1
-            grads += (g1 @ w1.T) / self._scale
+            grads += g1 @ w1.T
         return x * grads / steps
 
 

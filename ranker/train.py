@@ -238,7 +238,7 @@ def _batch_pairs(pairs: tuple[np.ndarray, np.ndarray], groups: np.ndarray,
 
 
 def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
-                        keep: torch.Tensor) -> torch.Tensor:
+                        keep: torch.Tensor, standardised: bool = False) -> torch.Tensor:
     """One training step's loss, with every parameter's ``.grad`` set, written out by hand.
 
     The same maths as ``pairwise_logistic_loss_from_pairs(model(x), better, worse).backward()``
@@ -247,11 +247,14 @@ def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor,
     step (``tests/test_train.py`` checks the gradients against autograd).
 
     Shapes: x (B, F); better, worse (P,) row indices; returns the mean loss, shape ().
+    ``standardised=True`` says ``x`` already went through ``model.standardise`` (the
+    training loop does that once for the whole dataset rather than per step).
     """
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
     scale = keep / (1.0 - model.config.dropout)
     with torch.no_grad():
-        x = model.standardise(x)
+        if not standardised:
+            x = model.standardise(x)
         z1 = torch.addmm(lin1.bias, x, lin1.weight.t())
         h1 = z1.clamp_min(0.0) * scale
         z2 = torch.addmm(lin2.bias, h1, lin2.weight.t())
@@ -297,7 +300,8 @@ def train(
     model.fit_input_scaling(data.x)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     rng = np.random.default_rng(cfg.seed)
-    x_all = torch.from_numpy(data.x)
+    with torch.no_grad():
+        x_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
     pairs = same_group_pairs(data.y, data.groups)
     if len(pairs[0]) == 0:
         raise TrainingError("no group holds both a positive and a negative, so there is no pair "
@@ -314,7 +318,7 @@ def train(
                 raise TrainingError("training cancelled")
             xb = x_all[torch.from_numpy(idx)]
             keep = torch.rand(len(idx), model.config.hidden_dim1) >= model.config.dropout
-            loss = pairwise_step_grads(model, xb, better, worse, keep)
+            loss = pairwise_step_grads(model, xb, better, worse, keep, standardised=True)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
                                     "Lower --lr or check the data for extreme values")
