@@ -27,13 +27,13 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
     from ranker.db import make_engine
+    from ranker.metrics import mean_ndcg_at_k
     from ranker.online import ab_test, summary_by_arm
     from ranker.pipeline import train_and_register
     from ranker.report import paired_simulation, train_lightgbm
     from ranker.serve import _SERVICES, service
     from ranker.simulate import simulate
     from ranker.synth import build_world
-    from ranker.metrics import mean_ndcg_at_k
     from ranker.train import TrainConfig, load_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix=f"quality-{preset}-"))
