@@ -349,9 +349,7 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
             pool = pool[items["created"][pool] <= t64]
             if len(pool) < LIST_LENGTH:
                 continue
-            pool_age = (t64 - items["created"][pool]).astype("timedelta64[s]").astype(np.float64) / 86400.0
-            shown = _legacy_list(rng, pool, users["category"][u], items["category"], views, truth.item_quality,
-                                 pool_age)
+            shown = _legacy_list(rng, pool, users["category"][u], items, views, truth.item_quality, t64)
             # The item's age as of t: the last edit only counts once it has happened.
             ref = np.where(items["updated"][shown] <= t64, item_age_ref[shown], items["created"][shown])
             age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
@@ -386,15 +384,15 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
     return views, engaged
 
 
-def _legacy_list(rng, pool, user_category, item_category, views, quality, pool_age) -> np.ndarray:
+def _legacy_list(rng, pool, user_category, items, views, quality, t64) -> np.ndarray:
     """The legacy policy: 50 random eligible items, ordered by popularity, declared-category
-    match, an editorial quality grade (curators spot good items) and a new-arrivals boost,
-    plus noise. ``pool_age`` (days) is aligned with ``pool``."""
-    pick = np.unique(rng.integers(0, len(pool), size=min(50, len(pool) * 2)))
-    cand = pool[pick]
+    match, an editorial quality grade (curators spot good items) and a new-arrivals boost
+    (age since creation at ``t64``), plus noise."""
+    cand = np.unique(pool[rng.integers(0, len(pool), size=min(50, len(pool) * 2))])
+    age_days = (t64 - items["created"][cand]).astype("timedelta64[s]").astype(np.float64) / 86400.0
     w_pop, w_cat, w_quality = LEGACY_WEIGHTS
-    score = (w_pop * np.log1p(views[cand]) + w_cat * (item_category[cand] == user_category)
-             + w_quality * quality[cand] + LEGACY_FRESH_WEIGHT * np.exp(-pool_age[pick] / LEGACY_FRESH_DAYS)
+    score = (w_pop * np.log1p(views[cand]) + w_cat * (items["category"][cand] == user_category)
+             + w_quality * quality[cand] + LEGACY_FRESH_WEIGHT * np.exp(-age_days / LEGACY_FRESH_DAYS)
              + rng.gumbel(size=len(cand)))
     top = np.argsort(-score, kind="stable")[:LIST_LENGTH]
     return cand[top]
