@@ -237,8 +237,8 @@ def _batch_pairs(pairs: tuple[np.ndarray, np.ndarray], groups: np.ndarray,
     return out
 
 
-def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
-                        keep: torch.Tensor, standardised: bool = False) -> torch.Tensor:
+def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:
     """One training step's loss, with every parameter's ``.grad`` set, written out by hand.
 
     The same maths as ``pairwise_logistic_loss_from_pairs(model(x), better, worse).backward()``
@@ -246,16 +246,15 @@ def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor,
     MLP, autograd's bookkeeping costs more than the arithmetic: this halves the time per
     step (``tests/test_train.py`` checks the gradients against autograd).
 
-    Shapes: x (B, F); better, worse (P,) row indices; returns the mean loss, shape ().
-    ``standardised=True`` says ``x`` already went through ``model.standardise`` (the
-    training loop does that once for the whole dataset rather than per step).
+    ``z`` is the batch as the first layer sees it, ``model.standardise(x)``: the training
+    loop standardises the whole dataset once rather than every step.
+
+    Shapes: z (B, F); better, worse (P,) row indices; returns the mean loss, shape ().
     """
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
     scale = keep / (1.0 - model.config.dropout)
     with torch.no_grad():
-        if not standardised:
-            x = model.standardise(x)
-        z1 = torch.addmm(lin1.bias, x, lin1.weight.t())
+        z1 = torch.addmm(lin1.bias, z, lin1.weight.t())
         h1 = z1.clamp_min(0.0) * scale
         z2 = torch.addmm(lin2.bias, h1, lin2.weight.t())
         h2 = z2.clamp_min(0.0)
@@ -272,7 +271,7 @@ def pairwise_step_grads(model: RankerMLP, x: torch.Tensor, better: torch.Tensor,
         g_z2 = torch.outer(g_s, lin3.weight[0]) * (z2 > 0)
         lin2.weight.grad, lin2.bias.grad = g_z2.t() @ h1, g_z2.sum(0)
         g_z1 = (g_z2 @ lin2.weight) * scale * (z1 > 0)
-        lin1.weight.grad, lin1.bias.grad = g_z1.t() @ x, g_z1.sum(0)
+        lin1.weight.grad, lin1.bias.grad = g_z1.t() @ z, g_z1.sum(0)
     return loss
 
 
@@ -301,7 +300,7 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     rng = np.random.default_rng(cfg.seed)
     with torch.no_grad():
-        x_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
+        z_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
     pairs = same_group_pairs(data.y, data.groups)
     if len(pairs[0]) == 0:
         raise TrainingError("no group holds both a positive and a negative, so there is no pair "
@@ -316,9 +315,9 @@ def train(
         for idx, (better, worse) in zip(batches, _batch_pairs(pairs, data.groups, batches)):
             if should_stop and should_stop():
                 raise TrainingError("training cancelled")
-            xb = x_all[torch.from_numpy(idx)]
+            zb = z_all[torch.from_numpy(idx)]
             keep = torch.rand(len(idx), model.config.hidden_dim1) >= model.config.dropout
-            loss = pairwise_step_grads(model, xb, better, worse, keep, standardised=True)
+            loss = pairwise_step_grads(model, zb, better, worse, keep)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
                                     "Lower --lr or check the data for extreme values")

@@ -151,15 +151,16 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
 
     torch.manual_seed(0)
     model = RankerMLP(4).double()
-    x = torch.rand(40, 4, dtype=torch.float64)
+    x = torch.rand(40, 4, dtype=torch.float64) * torch.tensor([1.0, 0.15, 1.0, 0.5]) + torch.tensor([0, 0.8, 0, 0])
+    model.fit_input_scaling(x.numpy())  # a non-trivial standardisation, as training sets it
     better, worse = torch.randint(0, 40, (30,)), torch.randint(0, 40, (30,))
     keep = torch.rand(40, 32) < dropout_keep
-    loss = pairwise_step_grads(model, x, better, worse, keep)
+    loss = pairwise_step_grads(model, model.standardise(x), better, worse, keep)
     manual = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
-    h1 = torch.relu(lin1(x)) * keep / (1 - model.config.dropout)
+    h1 = torch.relu(lin1((x - model.x_mean) / model.x_scale)) * keep / (1 - model.config.dropout)
     ref = pairwise_logistic_loss_from_pairs(lin3(torch.relu(lin2(h1)))[:, 0], better, worse)
     ref.backward()
     assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)
