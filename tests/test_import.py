@@ -492,6 +492,9 @@ BAD_INPUTS = {
     "csv unknown kind": (
         lambda e, t: import_csv(e, *_csv(t, inter="user_id,item_id,timestamp,kind\n10,100,5,buy\n")[:2]),
         "interactions.csv", 2, "kind 'buy'"),
+    "csv unknown item_type": (
+        lambda e, t: import_csv(e, *_csv(t, items="item_id,item_type\n100,item\n101,book\n")[:2]),
+        "items.csv", 3, "item_type 'book' is not one of item, startup"),
     "csv semicolon-separated": (
         lambda e, t: import_csv(e, *_csv(t, inter="user_id;item_id;timestamp\n10;100;5\n")[:2]),
         "interactions.csv", 1, "semicolon-separated"),

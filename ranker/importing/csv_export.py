@@ -23,6 +23,7 @@ from ranker.importing.mapping import (
 from ranker.importing.records import (
     ImportDataError,
     Records,
+    check_allowed,
     check_known,
     check_unique,
     need_file,
@@ -85,10 +86,7 @@ def read_csv_export(interactions: str | Path, items: str | Path, users: str | Pa
     inter_path, item_path = Path(interactions), Path(items)
     ev, idx = _csv_table(inter_path, CSV_INTERACTION_COLUMNS, ("rating", "kind"))
     kinds = optional_text(ev, idx, "kind", "")
-    bad = ~np.isin(kinds, ("", *config.INTERACTION_KINDS))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ev.error(row, f"kind {kinds[row]!r} is not one of {', '.join(config.INTERACTION_KINDS)}")
+    check_allowed(ev, kinds, ("", *config.INTERACTION_KINDS), "kind")
     events = pd.DataFrame({
         "user": parse_tokens(ev, ev.column(idx["user_id"]), "user_id"),
         "item": parse_tokens(ev, ev.column(idx["item_id"]), "item_id"),
@@ -116,11 +114,7 @@ def _csv_items(path: Path) -> pd.DataFrame:
     ids = parse_tokens(rec, rec.column(idx["item_id"]), "item_id")
     check_unique(rec, ids, "item")
     item_type = optional_text(rec, idx, "item_type", IMPORT_ITEM_TYPE)
-    allowed = (IMPORT_ITEM_TYPE, *config.ITEM_TYPES)
-    bad = ~np.isin(item_type, allowed)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise rec.error(row, f"item_type {item_type[row]!r} is not one of {', '.join(allowed)}")
+    check_allowed(rec, item_type, (IMPORT_ITEM_TYPE, *config.ITEM_TYPES), "item_type")
     names = optional_text(rec, idx, "name", None)
     created = (parse_times(rec, rec.column(idx["created_at"]), optional=True, before_1970=True)
                if "created_at" in idx else np.full(len(rec), np.datetime64("NaT"), "datetime64[us]"))
@@ -140,11 +134,7 @@ def _csv_users(path: Path) -> pd.DataFrame:
     ids = parse_tokens(rec, rec.column(idx["user_id"]), "user_id")
     check_unique(rec, ids, "user")
     roles = optional_text(rec, idx, "role", IMPORT_ROLE)
-    allowed = (IMPORT_ROLE, *config.ROLES)
-    bad = ~np.isin(roles, allowed)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise rec.error(row, f"role {roles[row]!r} is not one of {', '.join(allowed)}")
+    check_allowed(rec, roles, (IMPORT_ROLE, *config.ROLES), "role")
     created = (parse_times(rec, rec.column(idx["created_at"]), optional=True, before_1970=True)
                if "created_at" in idx else None)
     return users_frame(ids, optional_text(rec, idx, "category", None), optional_text(rec, idx, "field", None),

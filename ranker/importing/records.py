@@ -214,6 +214,14 @@ def check_known(rec: Records, ids: np.ndarray, known: np.ndarray, what: str, whe
         raise rec.error(row, f"{what} {ids[row]!r} is not in {where}")
 
 
+def check_allowed(rec: Records, values: np.ndarray, allowed: tuple[str, ...], what: str) -> None:
+    """Every value is one of ``allowed`` (an empty string, when allowed, means "not given")."""
+    bad = ~np.isin(values, allowed)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise rec.error(row, f"{what} {values[row]!r} is not one of {', '.join(a for a in allowed if a)}")
+
+
 def optional_text(rec: Records, index: dict[str, int], name: str, default: str | None) -> np.ndarray:
     if name not in index:
         return np.full(len(rec), default, dtype=object)
