@@ -22,13 +22,13 @@ from pathlib import Path
 
 
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
-          train_cfg: dict | None = None, seed: int = 42) -> dict:
+          train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False) -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
     from ranker.db import make_engine
     from ranker.metrics import mean_ndcg_at_k
-    from ranker.online import ab_test, summary_by_arm
+    from ranker.online import ab_test, guardrail_tests, summary_by_arm
     from ranker.pipeline import train_and_register
     from ranker.report import paired_simulation, train_lightgbm
     from ranker.serve import _SERVICES, service
@@ -45,21 +45,30 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     store.fit_base_models(engine)
     out: dict = {"preset": preset, "seed": seed}
 
+    previous: dict = {}
+
     def round_(name: str, data: Path, val: Path) -> None:
         trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
         scorers = {"rule": svc.rule_scorer(), "neural": svc.model.get(), "lightgbm": train_lightgbm(data)}
+        if "neural" in previous:  # does the loop improve the ranker? Same requests, same random numbers.
+            scorers["neural_prev"] = previous["neural"]
+        previous["neural"] = scorers["neural"]
         v = load_dataset(val, min_positives=1)
         out[f"{name}_offline_val"]["lightgbm"] = {
             "ndcg@10": mean_ndcg_at_k(v.y, scorers["lightgbm"](v.x), v.groups, 10)}
         out[f"{name}_paired"] = paired_simulation(engine, report_requests, seed=7, scorers=scorers)["policies"]
         start = svc_clock(engine)
-        simulate(engine, days=days, requests_per_day=per_day, seed=11, refit_base=False)
+        simulate(engine, days=days, requests_per_day=per_day, seed=11, refit_base=refit_base)
         ab = ab_test(engine, start=start)
         out[f"{name}_ab"] = ab.__dict__ | {"control": ab.control.__dict__, "treatment": ab.treatment.__dict__}
+        out[f"{name}_guardrails"] = [g.verdict for g in guardrail_tests(engine, start=start).values()]
         arms = summary_by_arm(engine, start=start)
         out[f"{name}_arms"] = arms.reset_index().to_dict(orient="records")
+        if refit_base:  # the base models moved during the A/B: compare again on the day it ended
+            out[f"{name}_paired_after_ab"] = paired_simulation(engine, report_requests, seed=7,
+                                                               scorers=scorers)["policies"]
 
     feedback = DatasetConfig(output=config.DATA_DIR / "fb.csv", val_output=config.DATA_DIR / "fb_val.csv")
     build_dataset(engine, feedback)
@@ -92,10 +101,15 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--seed", type=int, default=42, help="world seed (simulation and report seeds are fixed)")
+    p.add_argument("--refit", action="store_true",
+                   help="refit the base models every simulated day, as `ranker simulate` does by default; "
+                        "without it they stay as fitted on the world as built, so every round measures the "
+                        "ranker against the same base (and items added while simulating are never candidates)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
-    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, args.seed)
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, args.seed,
+                     args.refit)
                for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
@@ -106,13 +120,19 @@ def main() -> int:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
                   f"  base {v['base']['ndcg@10']:.4f}  LightGBM {v['lightgbm']['ndcg@10']:.4f}")
-            print(f"[{stage}] paired offline simulation:")
-            for name, pol in r[f"{stage}_paired"].items():
-                print(f"    {name:9} CTR {pol['ctr']:.4f}  lift {pol['lift_vs_base']:+.1%}  "
-                      f"p {pol.get('p_value_vs_base', float('nan')):.2g}  gap closed {pol['gap_closed']:+.1%}  "
-                      f"ILD {pol['ild']:.3f}  age {pol['mean_age_days']:.1f} d")
+            for key, title in ((f"{stage}_paired", "paired offline simulation"),
+                               (f"{stage}_paired_after_ab", "paired again when the A/B ended (base refitted)")):
+                if key not in r:
+                    continue
+                print(f"[{stage}] {title}:")
+                for name, pol in r[key].items():
+                    print(f"    {name:11} CTR {pol['ctr']:.4f}  lift {pol['lift_vs_base']:+.1%}  "
+                          f"p {pol.get('p_value_vs_base', float('nan')):.2g}  gap closed {pol['gap_closed']:+.1%}  "
+                          f"ILD {pol['ild']:.3f}  age {pol['mean_age_days']:.1f} d")
             ab = r[f"{stage}_ab"]
             print(f"[{stage}] A/B (served traffic): {ab['verdict']}")
+            for verdict in r[f"{stage}_guardrails"]:
+                print(f"    {verdict}")
             for a in r[f"{stage}_arms"]:
                 print(f"    {a['arm']:9} CTR {a['ctr']:.4f}  ILD {a['ild']:.3f}  age {a['mean_age_days']:.1f} d")
     return 0

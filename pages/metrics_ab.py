@@ -24,6 +24,11 @@ def verdict(_engine, url: str, flow: str | None, start, end, mde: float):
     return online.ab_test(_engine, flow, start, end, mde=mde)
 
 
+@st.cache_data(ttl=15, show_spinner=False)
+def guardrails(_engine, url: str, flow: str | None, start, end):
+    return online.guardrail_tests(_engine, flow, start, end)
+
+
 everything = daily(engine, str(engine.url), None, None, None)
 common.show_done()
 
@@ -96,6 +101,17 @@ if res.enough_data:
     c3.metric("Lift (95% CI)", f"{res.lift:+.1%}", help=f"{res.ci_low:+.1%} to {res.ci_high:+.1%}")
     c4.metric(f"Users/arm for {mde:.0%} lift", f"{res.users_needed_per_arm:,}")
     st.plotly_chart(charts.lift_interval(res.lift, res.ci_low, res.ci_high))
+    guard = guardrails(engine, str(engine.url), flow_f, start, end)
+    st.markdown("**Diversity and freshness**, per-user delta method as for CTR (a lower age is fresher)")
+    st.dataframe(
+        [{"metric": label, "control": g.control.rate, "treatment": g.treatment.rate,
+          "difference": f"{g.lift:+.1%} ({g.ci_low:+.1%} to {g.ci_high:+.1%})", "p": g.p_value,
+          "significant": "yes" if g.p_value < 0.05 else "no"}
+         for (column, label), g in zip(online.GUARDRAILS.items(), guard.values()) if g.enough_data],
+        hide_index=True,
+        column_config={"control": st.column_config.NumberColumn(format="%.3f"),
+                       "treatment": st.column_config.NumberColumn(format="%.3f"),
+                       "p": st.column_config.NumberColumn(format="%.2g")})
 
 # --- Over time ------------------------------------------------------------------------
 st.subheader("Over time, per arm")

@@ -145,4 +145,35 @@ def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: 
     return analyse(stats["control"], stats["treatment"], mde=mde)
 
 
-__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "per_user_counts"]
+#: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
+GUARDRAILS = {"ild": "diversity (ILD)", "mean_age_days": "mean age of served items"}
+
+
+def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=None,
+                    mde: float = 0.05) -> dict[str, ABResult]:
+    """Diversity and freshness of treatment against control, with the same per-user delta method
+    as CTR: each metric is a mean over lists, Σ per-user metric / Σ per-user lists.
+
+    Ages spread over hundreds of days, so a difference between two independent arms needs a
+    confidence interval before it means "fresher" or "staler". A lower age is fresher.
+    """
+    out: dict[str, ABResult] = {}
+    for column, label in GUARDRAILS.items():
+        col = getattr(ServedList, column)
+        stmt = (select(ServedList.arm, func.sum(col), func.count())
+                .where(_filters(ServedList, flow, start, end))
+                .group_by(ServedList.arm, ServedList.user_id))
+        with engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        per_arm: dict[str, tuple[list, list]] = {}
+        for arm, total, lists in rows:
+            per_arm.setdefault(arm, ([], []))
+            per_arm[arm][0].append(float(total))
+            per_arm[arm][1].append(float(lists))
+        stats = {arm: arm_stats(np.array(per_arm[arm][0]), np.array(per_arm[arm][1])) if arm in per_arm else None
+                 for arm in config.ARMS}
+        out[column] = analyse(stats["control"], stats["treatment"], mde=mde, metric=label)
+    return out
+
+
+__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests", "per_user_counts"]

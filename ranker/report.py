@@ -181,14 +181,14 @@ def _paired_p(base: dict[int, int], other: dict[int, int]) -> float:
 def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | None = None,
                  show_bar: bool = False) -> dict[str, Any]:
     """Online metrics per arm with the A/B verdict, and the paired offline comparison."""
-    from ranker.online import ab_test, summary_by_arm
+    from ranker.online import ab_test, guardrail_tests, summary_by_arm
     from ranker.serve import service
 
     report: dict[str, Any] = {}
     arms = summary_by_arm(engine)
     report["online"] = {"arms": arms.reset_index().to_dict(orient="records") if not arms.empty else [],
-                        "ab": ab_test(engine).__dict__}
-    report["online"]["ab"] = _plain(report["online"]["ab"])
+                        "ab": _plain(ab_test(engine)),
+                        "guardrails": {k: _plain(v) for k, v in guardrail_tests(engine).items()}}
     svc = service(engine)
     scorers: dict[str, Scorer] = {"rule": svc.rule_scorer()}
     neural = svc.model.get()

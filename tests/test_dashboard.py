@@ -246,6 +246,10 @@ def test_metrics_page_verdict_and_overview_ctr_match_the_logs_after_simulated_tr
     assert verdict
     assert verdict in texts(at, "success") + texts(at, "info")
     assert len(at.get("plotly_chart")) >= 5  # CTR, ILD, age, coverage, feedback rate over time
+    guard = online.guardrail_tests(demo)
+    table = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert table["metric"].tolist() == list(online.GUARDRAILS.values())
+    assert table["treatment"].tolist() == pytest.approx([g.treatment.rate for g in guard.values()])
 
     arms = online.summary_by_arm(demo)
     overview = open_page("overview")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from datetime import datetime
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from ranker import db, experiments
 from ranker.abtest import analyse, arm_stats
 from ranker.experiments import Experiment, assign_arm, bucket
-from ranker.online import ab_test, daily_metrics, summary_by_arm
+from ranker.online import ab_test, daily_metrics, guardrail_tests, summary_by_arm
 from ranker.schema import Impression, Outcome, ServedList
 
 
@@ -47,6 +48,8 @@ def test_no_impressions_in_one_arm_says_not_enough_data(world_copy):
     assert not result.enough_data and "Not enough data" in result.verdict
     only_control = analyse(arm_stats(np.array([1.0, 2.0]), np.array([10.0, 10.0])), None)
     assert "Not enough data" in only_control.verdict and only_control.lift is None
+    for res in guardrail_tests(world_copy).values():
+        assert not res.enough_data and "Not enough data" in res.verdict
 
 
 def test_delta_method_variance_matches_the_spread_of_simulated_experiments():
@@ -111,6 +114,14 @@ def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, tra
     assert ((daily["ctr"] >= 0) & (daily["ctr"] <= 1)).all()
     treated = arms.loc["treatment"] if "treatment" in arms.index else None
     assert treated is None or 0 <= treated["ild"] <= 1
+    # diversity and freshness per arm, per-user delta method: the same means as the SQL summary
+    guard = guardrail_tests(served)
+    for column, res in guard.items():
+        assert res.enough_data, res.verdict
+        assert res.control.rate == pytest.approx(arms.loc["control", column])
+        assert res.treatment.rate == pytest.approx(arms.loc["treatment", column])
+        assert res.ci_low < res.lift < res.ci_high
+    assert "diversity (ILD)" in guard["ild"].verdict
 
     # same seed on a fresh copy of the same world gives the same traffic
     import shutil
@@ -150,3 +161,29 @@ def test_concurrent_writers_lose_no_impressions(served):
     with served.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Impression)).scalar_one() == 4 * 15 * 10
         assert conn.execute(select(func.count()).select_from(ServedList)).scalar_one() == 60
+
+
+def test_report_compares_every_policy_on_the_same_requests(served, capsys):
+    """``ranker report --json``: online arms with the CTR verdict and the diversity/freshness
+    guardrails, then paired simulated traffic where base closes 0 % of the gap and the oracle 100 %."""
+    from ranker.cli import main
+    from ranker.db import _cached_engine
+    from ranker.simulate import simulate
+
+    simulate(served, days=1, requests_per_day=60, seed=3, refit_base=False)
+    _cached_engine.cache_clear()
+    try:
+        assert main(["report", "--json", "--requests", "150"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert main(["report", "--requests", "150"]) == 0
+        text = capsys.readouterr().out
+    finally:
+        _cached_engine.cache_clear()
+    assert {a["arm"] for a in report["online"]["arms"]} == {"control", "treatment"}
+    assert set(report["online"]["guardrails"]) == {"ild", "mean_age_days"}
+    policies = report["offline"]["policies"]
+    assert list(policies) == ["base", "rule", "neural", "lightgbm", "oracle"]
+    assert policies["base"]["gap_closed"] == 0 and policies["oracle"]["gap_closed"] == 1
+    assert policies["oracle"]["expected_ctr"] > policies["base"]["expected_ctr"]
+    assert all(p["impressions"] == policies["base"]["impressions"] > 0 for p in policies.values())
+    assert "A/B:" in text and "mean age of served items" in text and "oracle" in text

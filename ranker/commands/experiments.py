@@ -43,6 +43,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  {a['arm']:9} impressions {a['impressions']:>8,}  CTR {_fmt(a['ctr'])}  "
               f"ILD {_fmt(a.get('ild'))}  mean age {a.get('mean_age_days', float('nan')):.1f} d")
     print(f"  A/B: {report['online']['ab']['verdict']}")
+    for g in report["online"]["guardrails"].values():
+        if g["enough_data"]:
+            print(f"  {g['verdict']}")
     off = report["offline"]
     if off:
         print(f"\nOffline: paired simulated traffic ({off['requests']:,} requests, same users, candidates and "
