@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        import ranker.features  # noqa: F401  (validates RANKER_EXTRA_FEATURES)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from ranker.db import DatabaseError
     from ranker.synth import WorldExistsError
 

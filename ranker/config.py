@@ -47,6 +47,11 @@ DEFAULT_RULE_WEIGHTS: dict[str, float] = {
     "popularity": 0.2,
     "diversity": 0.1,
 }
+#: Optional features to add to the four (comma-separated names from ``features.OPTIONAL``),
+#: e.g. ``RANKER_EXTRA_FEATURES=user_affinity``. Set it for every process that builds data,
+#: trains or serves: a checkpoint is refused where its features differ from the registry's.
+EXTRA_FEATURES_ENV = "RANKER_EXTRA_FEATURES"
+EXTRA_FEATURES = tuple(n.strip() for n in os.environ.get(EXTRA_FEATURES_ENV, "").split(",") if n.strip())
 FETCH_MULTIPLIER = 2
 DEFAULT_K = 10
 

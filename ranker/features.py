@@ -3,11 +3,15 @@
 A feature is one registered function over a :class:`ListContext` (plain numpy arrays
 describing a candidate list). ``input_dim``, the dataset's CSV columns, the rule
 weights and the checkpoint metadata all follow from :data:`REGISTRY`, so adding a
-fifth feature (the guide's ``user_affinity``) is one decorated function::
+fifth feature is one decorated function::
 
-    @register_feature("user_affinity")
-    def user_affinity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    @register_feature("category_match")
+    def category_match(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
         return (ctx.category == ctx.user_category).astype(np.float64)
+
+The guide's own example, ``user_affinity`` (a match with the user's declared profile),
+ships as an optional feature: ``RANKER_EXTRA_FEATURES=user_affinity`` registers it
+after the four in every process (data, training, serving, dashboard).
 
 Static features ignore ``maxsim``. A *dynamic* feature (diversity) depends on the
 items already placed above: ``maxsim[i]`` is candidate i's highest similarity to any
@@ -132,6 +136,35 @@ def popularity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
 def diversity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
     """``1 - max similarity`` to the items placed above; 1 for the first item."""
     return np.where(np.isneginf(maxsim), 1.0, 1.0 - maxsim)
+
+
+# --- Optional features: registered only when named in RANKER_EXTRA_FEATURES ---------
+
+
+def user_affinity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """The guide's fifth-feature example, from the user's declared profile: 1 when the item's
+    category is the category the user declared, else 0 (0 for every item without one).
+
+    A profile is known before any event, so this cannot leak the future. (A user's declared
+    field describes the user, a developer's "backend" say, not what they look for, so it
+    is not compared with the item's field.)
+    """
+    return np.asarray(ctx.category == ctx.user_category, dtype=np.float64)
+
+
+OPTIONAL: dict[str, Feature] = {"user_affinity": Feature("user_affinity", user_affinity)}
+
+
+def enable_feature(name: str) -> None:
+    """Register an optional feature after the four (idempotent)."""
+    if name not in OPTIONAL:
+        raise ValueError(f"unknown optional feature {name!r} in {config.EXTRA_FEATURES_ENV}; "
+                         f"choose from: {', '.join(OPTIONAL)}")
+    REGISTRY.setdefault(name, OPTIONAL[name])
+
+
+for _name in config.EXTRA_FEATURES:
+    enable_feature(_name)
 
 
 # --- Evaluation helpers shared by serving and the dataset builder ------------------

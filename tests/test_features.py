@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from datetime import datetime
 from itertools import product
 
@@ -112,6 +115,33 @@ def test_a_fifth_registered_feature_flows_everywhere(tmp_path):
     finally:
         F.unregister_feature("user_affinity")
     assert F.input_dim() == 4
+
+
+def test_user_affinity_matches_the_declared_profile():
+    c = ctx(category=np.array(["ai", "ai", "bio", "bio"], dtype=object),
+            field=np.array(["ml", "web", "ml", "web"], dtype=object), n=4)
+    assert F.user_affinity(c, np.full(4, -np.inf)).tolist() == [1.0, 1.0, 0.0, 0.0]
+    no_profile = ctx(user_category=None, user_field=None)
+    assert F.user_affinity(no_profile, np.full(3, -np.inf)).tolist() == [0.0, 0.0, 0.0]
+
+
+def _run(code: str, extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RANKER_EXTRA_FEATURES": extra}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_extra_features_env_registers_user_affinity_after_the_four():
+    got = _run("from ranker.features import feature_columns, input_dim; print(input_dim(), feature_columns())",
+               "user_affinity")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split()[0] == "5" and "'user_affinity_score']" in got.stdout
+
+
+def test_an_unknown_extra_feature_is_a_one_line_cli_error():
+    got = _run("import sys; from ranker.cli import main; sys.exit(main(['db', 'info']))", "user_afinity")
+    assert got.returncode == 2
+    assert got.stderr.strip() == ("error: unknown optional feature 'user_afinity' in RANKER_EXTRA_FEATURES; "
+                                  "choose from: user_affinity")
 
 
 def test_weights_outside_unit_interval_are_refused():

@@ -155,3 +155,50 @@ def test_trending_lists_are_served_as_they_are(served):
     assert kinds == {"investor"}
     with pytest.raises(ValueError, match="trending-startup"):
         recommend(uid, "trending-robots", engine=served, log=False)
+
+
+@pytest.fixture
+def user_affinity_on():
+    from ranker import features
+
+    features.enable_feature("user_affinity")
+    yield
+    features.unregister_feature("user_affinity")
+
+
+def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on, caplog):
+    """RANKER_EXTRA_FEATURES=user_affinity: the 4-feature model is refused with the reason
+    (the rule serves meanwhile); a dataset and a model built with the fifth feature serve it."""
+    from ranker.dataset import DatasetConfig, build_dataset
+    from ranker.pipeline import train_and_register
+    from ranker.train import TrainConfig
+
+    uid = engaged_developer(served)
+    caplog.set_level(logging.WARNING)
+    before = recommend(uid, "developer-startup", 10, engine=served, arm="treatment", log=False)
+    assert before.model_version == "rule" and "retrain with `ranker train`" in before.fallback
+    assert "'user_affinity']" in caplog.text
+
+    cfg = DatasetConfig(output=config.DATA_DIR / "five.csv", val_output=config.DATA_DIR / "five_val.csv")
+    build_dataset(served, cfg)
+    assert cfg.output.read_text().splitlines()[0].split(",")[2:7] == [
+        "model_score", "recency_score", "popularity_score", "diversity_score", "user_affinity_score"]
+    trained = train_and_register(served, cfg.output, TrainConfig(epochs=3), val=cfg.val_output, activate=True,
+                                 min_positives=50)
+    assert registry.load_checkpoint(registry.active_path()).meta["feature_names"][-1] == "user_affinity"
+
+    with served.connect() as conn:
+        users = conn.execute(select(User.id, User.category).join(Interaction, Interaction.user_id == User.id)
+                             .where(User.role == "developer").group_by(User.id, User.category)
+                             .order_by(User.id).limit(15)).all()
+        category = dict(conn.execute(select(Item.id, Item.category)).all())
+    matches = 0
+    for user, declared in users:
+        rec = recommend(user, "developer-startup", 10, engine=served, arm="treatment", log=False)
+        if rec.fallback:  # a user the base model does not know gets trending
+            continue
+        assert rec.model_version == trained.version
+        got = [it.features["user_affinity"] for it in rec.items]
+        assert got == [float(category[i] == declared) for i in rec.item_ids]
+        matches += sum(got)
+    assert matches > 0
