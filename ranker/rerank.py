@@ -8,6 +8,7 @@ scorer call, and takes the best.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,8 @@ import numpy as np
 
 from ranker import config
 from ranker.features import ListContext, feature_names, fill_dynamic, static_matrix
+
+log = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
@@ -42,6 +45,16 @@ def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
             raise ValueError(f"rule weight {name}={w} is outside [0, 1]")
         out[name] = w
     return out
+
+
+def saved_weights(stored: Mapping[str, float] | None) -> dict[str, float]:
+    """Validated rule weights from settings. Weights of features no longer registered (an
+    optional feature switched off) are dropped with a warning, so serving goes on."""
+    weights = dict(stored or config.DEFAULT_RULE_WEIGHTS)
+    gone = sorted(set(weights) - set(feature_names()))
+    if gone:
+        log.warning("ignoring saved rule weight(s) %s: no such feature is registered now", gone)
+    return validate_weights({k: v for k, v in weights.items() if k not in gone})
 
 
 class RuleScorer:

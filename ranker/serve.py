@@ -25,7 +25,7 @@ from ranker.clock import serve_now
 from ranker.db import get_engine, get_setting, session_scope
 from ranker.features import feature_names, list_features
 from ranker.registry import ActiveModel
-from ranker.rerank import RuleScorer, Scorer, greedy_rerank
+from ranker.rerank import RuleScorer, Scorer, greedy_rerank, saved_weights
 from ranker.schema import Interaction, Item, User
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,7 @@ class Service:
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""
         with session_scope(self.engine) as s:
-            weights = get_setting(s, "rule_weights") or config.DEFAULT_RULE_WEIGHTS
-        return RuleScorer(weights)
+            return RuleScorer(saved_weights(get_setting(s, "rule_weights")))
 
     def rerank_latency(self, repeats: int = 300, n: int = 2 * config.DEFAULT_K, k: int = config.DEFAULT_K,
                        seed: int = 0) -> dict[str, float]:

@@ -8,10 +8,9 @@ import numpy as np
 from scipy import stats
 from sqlalchemy import Engine
 
-from ranker import config
 from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.metrics import mean_ndcg_at_k
-from ranker.rerank import RuleScorer, validate_weights
+from ranker.rerank import RuleScorer, saved_weights, validate_weights
 from ranker.train import Dataset
 
 SETTING = "rule_weights"
@@ -19,7 +18,7 @@ SETTING = "rule_weights"
 
 def current_weights(engine: Engine) -> dict[str, float]:
     with session_scope(engine) as s:
-        return validate_weights(get_setting(s, SETTING) or config.DEFAULT_RULE_WEIGHTS)
+        return saved_weights(get_setting(s, SETTING))
 
 
 def save_weights(engine: Engine, weights: Mapping[str, float], actor: str = "cli") -> dict[str, float]:

@@ -202,3 +202,21 @@ def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on
         assert got == [float(category[i] == declared) for i in rec.item_ids]
         matches += sum(got)
     assert matches > 0
+
+
+def test_switching_the_optional_feature_off_keeps_the_rule_serving(served, caplog):
+    """Saved rule weights that name a feature no longer registered are dropped with a warning."""
+    from ranker import features, tuning
+
+    features.enable_feature("user_affinity")
+    try:
+        tuning.save_weights(served, {"model_score": 0.5, "user_affinity": 0.4})
+    finally:
+        features.unregister_feature("user_affinity")
+    registry.activate_version(served, registry.RULE)
+    caplog.set_level(logging.WARNING)
+    rec = recommend(engaged_developer(served), "developer-startup", 5, engine=served, arm="treatment", log=False)
+    assert rec.model_version == "rule" and len(rec.items) == 5
+    assert "ignoring saved rule weight(s) ['user_affinity']" in caplog.text
+    assert tuning.current_weights(served) == {"model_score": 0.5, "recency": 0.0, "popularity": 0.0,
+                                              "diversity": 0.0}
