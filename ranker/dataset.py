@@ -132,8 +132,11 @@ class _Writer:
 
 
 def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None = None,
-                  show_bar: bool = False) -> DatasetSummary:
+                  show_bar: bool = False, fitted_base=None) -> DatasetSummary:
     """Write the training CSV described by ``cfg``; returns what was written.
+
+    ``fitted_base`` (feedback source): a ``cfg.base_model`` already fitted on the interactions
+    before the window starts, to reuse instead of fitting it again.
 
     Raises
     ------
@@ -141,7 +144,7 @@ def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None 
         Nothing to build from (say which command fills the data).
     """
     if cfg.source == "feedback":
-        summary = _from_feedback(engine, cfg, progress, show_bar)
+        summary = _from_feedback(engine, cfg, progress, show_bar, fitted_base)
     else:
         summary = _from_impressions(engine, cfg, progress, show_bar)
     with session_scope(engine) as s:
@@ -159,7 +162,7 @@ def _sessions(user: np.ndarray, t_us: np.ndarray, gap_us: float) -> np.ndarray:
 
 
 def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
-                   show_bar: bool) -> DatasetSummary:
+                   show_bar: bool, base=None) -> DatasetSummary:
     from ranker.base import make_base_model
     from ranker.base.base import TrainingData
 
@@ -175,9 +178,10 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
         raise ValueError(f"no explicit feedback ({', '.join(config.POSITIVE_KINDS)}) in the last "
                          f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
 
-    if progress:
-        progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
-    base = make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
+    if base is None:
+        if progress:
+            progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
+        base = make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
     catalog = load_catalog(engine)
     counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
                         (history["kind"] == "view").to_numpy())

@@ -267,7 +267,7 @@ def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model:
     lap("fit_base", 0.3, f"fitted {base_model} on interactions before {t_fit:%Y-%m-%d %H:%M}")
 
     neural, dataset_info, ranker_metrics = _train_ranker(
-        engine, base_model, t_fit, t_test, neg_ratio, tcfg, min_positives, seed, show_bar)
+        engine, base, base_model, t_fit, t_test, neg_ratio, tcfg, min_positives, seed, show_bar)
     lap("dataset_and_train", 0.7, f"trained the neural ranker on {dataset_info['rows']:,} rows")
 
     test = _test_positives(history, base, t_test)
@@ -312,16 +312,17 @@ def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model:
     )
 
 
-def _train_ranker(engine: Engine, base_model: str, t_fit: datetime, t_test: datetime, neg_ratio: float,
-                  tcfg: TrainConfig, min_positives: int, seed: int,
+def _train_ranker(engine: Engine, base: BaseRecommender, base_model: str, t_fit: datetime, t_test: datetime,
+                  neg_ratio: float, tcfg: TrainConfig, min_positives: int, seed: int,
                   show_bar: bool) -> tuple[NeuralScorer, dict[str, Any], dict[str, Any]]:
-    """Build the ranker data from ``[t_fit, t_test)`` in a temporary folder and train in memory."""
+    """Build the ranker data from ``[t_fit, t_test)`` in a temporary folder (``base`` is the
+    ``base_model`` fitted before ``t_fit``, reused) and train in memory."""
     with tempfile.TemporaryDirectory(prefix="ranker-evaluate-") as tmp:
         cfg = DatasetConfig(output=Path(tmp) / "train.csv", val_output=Path(tmp) / "val.csv",
                             base_model=base_model, neg_ratio=neg_ratio, seed=seed,
                             window_start=t_fit, window_end=t_test)
         with _setting_kept(engine, "last_dataset"):  # an evaluation is not the operator's last dataset
-            summary = build_dataset(engine, cfg, show_bar=show_bar)
+            summary = build_dataset(engine, cfg, show_bar=show_bar, fitted_base=base)
         data = load_dataset(cfg.output, min_positives=min_positives)
         val = None
         if summary.val_rows:
