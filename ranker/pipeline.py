@@ -102,11 +102,14 @@ def retrain(
     show_bar: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
-    """Fresh dataset → train → evaluate → promote only if no worse than the active model.
+    """Fresh dataset → train → evaluate → promote only if no worse than the active model
+    and than the rule-based ranker (with the operator's saved weights), which serves otherwise.
 
-    The comparison is fair: the active model is scored on the *new* validation data.
-    The active file is backed up first.
+    The comparison is fair: the active model and the rule are scored on the *new*
+    validation data. The active file is backed up first.
     """
+    from ranker.tuning import current_weights, offline_ndcg
+
     dataset_cfg = dataset_cfg or DatasetConfig(
         output=config.DATA_DIR / "ranker_train.csv", val_output=config.DATA_DIR / "ranker_val.csv")
     if dataset_cfg.val_output is None:
@@ -128,7 +131,13 @@ def retrain(
                 current_ndcg = evaluate(ckpt.model(), val_set)["model"]["ndcg@10"]
         except (CheckpointError, ValueError) as exc:
             log.warning("active model could not be evaluated (%s); treating it as absent", exc)
-    promote = current_ndcg is None or new_ndcg >= current_ndcg
+    rule_ndcg = offline_ndcg(current_weights(engine), load_dataset(dataset_cfg.val_output, min_positives=1))
+    if new_ndcg < rule_ndcg:
+        promote, why = False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f}"
+    elif current_ndcg is not None and new_ndcg < current_ndcg:
+        promote, why = False, f"not promoted: below the active model's NDCG@10 {current_ndcg:.4f}"
+    else:
+        promote, why = True, "promoted"
     if promote:
         activate_version(engine, outcome.version, actor="retrain")
     return {
@@ -137,7 +146,9 @@ def retrain(
         "candidate_ndcg@10": new_ndcg,
         "active_before": current,
         "active_ndcg@10_on_new_val": current_ndcg,
+        "rule_ndcg@10_on_new_val": rule_ndcg,
         "promoted": promote,
+        "verdict": why,
         "backup": str(backup) if backup else None,
         "metrics": outcome.metrics,
     }

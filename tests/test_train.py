@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ranker import config
 from ranker.features import feature_columns
 from ranker.losses import pairwise_logistic_loss, pairwise_logistic_loss_from_pairs, same_group_pairs
 from ranker.train import DataError, Dataset, TrainConfig, TrainingError, load_dataset, train
@@ -166,3 +167,25 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
     assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)
     for name, p in model.named_parameters():
         torch.testing.assert_close(manual[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_retrain_promotes_only_a_model_no_worse_than_the_active_one_and_the_rule(served, capsys):
+    """`ranker retrain`: the candidate is compared on the new validation data with the active
+    model and the rule; a barely trained candidate is kept out, a trained one goes in."""
+    from ranker import registry
+    from ranker.dataset import DatasetConfig
+    from ranker.pipeline import retrain
+
+    def cfg():
+        return DatasetConfig(output=config.DATA_DIR / "re.csv", val_output=config.DATA_DIR / "re_val.csv")
+
+    active = registry.active_version(served)
+    weak = retrain(served, cfg(), TrainConfig(epochs=1, lr=1e-6, seed=3))
+    assert weak["candidate_ndcg@10"] < weak["rule_ndcg@10_on_new_val"]
+    assert not weak["promoted"] and "below the rule-based ranker" in weak["verdict"]
+    assert registry.active_version(served) == active and weak["backup"]
+
+    good = retrain(served, cfg(), TrainConfig(epochs=10, lr=0.003, seed=3))
+    assert good["candidate_ndcg@10"] >= max(good["rule_ndcg@10_on_new_val"], good["active_ndcg@10_on_new_val"])
+    assert good["promoted"] and good["verdict"] == "promoted"
+    assert registry.active_version(served) == good["candidate"]

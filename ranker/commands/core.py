@@ -147,8 +147,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     print(f"candidate {report['candidate']}: NDCG@10 {report['candidate_ndcg@10']:.4f} on new validation data")
     if report["active_before"]:
         print(f"active {report['active_before']}: NDCG@10 {_f(before)} on the same data")
-    verdict = "promoted" if report["promoted"] else "not promoted (worse than the active model)"
-    print(f"{report['candidate']} {verdict}")
+    print(f"rule-based ranker: NDCG@10 {_f(report['rule_ndcg@10_on_new_val'])} on the same data")
+    print(f"{report['candidate']} {report['verdict']}")
     if report["backup"]:
         print(f"backup of the previous active file: {report['backup']}")
     return 0
