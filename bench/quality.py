@@ -2,12 +2,18 @@
 
 For each preset (default, no-context) on a fresh default-scale world:
 1. fit the base models, build the feedback dataset, train and activate the ranker;
-2. serve simulated A/B traffic through ``recommend()`` and analyse it (delta method);
-3. run the paired offline report (base, rule, neural, LightGBM, oracle);
+2. run the paired offline report (base, rule, neural, LightGBM, oracle);
+3. serve simulated A/B traffic through ``recommend()`` and analyse it (delta method,
+   for CTR, diversity and freshness);
 4. closed loop (``--loops`` rounds): dataset from the logged impressions → retrain →
-   serve again → report.
+   report, with the previous round's model on the same requests (``neural_prev``) →
+   serve again.
 
-    python bench/quality.py [--days 3] [--requests-per-day 1000] [--json]
+    python bench/quality.py [--days 3] [--requests-per-day 1000] [--seed 42] [--refit] [--json]
+
+The base models stay as fitted on the world as built unless ``--refit`` refits them
+every simulated day (as ``ranker simulate`` does); then the paired report runs again
+when each A/B ends. ``RANKER_EXTRA_FEATURES=user_affinity`` measures the optional feature.
 
 Takes several minutes. Nothing here is asserted: it measures and prints.
 """
