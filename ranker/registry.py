@@ -220,6 +220,16 @@ def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
         audit(s, "model_activate", {"version": version}, actor)
 
 
+def version_scorer(engine: Engine, version: str) -> NeuralScorer:
+    """The scorer of a registered version (active or not), e.g. to compare it with the active one."""
+    with session_scope(engine) as s:
+        row = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        known = list(s.scalars(select(ModelVersion.version).order_by(ModelVersion.id)))
+    if row is None:
+        raise RegistryError(f"unknown model version {version!r}; registered: {', '.join(known) or 'none'}")
+    return load_checkpoint(Path(row.path)).scorer()
+
+
 def rollback(engine: Engine, actor: str = "cli") -> str:
     """Re-activate the version that was active before the current one."""
     with session_scope(engine) as s:

@@ -179,9 +179,14 @@ def _paired_p(base: dict[int, int], other: dict[int, int]) -> float:
 
 
 def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | None = None,
-                 show_bar: bool = False) -> dict[str, Any]:
-    """Online metrics per arm with the A/B verdict, and the paired offline comparison."""
+                 show_bar: bool = False, compare: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Online metrics per arm with the A/B verdict, and the paired offline comparison.
+
+    ``compare`` names registered model versions to score on the same requests as the
+    active one (policies ``neural <version>``): did the last retraining help?
+    """
     from ranker.online import ab_test, guardrail_tests, summary_by_arm
+    from ranker.registry import version_scorer
     from ranker.serve import service
 
     report: dict[str, Any] = {}
@@ -197,6 +202,8 @@ def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | No
         scorers["neural"] = neural
     else:
         notes.append("no trained model is active: train one (`ranker train`) to include the neural ranker")
+    for version in compare:
+        scorers[f"neural {version}"] = version_scorer(engine, version)  # RegistryError names the known ones
     dataset = Path(dataset or config.DATA_DIR / "ranker_train.csv")
     if dataset.exists():
         try:

@@ -173,16 +173,20 @@ def test_report_compares_every_policy_on_the_same_requests(served, capsys):
     simulate(served, days=1, requests_per_day=60, seed=3, refit_base=False)
     _cached_engine.cache_clear()
     try:
-        assert main(["report", "--json", "--requests", "150"]) == 0
+        assert main(["report", "--json", "--requests", "150", "--compare", "v1"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert main(["report", "--requests", "150"]) == 0
         text = capsys.readouterr().out
+        assert main(["report", "--requests", "150", "--compare", "v9"]) == 2
+        assert "unknown model version 'v9'; registered: v1" in capsys.readouterr().err
     finally:
         _cached_engine.cache_clear()
     assert {a["arm"] for a in report["online"]["arms"]} == {"control", "treatment"}
     assert set(report["online"]["guardrails"]) == {"ild", "mean_age_days"}
     policies = report["offline"]["policies"]
-    assert list(policies) == ["base", "rule", "neural", "lightgbm", "oracle"]
+    assert list(policies) == ["base", "rule", "neural", "neural v1", "lightgbm", "oracle"]
+    # v1 is the active model: the same policy on the same requests and random numbers
+    assert policies["neural v1"] == policies["neural"]
     assert policies["base"]["gap_closed"] == 0 and policies["oracle"]["gap_closed"] == 1
     assert policies["oracle"]["expected_ctr"] > policies["base"]["expected_ctr"]
     assert all(p["impressions"] == policies["base"]["impressions"] > 0 for p in policies.values())

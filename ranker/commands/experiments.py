@@ -32,7 +32,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ranker.db import ensure_schema, get_engine
     from ranker.report import build_report
 
-    report = build_report(ensure_schema(get_engine()), requests=args.requests, seed=args.seed, show_bar=True)
+    report = build_report(ensure_schema(get_engine()), requests=args.requests, seed=args.seed, show_bar=True,
+                          compare=args.compare)
     if args.json:
         print(json.dumps(report, default=str))
         return 0
@@ -50,9 +51,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if off:
         print(f"\nOffline: paired simulated traffic ({off['requests']:,} requests, same users, candidates and "
               f"random numbers; {off['skipped_trending']} trending requests excluded)")
-        print(f"  {'policy':9} {'CTR':>7} {'lift':>7} {'p':>8} {'gap closed':>10} {'ILD':>7} {'age d':>6}")
+        width = max(9, *(len(name) for name in off["policies"]))
+        print(f"  {'policy':{width}} {'CTR':>7} {'lift':>7} {'p':>8} {'gap closed':>10} {'ILD':>7} {'age d':>6}")
         for name, p in off["policies"].items():
-            print(f"  {name:9} {_fmt(p['ctr'])} {_fmt(p['lift_vs_base'], True):>7} "
+            print(f"  {name:{width}} {_fmt(p['ctr'])} {_fmt(p['lift_vs_base'], True):>7} "
                   f"{p.get('p_value_vs_base', float('nan')):>8.2g} {_fmt(p['gap_closed'], True):>10} "
                   f"{_fmt(p['ild'])} {p['mean_age_days']:>6.1f}")
     for note in report["notes"]:
@@ -88,6 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="online metrics per arm, A/B verdict, offline comparison with the oracle")
     rep.add_argument("--requests", type=_positive_int, default=3000)
     rep.add_argument("--seed", type=int, default=7)
+    rep.add_argument("--compare", action="append", default=[], metavar="VERSION",
+                     help="also score this registered model version on the same requests (repeatable)")
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(handler=cmd_report)
 
