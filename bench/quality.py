@@ -28,7 +28,8 @@ from pathlib import Path
 
 
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
-          train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False) -> dict:
+          train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False,
+          freshness_boost: float = 0.0) -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.dataset import DatasetConfig, build_dataset
@@ -49,7 +50,11 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     engine = make_engine(f"sqlite:///{tmp / 'world.db'}")
     build_world(engine, seed=seed, preset=preset, scale="default")
     store.fit_base_models(engine)
-    out: dict = {"preset": preset, "seed": seed}
+    if freshness_boost:
+        from ranker.tuning import save_freshness_boost
+
+        save_freshness_boost(engine, freshness_boost, actor="bench")
+    out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost}
 
     previous: dict = {}
 
@@ -57,7 +62,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
-        scorers = {"rule": svc.rule_scorer(), "neural": svc.model.get(), "lightgbm": train_lightgbm(data)}
+        scorers = {"rule": svc.rule_scorer(), "neural": svc.scorer()[0], "lightgbm": train_lightgbm(data)}
         if "neural" in previous:  # does the loop improve the ranker? Same requests, same random numbers.
             scorers["neural_prev"] = previous["neural"]
         previous["neural"] = scorers["neural"]
@@ -112,17 +117,19 @@ def main() -> int:
                    help="refit the base models every simulated day, as `ranker simulate` does by default; "
                         "without it they stay as fitted on the world as built, so every round measures the "
                         "ranker against the same base (and items added while simulating are never candidates)")
+    p.add_argument("--freshness-boost", type=float, default=0.0,
+                   help="serve the neural ranker with this freshness boost (the Rule weights page's setting)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
     results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, args.seed,
-                     args.refit)
+                     args.refit, args.freshness_boost)
                for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
     for r in results:
-        print(f"\n=== preset {r['preset']}, world seed {r['seed']} ===")
+        print(f"\n=== preset {r['preset']}, world seed {r['seed']}, freshness boost {r['freshness_boost']:g} ===")
         for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"

@@ -25,11 +25,20 @@ from ranker.clock import serve_now
 from ranker.db import get_engine, get_setting, session_scope
 from ranker.features import feature_names, list_features
 from ranker.registry import ActiveModel
-from ranker.rerank import RuleScorer, Scorer, greedy_rerank, saved_weights
+from ranker.rerank import (
+    FreshnessBoosted,
+    RuleScorer,
+    Scorer,
+    greedy_rerank,
+    saved_weights,
+    validate_freshness_boost,
+)
 from ranker.schema import Interaction, Item, User
 
 log = logging.getLogger(__name__)
 CATALOG_TTL_S = 5.0
+#: How long a process keeps the operator's freshness boost before reading it again.
+SETTINGS_TTL_S = 2.0
 
 
 @dataclass
@@ -105,6 +114,7 @@ class Service:
         self._catalog_sig: tuple | None = None
         self._catalog_checked = 0.0
         self._counts = _Counts()
+        self._boost: tuple[float, float] | None = None  # (value, monotonic time read)
 
     def catalog(self) -> Catalog:
         now = time.monotonic()
@@ -130,13 +140,33 @@ class Service:
         """Forget cached catalogue and counts (after an import or a new world)."""
         with self._lock:
             self._catalog, self._catalog_sig, self._counts = None, None, _Counts()
+        self._boost = None
+
+    def forget_settings(self) -> None:
+        """Read the operator's serving settings again on the next request (after a save)."""
+        self._boost = None
 
     def scorer(self) -> tuple[Scorer, str | None]:
-        """The active neural scorer, or the rule scorer and the reason for the fallback."""
+        """The active neural scorer (with the operator's freshness boost, if any), or the rule
+        scorer and the reason for the fallback."""
         neural = self.model.get()
         if neural is not None:
-            return neural, None
+            boost = self.freshness_boost()
+            return (FreshnessBoosted(neural, boost) if boost > 0 else neural), None
         return self.rule_scorer(), self.model.reason
+
+    def freshness_boost(self) -> float:
+        now = time.monotonic()
+        if self._boost is None or now - self._boost[1] >= SETTINGS_TTL_S:
+            with session_scope(self.engine) as s:
+                value = get_setting(s, "freshness_boost", 0.0)
+            try:
+                value = validate_freshness_boost(value)
+            except (TypeError, ValueError) as exc:
+                log.warning("ignoring the saved freshness boost: %s", exc)
+                value = 0.0
+            self._boost = (value, now)
+        return self._boost[0]
 
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.metrics import mean_ndcg_at_k
-from ranker.rerank import RuleScorer, saved_weights, validate_weights
+from ranker.rerank import RuleScorer, saved_weights, validate_freshness_boost, validate_weights
 from ranker.train import Dataset
 
 SETTING = "rule_weights"
@@ -28,6 +28,28 @@ def save_weights(engine: Engine, weights: Mapping[str, float], actor: str = "cli
         put_setting(s, SETTING, clean)
         audit(s, "rule_weights", clean, actor)
     return clean
+
+
+BOOST_SETTING = "freshness_boost"
+
+
+def freshness_boost(engine: Engine) -> float:
+    """The operator's freshness boost for the neural ranker (0: none, the default)."""
+    with session_scope(engine) as s:
+        return validate_freshness_boost(get_setting(s, BOOST_SETTING, 0.0))
+
+
+def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> float:
+    """Validate and persist the boost. This process serves with it from the next request;
+    other processes within ``serve.SETTINGS_TTL_S`` seconds."""
+    from ranker.serve import service
+
+    value = validate_freshness_boost(value)
+    with session_scope(engine) as s:
+        put_setting(s, BOOST_SETTING, value)
+        audit(s, BOOST_SETTING, {"value": value}, actor)
+    service(engine).forget_settings()
+    return value
 
 
 def offline_ndcg(weights: Mapping[str, float], data: Dataset, k: int = 10) -> float:

@@ -212,6 +212,20 @@ def test_moving_a_weight_slider_changes_the_ndcg_and_the_example_list(demo):
     assert not button(at, "Save").disabled
 
 
+def test_saving_a_freshness_boost_reaches_serving(demo):
+    from ranker.serve import service
+
+    at = open_page("rule_weights")
+    assert at.number_input(key="freshness_boost").value == 0.0 and button(at, "Save boost").disabled
+    at.number_input(key="freshness_boost").set_value(1.5).run()
+    click(at, "Save boost")
+    assert texts(at, "success") == ["Saved. The neural ranker serves with freshness boost 1.5 from the next request."]
+    assert tuning.freshness_boost(demo) == 1.5
+    scorer, _ = service(demo).scorer()
+    assert scorer.version.endswith("+fresh1.5")
+    assert db.recent_audit(demo, 1)[0].action == "freshness_boost"
+
+
 def test_ranking_preview_shows_the_served_base_and_reranked_lists_side_by_side(demo):
     at = open_page("ranking_preview")
     flow = at.selectbox[0].value
@@ -380,7 +394,7 @@ def test_without_impressions_the_pages_offer_simulated_traffic(demo):
 MUTATIONS = {
     "data_training": ["Generate dataset", "Train"],
     "models": ["Roll back", "Use rule-based ranker", "Back up active file"],
-    "rule_weights": ["Reset to defaults"],
+    "rule_weights": ["Reset to defaults"],  # "Save" and "Save boost" wait for a change
     "metrics_ab": ["Stop experiment", "Run simulation"],
 }
 

@@ -220,3 +220,42 @@ def test_switching_the_optional_feature_off_keeps_the_rule_serving(served, caplo
     assert "ignoring saved rule weight(s) ['user_affinity']" in caplog.text
     assert tuning.current_weights(served) == {"model_score": 0.5, "recency": 0.0, "popularity": 0.0,
                                               "diversity": 0.0}
+
+
+def test_freshness_boost_adds_recency_to_the_neural_score_and_serves_younger_lists(served, caplog):
+    from ranker import tuning
+    from ranker.db import put_setting, session_scope
+    from ranker.rerank import FreshnessBoosted, RuleScorer
+    from ranker.serve import service
+
+    x = np.array([[0.2, 1.0, 0.5, 1.0], [0.9, 0.0, 0.5, 1.0]])
+    rule = RuleScorer()
+    boosted = FreshnessBoosted(rule, 2.0)
+    assert boosted(x).tolist() == pytest.approx((rule(x) + 2.0 * x[:, 1]).tolist())
+    assert boosted.contributions(x).sum(1).tolist() == pytest.approx(boosted(x).tolist())
+    assert boosted.version == "rule+fresh2"
+    for bad in (-0.5, 5.5, float("nan")):
+        with pytest.raises(ValueError, match=r"outside \[0, 5\]"):
+            tuning.save_freshness_boost(served, bad)
+
+    with served.connect() as conn:
+        users = conn.execute(select(User.id).join(Interaction, Interaction.user_id == User.id)
+                             .where(User.role == "developer").group_by(User.id).order_by(User.id).limit(12)
+                             ).scalars().all()
+
+    def mean_recency() -> float:
+        values = [it.features["recency"] for u in users
+                for it in recommend(u, "developer-startup", 10, engine=served, arm="treatment", log=False).items]
+        return float(np.mean(values))
+
+    plain = mean_recency()
+    tuning.save_freshness_boost(served, 5.0)
+    assert service(served).scorer()[0].version == "v1+fresh5"
+    assert mean_recency() > plain  # younger lists
+
+    with session_scope(served) as s:  # a hand-edited, invalid setting is ignored, not fatal
+        put_setting(s, "freshness_boost", "lots")
+    service(served).forget_settings()
+    caplog.set_level(logging.WARNING)
+    assert service(served).scorer()[0].version == "v1"
+    assert "ignoring the saved freshness boost" in caplog.text
