@@ -60,7 +60,7 @@ class Recommendation:
     k: int
     reranked: bool
     arm: str
-    model_version: str  # a registry version, "rule", "base" (control arm) or "trending"
+    model_version: str  # a registry version ("v2", or "v2+fresh2" with a freshness boost), "rule", "base" or "trending"
     base_model: str
     served_at: datetime
     fallback: str | None  # why the neural ranker or personalisation was not used
