@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import common
 from ranker import db, online
+from ranker.rerank import FreshnessBoosted
 from ranker.serve import service
 
 st.title("Overview")
@@ -21,7 +22,10 @@ if common.empty_database_notice(counts):
 svc = service(engine)
 scorer, reason = svc.scorer()
 
-if reason is None:
+if reason is None and isinstance(scorer, FreshnessBoosted):
+    st.success(f"Serving the neural ranker **{scorer.inner.version}** with a freshness boost of "
+               f"{scorer.boost:g} (Rule weights page).")
+elif reason is None:
     st.success(f"Serving the neural ranker **{scorer.version}**.")
 else:
     weights = ", ".join(f"{k} {v:g}" for k, v in svc.rule_scorer().weights.items())

@@ -224,6 +224,8 @@ def test_saving_a_freshness_boost_reaches_serving(demo):
     scorer, _ = service(demo).scorer()
     assert scorer.version.endswith("+fresh1.5")
     assert db.recent_audit(demo, 1)[0].action == "freshness_boost"
+    overview = open_page("overview")
+    assert "with a freshness boost of 1.5" in texts(overview, "success")[0]
 
 
 def test_ranking_preview_shows_the_served_base_and_reranked_lists_side_by_side(demo):
