@@ -62,7 +62,9 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
-        scorers = {"rule": svc.rule_scorer(), "neural": svc.scorer()[0], "lightgbm": train_lightgbm(data)}
+        served, fallback = svc.scorer()
+        assert fallback is None, f"the trained model is not serving: {fallback}"
+        scorers = {"rule": svc.rule_scorer(), "neural": served, "lightgbm": train_lightgbm(data)}
         if "neural" in previous:  # does the loop improve the ranker? Same requests, same random numbers.
             scorers["neural_prev"] = previous["neural"]
         previous["neural"] = scorers["neural"]
@@ -102,6 +104,15 @@ def svc_clock(engine):
         return serve_now(s)
 
 
+def _boost(text: str) -> float:
+    from ranker.rerank import validate_freshness_boost
+
+    try:
+        return validate_freshness_boost(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--days", type=int, default=3)
@@ -117,7 +128,7 @@ def main() -> int:
                    help="refit the base models every simulated day, as `ranker simulate` does by default; "
                         "without it they stay as fitted on the world as built, so every round measures the "
                         "ranker against the same base (and items added while simulating are never candidates)")
-    p.add_argument("--freshness-boost", type=float, default=0.0,
+    p.add_argument("--freshness-boost", type=_boost, default=0.0,
                    help="serve the neural ranker with this freshness boost (the Rule weights page's setting)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

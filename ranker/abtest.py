@@ -23,10 +23,13 @@ Z_POWER80 = stats.norm.ppf(0.80)
 
 @dataclass
 class ArmStats:
+    """One arm of a ratio metric: for CTR the numerator is clicks and the denominator
+    impressions; for a list-level metric (diversity, age) they are Σ metric and lists."""
+
     users: int
-    impressions: int
-    clicks: int
-    rate: float  # Σ clicks / Σ impressions
+    denominator: float
+    numerator: float
+    rate: float  # Σ numerator / Σ denominator
     var: float  # delta-method variance of ``rate``
 
 
@@ -58,18 +61,21 @@ def arm_stats(clicks: np.ndarray, impressions: np.ndarray) -> ArmStats | None:
         var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * my * my)
     else:
         var = float("nan")
-    return ArmStats(n, int(y.sum()), int(x.sum()), float(r), float(max(var, 0.0)))
+    return ArmStats(n, float(y.sum()), float(x.sum()), float(r), float(max(var, 0.0)))
 
 
 def analyse(control: ArmStats | None, treatment: ArmStats | None, mde: float = 0.05,
             min_users: int = 2, metric: str = "CTR") -> ABResult:
     """Relative lift of treatment over control with a 95% CI, p-value and a verdict."""
-    if control is None or treatment is None or min(control.users, treatment.users) < min_users \
-            or control.rate == 0:
+    if control is None or treatment is None or min(control.users, treatment.users) < min_users:
         missing = "control" if control is None or control.users < min_users else "treatment"
         return ABResult(control, treatment, False, mde=mde,
                         verdict=f"Not enough data: the {missing} arm has too few users with impressions. "
                                 "Serve more traffic (e.g. run simulated traffic) and check again.")
+    if control.rate == 0:
+        return ABResult(control, treatment, False, mde=mde,
+                        verdict=f"Not enough data: control's {metric} is 0 so far, so no relative lift exists "
+                                "yet. Serve more traffic and check again.")
     c, t = control.rate, treatment.rate
     lift = t / c - 1.0
     # delta method for the ratio t/c of two independent estimates

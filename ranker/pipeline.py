@@ -86,11 +86,13 @@ def train_and_register(
         if not activate:
             notes.append("another version is active; activate this one with `ranker models activate`")
     version = register(engine, chosen, activate=activate, actor=actor)
+    # The metrics of the checkpoint registered (the best epoch's, with validation data).
+    metrics = load_checkpoint(chosen).meta.get("metrics") or result.metrics
     with session_scope(engine) as s:
         put_setting(s, "last_training", {"version": version, "data": str(data),
-                                         "metrics": result.metrics, "at": utcnow().isoformat(),
+                                         "metrics": metrics, "at": utcnow().isoformat(),
                                          "epochs": cfg.epochs})
-    return TrainOutcome(version, activate, {k: str(v) for k, v in paths.items()}, result.metrics,
+    return TrainOutcome(version, activate, {k: str(v) for k, v in paths.items()}, metrics,
                         result.history, result.best_epoch, notes)
 
 

@@ -196,10 +196,13 @@ def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | No
                         "guardrails": {k: _plain(v) for k, v in guardrail_tests(engine).items()}}
     svc = service(engine)
     scorers: dict[str, Scorer] = {"rule": svc.rule_scorer()}
-    neural = svc.model.get()
+    served, fallback = svc.scorer()  # what treatment is served: the active model, boosted if set
     notes = []
-    if neural is not None:
-        scorers["neural"] = neural
+    if fallback is None:
+        scorers["neural"] = served
+        if served.version != svc.model.get().version:
+            notes.append(f"the neural ranker is scored as served: {served.version} (freshness boost on the "
+                         "Rule weights page)")
     else:
         notes.append("no trained model is active: train one (`ranker train`) to include the neural ranker")
     for version in compare:

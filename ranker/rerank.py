@@ -47,13 +47,24 @@ def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+_warned: set[tuple] = set()
+
+
+def _warn_once(key: tuple, message: str, *args: object) -> None:
+    """Log a warning about saved settings once per process, not on every request."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
 def saved_weights(stored: Mapping[str, float] | None) -> dict[str, float]:
     """Validated rule weights from settings. Weights of features no longer registered (an
     optional feature switched off) are dropped with a warning, so serving goes on."""
     weights = dict(stored or config.DEFAULT_RULE_WEIGHTS)
     gone = sorted(set(weights) - set(feature_names()))
     if gone:
-        log.warning("ignoring saved rule weight(s) %s: no such feature is registered now", gone)
+        _warn_once(("weights", *gone), "ignoring saved rule weight(s) %s: no such feature is registered now",
+                   gone)
     return validate_weights({k: v for k, v in weights.items() if k not in gone})
 
 
@@ -128,6 +139,15 @@ def validate_freshness_boost(value: float) -> float:
     if not (0.0 <= value <= MAX_FRESHNESS_BOOST):  # NaN fails too
         raise ValueError(f"freshness boost {value} is outside [0, {MAX_FRESHNESS_BOOST:g}]")
     return value
+
+
+def saved_freshness_boost(stored: object) -> float:
+    """The boost saved in settings, or 0 (with a warning) when the saved value is not valid."""
+    try:
+        return validate_freshness_boost(0.0 if stored is None else stored)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        _warn_once(("boost", repr(stored)), "ignoring the saved freshness boost: %s", exc)
+        return 0.0
 
 
 class FreshnessBoosted:

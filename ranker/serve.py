@@ -30,8 +30,8 @@ from ranker.rerank import (
     RuleScorer,
     Scorer,
     greedy_rerank,
+    saved_freshness_boost,
     saved_weights,
-    validate_freshness_boost,
 )
 from ranker.schema import Interaction, Item, User
 
@@ -115,6 +115,7 @@ class Service:
         self._catalog_checked = 0.0
         self._counts = _Counts()
         self._boost: tuple[float, float] | None = None  # (value, monotonic time read)
+        self._boost_generation = 0  # bumped by forget_settings()
 
     def catalog(self) -> Catalog:
         now = time.monotonic()
@@ -144,6 +145,7 @@ class Service:
 
     def forget_settings(self) -> None:
         """Read the operator's serving settings again on the next request (after a save)."""
+        self._boost_generation += 1
         self._boost = None
 
     def scorer(self) -> tuple[Scorer, str | None]:
@@ -157,16 +159,15 @@ class Service:
 
     def freshness_boost(self) -> float:
         now = time.monotonic()
-        if self._boost is None or now - self._boost[1] >= SETTINGS_TTL_S:
-            with session_scope(self.engine) as s:
-                value = get_setting(s, "freshness_boost", 0.0)
-            try:
-                value = validate_freshness_boost(value)
-            except (TypeError, ValueError) as exc:
-                log.warning("ignoring the saved freshness boost: %s", exc)
-                value = 0.0
+        cached = self._boost
+        if cached is not None and now - cached[1] < SETTINGS_TTL_S:
+            return cached[0]
+        generation = self._boost_generation
+        with session_scope(self.engine) as s:
+            value = saved_freshness_boost(get_setting(s, "freshness_boost"))
+        if generation == self._boost_generation:  # no save happened meanwhile
             self._boost = (value, now)
-        return self._boost[0]
+        return value
 
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""

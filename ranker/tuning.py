@@ -10,7 +10,13 @@ from sqlalchemy import Engine
 
 from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.metrics import mean_ndcg_at_k
-from ranker.rerank import RuleScorer, saved_weights, validate_freshness_boost, validate_weights
+from ranker.rerank import (
+    RuleScorer,
+    saved_freshness_boost,
+    saved_weights,
+    validate_freshness_boost,
+    validate_weights,
+)
 from ranker.train import Dataset
 
 SETTING = "rule_weights"
@@ -34,9 +40,10 @@ BOOST_SETTING = "freshness_boost"
 
 
 def freshness_boost(engine: Engine) -> float:
-    """The operator's freshness boost for the neural ranker (0: none, the default)."""
+    """The operator's freshness boost for the neural ranker (0: none, the default; also 0, with
+    a warning, when the saved value is not valid, as serving reads it)."""
     with session_scope(engine) as s:
-        return validate_freshness_boost(get_setting(s, BOOST_SETTING, 0.0))
+        return saved_freshness_boost(get_setting(s, BOOST_SETTING))
 
 
 def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> float:

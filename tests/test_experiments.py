@@ -120,7 +120,12 @@ def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, tra
         assert res.enough_data, res.verdict
         assert res.control.rate == pytest.approx(arms.loc["control", column])
         assert res.treatment.rate == pytest.approx(arms.loc["treatment", column])
-        assert res.ci_low < res.lift < res.ci_high
+        for arm in ("control", "treatment"):  # users, not lists, are the unit
+            stats = getattr(res, arm)
+            assert stats.denominator == arms.loc[arm, "lists"]
+            with served.connect() as conn:
+                assert stats.users == conn.execute(select(func.count(func.distinct(ServedList.user_id)))
+                                                   .where(ServedList.arm == arm)).scalar_one()
     assert "diversity (ILD)" in guard["ild"].verdict
 
     # same seed on a fresh copy of the same world gives the same traffic

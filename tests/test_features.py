@@ -121,8 +121,10 @@ def test_user_affinity_matches_the_declared_profile():
     c = ctx(category=np.array(["ai", "ai", "bio", "bio"], dtype=object),
             field=np.array(["ml", "web", "ml", "web"], dtype=object), n=4)
     assert F.user_affinity(c, np.full(4, -np.inf)).tolist() == [1.0, 1.0, 0.0, 0.0]
-    no_profile = ctx(user_category=None, user_field=None)
-    assert F.user_affinity(no_profile, np.full(3, -np.inf)).tolist() == [0.0, 0.0, 0.0]
+    cats = np.array(["ai", "b", "ai"], dtype=object)
+    for missing in (None, float("nan")):  # no declared category (NaN: a null read through pandas)
+        no_profile = ctx(user_category=missing, category=cats)
+        assert F.user_affinity(no_profile, np.full(3, -np.inf)).tolist() == [0.0, 0.0, 0.0]
 
 
 def _run(code: str, extra: str) -> subprocess.CompletedProcess:
