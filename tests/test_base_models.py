@@ -417,3 +417,15 @@ def test_loaders_models_and_candidates_work_on_postgres(pg_url):
     finally:
         _drop_all(engine)
         engine.dispose()
+
+
+def test_two_tower_sampled_softmax_learns_when_a_type_exceeds_the_exact_limit(data):
+    """Item types above ``softmax_items`` train against ``sampled_negatives`` uniform items
+    per batch (the large world's path): the loss falls and the model ranks."""
+    from ranker.base.two_tower import TwoTowerRecommender
+
+    sampled = TwoTowerRecommender(softmax_items=50, sampled_negatives=40, epochs=8).fit(data)
+    assert all(np.isfinite(sampled.train_losses_)) and sampled.train_losses_[-1] < sampled.train_losses_[0]
+    uid = busiest_user(data)
+    ids, scores = sampled.recommend(uid, 10, item_type="startup")
+    assert len(ids) == 10 and np.all(np.diff(scores) <= 0)

@@ -9,8 +9,8 @@ Trained with a softmax over the catalogue items *of the positive's item type*
 investors), weighted by interaction kind. Up to ``softmax_items`` items per type
 (the demo world's catalogue) the softmax is exact, which is cheaper than
 sampling and needs no bias correction; a larger type (the large world's 12k
-startups) uses a sampled softmax with uniform negatives. Training is
-deterministic under ``random_state``.
+startups) uses a sampled softmax over ``sampled_negatives`` uniform negatives per
+batch. Training is deterministic under ``random_state``.
 
 After fitting, both towers are evaluated once; serving is one dot product
 against cached numpy matrices. The saved file holds the network's state_dict
@@ -37,6 +37,10 @@ ITEM_ATTRIBUTES = ("item_type", "category", "field", "type")
 #: thread is as fast as two on an idle 2-core machine, and several times faster when
 #: another process holds a core (OpenMP workers then wait on each other).
 TRAIN_THREADS = 1
+
+#: Negatives per batch in the sampled softmax. Its cost grows with this number and was
+#: most of a large-world fit at 4,096 (see the README's Performance section).
+SAMPLED_NEGATIVES = 4096
 
 #: Loss weight per interaction kind (summed over a user's interactions with an item).
 DEFAULT_TWO_TOWER_WEIGHTS: dict[str, float] = {
@@ -127,7 +131,9 @@ class TwoTowerRecommender(BaseRecommender):
         the loss; None weighs all history alike.
     softmax_items : int
         An item type with at most this many items gets the exact softmax; a larger
-        one a sampled softmax over this many uniformly drawn items per batch.
+        one a sampled softmax.
+    sampled_negatives : int
+        Uniformly drawn items per batch in the sampled softmax (shared by the batch).
     random_state : int
         Seed of the initialisation and of the batch order.
 
@@ -156,6 +162,7 @@ class TwoTowerRecommender(BaseRecommender):
         kind_weights: Mapping[str, float] | None = None,
         half_life_days: float | None = None,
         softmax_items: int = 4096,
+        sampled_negatives: int = SAMPLED_NEGATIVES,
         random_state: int = 42,
     ) -> None:
         self.dim = dim
@@ -166,6 +173,7 @@ class TwoTowerRecommender(BaseRecommender):
         self.kind_weights = kind_weights
         self.half_life_days = half_life_days
         self.softmax_items = softmax_items
+        self.sampled_negatives = sampled_negatives
         self.random_state = random_state
 
     def _fit(self, data: TrainingData) -> None:
@@ -251,7 +259,7 @@ class TwoTowerRecommender(BaseRecommender):
         constant correction log(N / S) on the negatives; a sample that hits the row's
         own positive is masked out.
         """
-        n, s = len(rows), self.softmax_items
+        n, s = len(rows), self.sampled_negatives
         negatives = rows[torch.randint(n, (s,), generator=gen)]
         pos = (users * net.embed_items(positives, item_codes[positives])).sum(1, keepdim=True)
         neg = users @ net.embed_items(negatives, item_codes[negatives]).T + float(np.log(n / s))
