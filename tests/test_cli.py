@@ -67,3 +67,23 @@ def test_python_dash_m_ranker_runs(cli_db):
                          text=True, env={**os.environ, "RANKER_DATABASE_URL": cli_db})
     assert out.returncode == 0, out.stderr
     assert "users" in out.stdout
+
+
+def test_weights_show_and_set_with_bad_input_saving_nothing(cli_db, capsys):
+    assert main(["demo", "init", "--scale", "small"]) == 0
+    capsys.readouterr()
+    assert main(["weights", "set", "recency=0.3", "--freshness-boost", "1.5"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "rule weights: model_score 0.5, recency 0.3, popularity 0.2, diversity 0.1",
+        "freshness boost (neural ranker): 1.5"]
+    for argv, message in (
+        (["recency=0.9", "--freshness-boost", "9"], "freshness boost 9.0 is outside [0, 5]"),
+        (["recency=lots"], "'recency=lots' is not NAME=WEIGHT"),
+        (["recency=0.9", "novelty=0.1"], "unknown rule weight(s) ['novelty']"),
+        (["model_score=1.5"], "rule weight model_score=1.5 is outside [0, 1]"),
+        ([], "nothing to set"),
+    ):
+        assert main(["weights", "set", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["weights", "show"]) == 0  # nothing above was saved
+    assert "recency 0.3" in capsys.readouterr().out

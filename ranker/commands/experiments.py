@@ -77,6 +77,37 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from ranker import tuning
+    from ranker.db import ensure_schema, get_engine
+    from ranker.rerank import validate_freshness_boost, validate_weights
+
+    engine = ensure_schema(get_engine())
+    if args.action == "set":
+        if not args.pairs and args.freshness_boost is None:
+            raise ValueError("nothing to set: give NAME=WEIGHT pairs and/or --freshness-boost B")
+        changes = {}
+        for pair in args.pairs:
+            name, sep, value = pair.partition("=")
+            try:
+                changes[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise ValueError(f"{pair!r} is not NAME=WEIGHT (e.g. recency=0.3)")
+        # Check everything before saving anything: a bad boost must not leave new weights behind.
+        weights = validate_weights({**tuning.current_weights(engine), **changes}) if args.pairs else None
+        boost = validate_freshness_boost(args.freshness_boost) if args.freshness_boost is not None else None
+        if weights is not None:
+            tuning.save_weights(engine, weights)
+        if boost is not None:
+            tuning.save_freshness_boost(engine, boost)
+    weights = tuning.current_weights(engine)
+    print("rule weights: " + ", ".join(f"{k} {v:g}" for k, v in weights.items()))
+    print(f"freshness boost (neural ranker): {tuning.freshness_boost(engine):g}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from ranker.cli import positive_int as _positive_int
 
@@ -99,6 +130,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("action", choices=("show", "start", "stop", "set"))
     exp.add_argument("--rollout", type=float, default=None, help="percent of users in treatment (0-100)")
     exp.set_defaults(handler=cmd_experiment)
+
+    w = sub.add_parser("weights", help="show or set the rule weights and the neural ranker's freshness boost")
+    w.add_argument("action", choices=("show", "set"))
+    w.add_argument("pairs", nargs="*", metavar="NAME=WEIGHT", help="rule weights to change, each in [0, 1]")
+    w.add_argument("--freshness-boost", type=float, default=None, metavar="B",
+                   help="boost × recency added to the neural ranker's score (0 turns it off; at most 5)")
+    w.set_defaults(handler=cmd_weights)
     add_job_commands(sub)
 
 
