@@ -74,7 +74,7 @@ def empty_db(tmp_path, isolated_dirs, monkeypatch) -> Path:
 
 #: CPython 3.11 now and then raises this SystemError from ``ast.parse`` in threaded
 #: programs (python/cpython#106905); Streamlit parses each page script in a thread. It is
-#: an interpreter error, not the app's, so it alone is retried (CI hit it once in ~35 runs).
+#: an interpreter error, not the app's, so it alone is retried (it failed one CI run here).
 _CPYTHON_AST_RACE = "AST constructor recursion depth mismatch"
 
 
