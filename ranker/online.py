@@ -118,31 +118,37 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None
     return out.set_index("arm")
 
 
-def per_user_counts(engine: Engine, flow: str | None = None, start=None, end=None,
-                    kinds=ENGAGED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """arm → (clicks per user, impressions per user), summed in SQL."""
-    clicked = _flag(kinds).subquery()
-    stmt = (
-        select(Impression.arm, Impression.user_id, func.count(clicked.c.impression_id), func.count())
+def _per_user(engine: Engine, stmt) -> dict[str, np.ndarray]:
+    """Run ``stmt`` (one row per arm and user: arm, then sums) → arm → array of shape (users, sums)."""
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    out: dict[str, list] = {}
+    for arm, *sums in rows:
+        out.setdefault(arm, []).append(sums)
+    return {arm: np.array(v, dtype=float) for arm, v in out.items()}
+
+
+def _compare_arms(per_arm: dict[str, np.ndarray], num: int, den: int, mde: float, metric: str) -> ABResult:
+    """Treatment against control for Σ column ``num`` / Σ column ``den`` (per-user delta method)."""
+    stats = {arm: arm_stats(per_arm[arm][:, num], per_arm[arm][:, den]) if arm in per_arm else None
+             for arm in config.ARMS}
+    return analyse(stats["control"], stats["treatment"], mde=mde, metric=metric)
+
+
+def _clicks_per_user(flow, start, end):
+    """Per arm and user: engaged impressions, impressions."""
+    clicked = _flag(ENGAGED).subquery()
+    return (
+        select(Impression.arm, func.count(clicked.c.impression_id), func.count())
         .outerjoin(clicked, clicked.c.impression_id == Impression.id)
         .where(_filters(Impression, flow, start, end))
         .group_by(Impression.arm, Impression.user_id)
     )
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    out: dict[str, tuple[list, list]] = {}
-    for arm, _user, c, n in rows:
-        out.setdefault(arm, ([], []))
-        out[arm][0].append(c)
-        out[arm][1].append(n)
-    return {arm: (np.array(c, float), np.array(n, float)) for arm, (c, n) in out.items()}
 
 
 def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: float = 0.05) -> ABResult:
     """CTR lift of treatment over control, per-user delta method."""
-    counts = per_user_counts(engine, flow, start, end)
-    stats = {arm: arm_stats(*counts[arm]) if arm in counts else None for arm in config.ARMS}
-    return analyse(stats["control"], stats["treatment"], mde=mde)
+    return _compare_arms(_per_user(engine, _clicks_per_user(flow, start, end)), 0, 1, mde, "CTR")
 
 
 #: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
@@ -157,23 +163,12 @@ def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=Non
     Ages spread over hundreds of days, so a difference between two independent arms needs a
     confidence interval before it means "fresher" or "staler". A lower age is fresher.
     """
-    out: dict[str, ABResult] = {}
-    for column, label in GUARDRAILS.items():
-        col = getattr(ServedList, column)
-        stmt = (select(ServedList.arm, func.sum(col), func.count())
-                .where(_filters(ServedList, flow, start, end))
-                .group_by(ServedList.arm, ServedList.user_id))
-        with engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        per_arm: dict[str, tuple[list, list]] = {}
-        for arm, total, lists in rows:
-            per_arm.setdefault(arm, ([], []))
-            per_arm[arm][0].append(float(total))
-            per_arm[arm][1].append(float(lists))
-        stats = {arm: arm_stats(np.array(per_arm[arm][0]), np.array(per_arm[arm][1])) if arm in per_arm else None
-                 for arm in config.ARMS}
-        out[column] = analyse(stats["control"], stats["treatment"], mde=mde, metric=label)
-    return out
+    stmt = (select(ServedList.arm, func.count(), *(func.sum(getattr(ServedList, c)) for c in GUARDRAILS))
+            .where(_filters(ServedList, flow, start, end))
+            .group_by(ServedList.arm, ServedList.user_id))
+    per_arm = _per_user(engine, stmt)  # one query for every metric
+    return {column: _compare_arms(per_arm, j + 1, 0, mde, label)
+            for j, (column, label) in enumerate(GUARDRAILS.items())}
 
 
-__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests", "per_user_counts"]
+__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests"]
