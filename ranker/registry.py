@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
 
 from ranker import config
 from ranker.clock import utcnow
@@ -196,6 +197,14 @@ def register(engine: Engine, checkpoint: Path, activate: bool = False, actor: st
     return version
 
 
+def _version_row(s: Session, version: str) -> ModelVersion:
+    row = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        known = ", ".join(s.scalars(select(ModelVersion.version).order_by(ModelVersion.id))) or "none"
+        raise RegistryError(f"unknown model version {version!r}; registered: {known}")
+    return row
+
+
 def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
     """Make ``version`` (or ``rule``) the served model. The file is validated first."""
     with session_scope(engine) as s:
@@ -204,10 +213,7 @@ def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
             active_path().unlink(missing_ok=True)
             s.execute(update(ModelVersion).values(is_active=False))
         else:
-            row = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-            if row is None:
-                known = ", ".join(s.scalars(select(ModelVersion.version))) or "none"
-                raise RegistryError(f"unknown model version {version!r}; registered: {known}")
+            row = _version_row(s, version)
             ckpt = load_checkpoint(Path(row.path))  # never activate a bad file
             del ckpt
             with open(row.path, "rb") as fh:
@@ -223,11 +229,8 @@ def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
 def version_scorer(engine: Engine, version: str) -> NeuralScorer:
     """The scorer of a registered version (active or not), e.g. to compare it with the active one."""
     with session_scope(engine) as s:
-        row = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        known = list(s.scalars(select(ModelVersion.version).order_by(ModelVersion.id)))
-    if row is None:
-        raise RegistryError(f"unknown model version {version!r}; registered: {', '.join(known) or 'none'}")
-    return load_checkpoint(Path(row.path)).scorer()
+        path = Path(_version_row(s, version).path)
+    return load_checkpoint(path).scorer()
 
 
 def rollback(engine: Engine, actor: str = "cli") -> str:
