@@ -123,17 +123,17 @@ def retrain(
     outcome = train_and_register(engine, dataset_cfg.output, train_cfg, val=dataset_cfg.val_output,
                                  output_dir=output_dir, activate=False, on_epoch=on_epoch)
     new_ndcg = outcome.metrics["model"]["ndcg@10"] or 0.0
+    val_set = load_dataset(dataset_cfg.val_output, min_positives=1)  # training loaded it fine already
     current = active_version(engine)
     current_ndcg = None
     if current is not None:
         try:
             ckpt = load_checkpoint(active_path())
-            val_set = load_dataset(dataset_cfg.val_output, min_positives=1)
             with torch.no_grad():
                 current_ndcg = evaluate(ckpt.model(), val_set)["model"]["ndcg@10"]
         except (CheckpointError, ValueError) as exc:
             log.warning("active model could not be evaluated (%s); treating it as absent", exc)
-    rule_ndcg = offline_ndcg(current_weights(engine), load_dataset(dataset_cfg.val_output, min_positives=1))
+    rule_ndcg = offline_ndcg(current_weights(engine), val_set)
     if new_ndcg < rule_ndcg:
         promote, why = False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f}"
     elif current_ndcg is not None and new_ndcg < current_ndcg:
