@@ -88,13 +88,11 @@ def cmd_weights(args: argparse.Namespace) -> int:
             raise ValueError("nothing to set: give NAME=WEIGHT pairs and/or --freshness-boost B")
         changes = {}
         for pair in args.pairs:
-            name, sep, value = pair.partition("=")
+            name, _, value = pair.partition("=")  # no "=" leaves value empty: float("") fails
             try:
                 changes[name.strip()] = float(value)
             except ValueError:
-                sep = ""
-            if not sep:
-                raise ValueError(f"{pair!r} is not NAME=WEIGHT (e.g. recency=0.3)")
+                raise ValueError(f"{pair!r} is not NAME=WEIGHT (e.g. recency=0.3)") from None
         # Check everything before saving anything: a bad boost must not leave new weights behind.
         weights = validate_weights({**tuning.current_weights(engine), **changes}) if args.pairs else None
         boost = validate_freshness_boost(args.freshness_boost) if args.freshness_boost is not None else None
