@@ -24,7 +24,7 @@ from ranker.clock import serve_now
 from ranker.db import session_scope
 from ranker.features import feature_names
 from ranker.metrics import intra_list_diversity
-from ranker.rerank import Scorer, greedy_rerank
+from ranker.rerank import FreshnessBoosted, Scorer, greedy_rerank
 from ranker.schema import User
 from ranker.truth import GroundTruth, attraction_logits, examination_probability, load_truth
 
@@ -200,7 +200,7 @@ def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | No
     notes = []
     if fallback is None:
         scorers["neural"] = served
-        if served.version != svc.model.get().version:
+        if isinstance(served, FreshnessBoosted):
             notes.append(f"the neural ranker is scored as served: {served.version} (freshness boost on the "
                          "Rule weights page)")
     else:
