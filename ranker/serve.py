@@ -26,6 +26,7 @@ from ranker.db import get_engine, get_setting, session_scope
 from ranker.features import feature_names, list_features
 from ranker.registry import ActiveModel
 from ranker.rerank import (
+    BOOST_SETTING,
     FreshnessBoosted,
     RuleScorer,
     Scorer,
@@ -164,7 +165,7 @@ class Service:
             return cached[0]
         generation = self._boost_generation
         with session_scope(self.engine) as s:
-            value = saved_freshness_boost(get_setting(s, "freshness_boost"))
+            value = saved_freshness_boost(get_setting(s, BOOST_SETTING))
         if generation == self._boost_generation:  # no save happened meanwhile
             self._boost = (value, now)
         return value

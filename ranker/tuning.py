@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.metrics import mean_ndcg_at_k
 from ranker.rerank import (
+    BOOST_SETTING,
     RuleScorer,
     saved_freshness_boost,
     saved_weights,
@@ -34,9 +35,6 @@ def save_weights(engine: Engine, weights: Mapping[str, float], actor: str = "cli
         put_setting(s, SETTING, clean)
         audit(s, "rule_weights", clean, actor)
     return clean
-
-
-BOOST_SETTING = "freshness_boost"
 
 
 def freshness_boost(engine: Engine) -> float:
