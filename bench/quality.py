@@ -58,7 +58,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
 
     previous: dict = {}
 
-    def round_(name: str, data: Path, val: Path) -> None:
+    def round_(name: str, data: Path, val: Path, last: bool) -> None:
         trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
@@ -80,18 +80,20 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         arms = summary_by_arm(engine, start=start)
         out[f"{name}_arms"] = arms.reset_index().to_dict(orient="records")
         # The A/B moved the clock and the view counts (and, with --refit, the base models):
-        # compare again on the day it ended.
-        out[f"{name}_paired_after_ab"] = paired_simulation(engine, report_requests, seed=7,
-                                                           scorers=scorers)["policies"]
+        # compare again on the day it ended. Before a further round, that round's paired run
+        # is this comparison (its neural_prev is this model on the same state and requests).
+        if last:
+            out[f"{name}_paired_after_ab"] = paired_simulation(engine, report_requests, seed=7,
+                                                               scorers=scorers)["policies"]
 
     feedback = DatasetConfig(output=config.DATA_DIR / "fb.csv", val_output=config.DATA_DIR / "fb_val.csv")
     build_dataset(engine, feedback)
-    round_("feedback", feedback.output, feedback.val_output)
+    round_("feedback", feedback.output, feedback.val_output, last=loops == 0)
     for i in range(1, loops + 1):
         loop = DatasetConfig(output=config.DATA_DIR / f"imp{i}.csv", val_output=config.DATA_DIR / f"imp{i}_val.csv",
                              source="impressions")
         build_dataset(engine, loop)
-        round_(f"closed_loop_{i}", loop.output, loop.val_output)
+        round_(f"closed_loop_{i}", loop.output, loop.val_output, last=i == loops)
     out["stages"] = ["feedback", *(f"closed_loop_{i}" for i in range(1, loops + 1))]
     return out
 

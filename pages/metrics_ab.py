@@ -104,10 +104,10 @@ if res.enough_data:
     guard = guardrails(engine, str(engine.url), flow_f, start, end)
     st.markdown("**Diversity and freshness**, per-user delta method as for CTR (a lower age is fresher)")
     st.dataframe(
-        [{"metric": label, "control": g.control.rate, "treatment": g.treatment.rate,
+        [{"metric": online.GUARDRAILS[column], "control": g.control.rate, "treatment": g.treatment.rate,
           "difference": f"{g.lift:+.1%} ({g.ci_low:+.1%} to {g.ci_high:+.1%})", "p": g.p_value,
           "significant": "yes" if g.p_value < 0.05 else "no"}
-         for (column, label), g in zip(online.GUARDRAILS.items(), guard.values()) if g.enough_data],
+         for column, g in guard.items() if g.enough_data],
         hide_index=True,
         column_config={"control": st.column_config.NumberColumn(format="%.3f"),
                        "treatment": st.column_config.NumberColumn(format="%.3f"),
