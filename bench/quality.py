@@ -12,8 +12,10 @@ For each preset (default, no-context) on a fresh default-scale world:
     python bench/quality.py [--days 3] [--requests-per-day 1000] [--seed 42] [--refit] [--json]
 
 The base models stay as fitted on the world as built unless ``--refit`` refits them
-every simulated day (as ``ranker simulate`` does). The paired report runs again when
-each A/B ends. ``RANKER_EXTRA_FEATURES=user_affinity`` measures the optional feature.
+every simulated day (as ``ranker simulate`` does). Each round's paired report also
+scores the previous round's model (``neural_prev``), i.e. that model on the day its A/B
+ended; after the last A/B the report runs once more. ``RANKER_EXTRA_FEATURES=user_affinity``
+measures the optional feature.
 
 Takes several minutes. Nothing here is asserted: it measures and prints.
 """
