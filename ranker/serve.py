@@ -142,7 +142,7 @@ class Service:
         """Forget cached catalogue and counts (after an import or a new world)."""
         with self._lock:
             self._catalog, self._catalog_sig, self._counts = None, None, _Counts()
-        self._boost = None
+        self.forget_settings()
 
     def forget_settings(self) -> None:
         """Read the operator's serving settings again on the next request (after a save)."""
