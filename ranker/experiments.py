@@ -99,11 +99,13 @@ def list_metrics(categories: list[str], fields: list[str], types: list[str], age
     }
 
 
-def log_served(engine: Engine, rec: Any, attrs: dict[str, list]) -> list[int]:
+def log_served(engine: Engine, rec: Any, attrs: dict[str, list], source: str | None = None,
+               context: dict[str, Any] | None = None) -> list[int]:
     """Write one served list (its impressions and its list-level metrics); returns impression ids.
 
     ``rec`` is a :class:`ranker.serve.Recommendation`; ``attrs`` holds the items'
-    ``category``, ``field``, ``type`` and ``age_days`` lists in served order.
+    ``category``, ``field``, ``type`` and ``age_days`` lists in served order. ``source``
+    (``api``, ``sim``, ...) and the caller's ``context`` are kept with the list.
     """
     rows = [
         {"request_id": rec.request_id, "user_id": rec.user_id, "item_id": it.item_id, "flow": rec.flow,
@@ -113,7 +115,7 @@ def log_served(engine: Engine, rec: Any, attrs: dict[str, list]) -> list[int]:
     ]
     summary = {"request_id": rec.request_id, "user_id": rec.user_id, "flow": rec.flow, "arm": rec.arm,
                "k": len(rec.items), "reranked": rec.reranked, "model_version": rec.model_version,
-               "served_at": rec.served_at,
+               "served_at": rec.served_at, "source": source, "context": context or None,
                **list_metrics(attrs["category"], attrs["field"], attrs["type"], attrs["age_days"])}
 
     def write() -> list[int]:
@@ -162,3 +164,109 @@ def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
                     for i, k, t in events])
 
     with_retries(write)
+
+
+# --- Feedback from clients ------------------------------------------------------------
+
+
+@dataclass
+class FeedbackEvent:
+    """One event a client reports about an item it was served: ``kind`` is one of
+    ``config.INTERACTION_KINDS``; ``ts`` is naive UTC (default: the serve clock's now)."""
+
+    request_id: str
+    item_id: int
+    kind: str
+    ts: datetime | None = None
+
+
+@dataclass
+class FeedbackResult:
+    """What happened to one event: ``stored``, ``duplicate`` (already stored; not stored
+    again) or ``rejected`` (with the reason)."""
+
+    index: int
+    status: str
+    error: str | None = None
+
+
+def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[FeedbackResult]:
+    """Store client feedback against the impressions it refers to, idempotently.
+
+    Each event is matched to the impression of ``item_id`` in the list served as
+    ``request_id``. An event for an unknown request, an item that was not shown in it,
+    an unknown kind or a time before the list was served is rejected on its own; the
+    valid events of the batch are stored in one short transaction, each as an outcome
+    and as a platform interaction. The same (impression, kind) is stored once, however
+    often or concurrently it is sent: the database's unique index decides.
+    """
+    from ranker.clock import serve_now
+
+    def write() -> list[FeedbackResult]:
+        with session_scope(engine) as s:
+            now = serve_now(s)
+            request_ids = sorted({e.request_id for e in events})
+            shown = {(r, i): (imp, u, at) for imp, r, i, u, at in s.execute(
+                select(Impression.id, Impression.request_id, Impression.item_id, Impression.user_id,
+                       Impression.served_at).where(Impression.request_id.in_(request_ids))).all()}
+            served_requests = {r for r, _ in shown}
+            results: list[FeedbackResult] = []
+            valid: dict[tuple[int, str], tuple[int, int, datetime]] = {}  # (impression, kind) -> (index, user, ts)
+            for n, e in enumerate(events):
+                error = _feedback_error(e, shown, served_requests)
+                if error is None:
+                    imp, user, served_at = shown[(e.request_id, e.item_id)]
+                    ts = e.ts or max(now, served_at)
+                    if ts < served_at:
+                        error = (f"ts {ts.isoformat()} is before the list was served ({served_at.isoformat()}); "
+                                 "send the time of the event, in UTC")
+                    elif (imp, e.kind) in valid:
+                        results.append(FeedbackResult(n, "duplicate"))
+                        continue
+                    else:
+                        valid[(imp, e.kind)] = (n, user, ts)
+                        continue
+                results.append(FeedbackResult(n, "rejected", error))
+            stored = _insert_outcomes(s, valid)
+            if stored:
+                s.execute(insert(Interaction), [
+                    {"user_id": valid[key][1], "item_id": shown_item, "kind": key[1], "created_at": valid[key][2],
+                     "rating": None}
+                    for key, shown_item in stored.items()])
+            for key, (n, _, _) in valid.items():
+                results.append(FeedbackResult(n, "stored" if key in stored else "duplicate"))
+            return sorted(results, key=lambda r: r.index)
+
+    return with_retries(write)
+
+
+def _feedback_error(e: FeedbackEvent, shown: dict, served_requests: set[str]) -> str | None:
+    if e.kind not in config.INTERACTION_KINDS:
+        return f"unknown type {e.kind!r}; use one of: {', '.join(config.INTERACTION_KINDS)}"
+    if e.request_id not in served_requests:
+        return (f"unknown request_id {e.request_id!r}: no list was served with this id "
+                "(use the request_id of a /v1/recommend or /v1/rank response)")
+    if (e.request_id, e.item_id) not in shown:
+        return f"item {e.item_id} was not shown in request {e.request_id}"
+    return None
+
+
+def _insert_outcomes(s: Any, valid: dict[tuple[int, str], tuple[int, int, datetime]]) -> dict[tuple[int, str], int]:
+    """Insert outcomes, skipping any (impression, kind) already stored; returns the new ones
+    as (impression, kind) -> item id."""
+    if not valid:
+        return {}
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    rows = [{"impression_id": imp, "kind": kind, "created_at": ts} for (imp, kind), (_, _, ts) in valid.items()]
+    stmt = (dialect_insert(Outcome).on_conflict_do_nothing(index_elements=["impression_id", "kind"])
+            .returning(Outcome.impression_id, Outcome.kind))
+    inserted = {(imp, kind) for imp, kind in s.execute(stmt, rows).all()}
+    if not inserted:
+        return {}
+    items = dict(s.execute(select(Impression.id, Impression.item_id)
+                           .where(Impression.id.in_(sorted({imp for imp, _ in inserted})))).all())
+    return {key: items[key[0]] for key in inserted}

@@ -41,6 +41,10 @@ class FlowError(ValueError):
     """A request that names an unknown user or flow, or a flow the user's role cannot use."""
 
 
+class UnknownUserError(FlowError):
+    """A request for a user id that is not in the database."""
+
+
 def flow_item_type(flow: str) -> str | None:
     """The item type a flow receives (None: any type).
 
@@ -178,7 +182,7 @@ def candidates(
     engine = engine or get_engine()
     role = user_role(engine, user_id)
     if role is None:
-        raise FlowError(f"unknown user {user_id}: no such user id in the database")
+        raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
     item_type = check_flow(role, flow, user_id)
 
     if model is None or isinstance(model, str):
@@ -213,5 +217,5 @@ def candidates(
     )
 
 
-__all__ = ["Candidates", "FlowError", "GENERIC_FLOW", "candidates", "check_flow", "flow_item_type",
+__all__ = ["Candidates", "FlowError", "UnknownUserError", "GENERIC_FLOW", "candidates", "check_flow", "flow_item_type",
            "valid_flows"]

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ranker.db import audit, get_setting, put_setting, session_scope
 from ranker.features import feature_names
 from ranker.model import RankerMLP
 from ranker.rerank import NeuralScorer
-from ranker.schema import ModelVersion
+from ranker.schema import ModelActivation, ModelVersion
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "ranker-checkpoint/1"
@@ -223,7 +224,14 @@ def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
         if not history or history[-1] != version:
             history.append(version)
         put_setting(s, "active_history", history[-50:])
+        s.add(ModelActivation(version=version, activated_at=utcnow(), actor=actor))
         audit(s, "model_activate", {"version": version}, actor)
+
+
+def activations(engine: Engine, limit: int = 50) -> list[ModelActivation]:
+    """The latest model activations, newest first: which model served from when, and who made it so."""
+    with session_scope(engine) as s:
+        return list(s.scalars(select(ModelActivation).order_by(ModelActivation.id.desc()).limit(limit)))
 
 
 def version_scorer(engine: Engine, version: str) -> NeuralScorer:
@@ -276,6 +284,8 @@ class ActiveModel:
         self._rejected: tuple | None = None
         self.reason = config.MODEL_NOT_FOUND_MESSAGE
         self._warned_missing = False
+        #: Called with the version after each successful (re)load, e.g. to count reloads.
+        self.on_load: list[Callable[[str], None]] = []
 
     def _path(self) -> Path:
         return self.path or active_path()
@@ -308,4 +318,6 @@ class ActiveModel:
             self._scorer, self._sig, self._warned_missing = ckpt.scorer(), sig, False
             self.reason = ""
             log.info("serving ranker model %s", self._scorer.version)
+            for callback in self.on_load:
+                callback(self._scorer.version)
             return self._scorer

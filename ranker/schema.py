@@ -112,6 +112,10 @@ class ServedList(Base):
     category_coverage: Mapped[float] = mapped_column(Float)  # distinct categories / list length
     category_entropy: Mapped[float] = mapped_column(Float)  # nats
     mean_age_days: Mapped[float] = mapped_column(Float)  # freshness: mean age of served items
+    #: Where the request came from: ``api`` (HTTP), ``sim`` (the simulator), ``cli``, ``dashboard``.
+    source: Mapped[str | None] = mapped_column(String(20))
+    #: The caller's request context (HTTP ``context``), kept for analysis; None when not given.
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_served_lists_served", "served_at", "arm", "flow"),)
 
@@ -128,6 +132,9 @@ class Outcome(Base):
     kind: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
+    #: One outcome of each kind per impression: feedback sent twice is stored once.
+    __table_args__ = (Index("uq_outcomes_impression_kind", "impression_id", "kind", unique=True),)
+
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
@@ -141,6 +148,17 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_hash: Mapped[str | None] = mapped_column(String(80))
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ModelActivation(Base):
+    """Which model became active when, and who did it: "which model served at time T"."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(60))  # a registry version, or "rule"
+    activated_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # wall clock, naive UTC
+    actor: Mapped[str] = mapped_column(String(80))
 
 
 class Job(Base):
@@ -192,6 +210,7 @@ COUNTED_TABLES = (
     "served_lists",
     "outcomes",
     "model_versions",
+    "model_activations",
     "jobs",
     "settings",
     "audit_log",

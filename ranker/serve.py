@@ -23,7 +23,7 @@ from ranker import config
 from ranker.catalog import Catalog, counts_as_of, load_catalog, make_context
 from ranker.clock import serve_now
 from ranker.db import get_engine, get_setting, session_scope
-from ranker.features import feature_names, list_features
+from ranker.features import ListContext, feature_names, list_features
 from ranker.registry import ActiveModel
 from ranker.rerank import (
     BOOST_SETTING,
@@ -200,10 +200,10 @@ class Service:
                   request_id: str | None) -> Recommendation:
         """``trending`` (the user's own item type) or ``trending-<item type>``: never reranked."""
         from ranker.base.store import serving_models
-        from ranker.flows import FlowError, valid_flows
+        from ranker.flows import FlowError, UnknownUserError, valid_flows
 
         if user is None:
-            raise FlowError("unknown user: no such user id in the database")
+            raise UnknownUserError("unknown user: no such user id in the database")
         if "-" in flow:
             item_type = flow.split("-", 1)[1]
         else:
@@ -248,31 +248,94 @@ class Service:
         rows = catalog.index(cands.item_ids)
         ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, user_id,
                            ucat, ufield)
-        names = feature_names()
         request_id = request_id or uuid.uuid4().hex
-        base_rank = np.arange(len(rows))
-
         if cands.fallback or arm == "control" or len(rows) == 0:
-            top = np.arange(min(k, len(rows)))
-            x = list_features(_subset(ctx, top))
             version = "trending" if cands.fallback else "base"
-            items = [RecommendedItem(int(ctx.item_ids[j]), p, None, float(ctx.base_scores[j]), int(j),
-                                     _named(names, x[p])) for p, j in enumerate(top)]
             reason = "no history for this user: trending list (not reranked)" if cands.fallback else None
             return Recommendation(request_id, int(user_id), flow, k, False, arm, version, cands.source,
-                                  as_of, reason, items)
-
+                                  as_of, reason, _base_items(ctx, k))
         chosen, reason = (scorer, None) if scorer is not None else self.scorer()
-        ranked = greedy_rerank(ctx, chosen, k)
-        contrib = chosen.contributions(ranked.features)
-        items = [
-            RecommendedItem(int(ctx.item_ids[j]), p, float(ranked.scores[p]), float(ctx.base_scores[j]),
-                            int(base_rank[j]), _named(names, ranked.features[p]),
-                            _named(names, contrib[p]))
-            for p, j in enumerate(ranked.order)
-        ]
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version,
-                              cands.source, as_of, reason, items)
+                              cands.source, as_of, reason, _reranked_items(ctx, chosen, k))
+
+    def rank(self, user_id: int, item_ids: list[int], base_scores: list[float] | None = None,
+             k: int = config.DEFAULT_K, *, flow: str | None = None, as_of: datetime | None = None,
+             arm: str = "treatment", scorer: Scorer | None = None,
+             request_id: str | None = None) -> tuple[Recommendation, dict[int, str]]:
+        """Rerank candidates the caller supplies (rerank only, as in Metarank).
+
+        The base order is ``item_ids`` sorted by ``base_scores``, highest first (without
+        scores: the order given, scored 1 down to 1/n). Returns the list and, per item id
+        left out, why: not in the catalogue, or a duplicate. ``flow`` defaults to the
+        user's own flow and is checked against the user's role.
+
+        Raises
+        ------
+        FlowError
+            Unknown user, or a flow the user's role cannot request.
+        ValueError
+            ``k`` < 1, an unknown arm, or ``base_scores`` not aligned with ``item_ids``.
+        """
+        from ranker.flows import UnknownUserError, check_flow, valid_flows
+
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
+        if arm not in config.ARMS:
+            raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(config.ARMS)}")
+        if base_scores is not None and len(base_scores) != len(item_ids):
+            raise ValueError(f"{len(base_scores)} base scores for {len(item_ids)} items; give one per item or none")
+        with session_scope(self.engine) as s:
+            as_of = as_of or serve_now(s)
+            user = s.get(User, int(user_id))
+            if user is None:
+                raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
+            role, ucat, ufield = user.role, user.category, user.field
+        flow = flow or valid_flows(role)[0]
+        check_flow(role, flow, user_id)
+        catalog, views, other = self.counts(as_of)
+
+        ids = np.asarray(item_ids, dtype=np.int64)
+        scores = (np.asarray(base_scores, dtype=np.float64) if base_scores is not None
+                  else (len(ids) - np.arange(len(ids))) / max(len(ids), 1))
+        if not np.isfinite(scores).all():
+            raise ValueError("base scores must be finite numbers (no NaN or infinity)")
+        known = np.isin(ids, catalog.ids)
+        first = np.zeros(len(ids), dtype=bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        left_out = {int(i): "unknown item: not in the catalogue" for i in ids[~known]}
+        left_out.update({int(i): "duplicate: already a candidate" for i in ids[known & ~first]})
+        keep = np.flatnonzero(known & first)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        rows = catalog.index(ids[keep])
+        ctx = make_context(catalog, rows, views[rows], other[rows], scores[keep], as_of, user_id, ucat, ufield)
+        request_id = request_id or uuid.uuid4().hex
+        if arm == "control" or len(rows) == 0:
+            rec = Recommendation(request_id, int(user_id), flow, k, False, arm, "base", "caller", as_of, None,
+                                 _base_items(ctx, k))
+        else:
+            chosen, reason = (scorer, None) if scorer is not None else self.scorer()
+            rec = Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version, "caller", as_of,
+                                 reason, _reranked_items(ctx, chosen, k))
+        return rec, left_out
+
+
+def _base_items(ctx: ListContext, k: int) -> list[RecommendedItem]:
+    """The base order truncated to ``k``, with the features as served (not reranked)."""
+    top = np.arange(min(k, len(ctx)))
+    x = list_features(_subset(ctx, top))
+    names = feature_names()
+    return [RecommendedItem(int(ctx.item_ids[j]), p, None, float(ctx.base_scores[j]), int(j), _named(names, x[p]))
+            for p, j in enumerate(top)]
+
+
+def _reranked_items(ctx: ListContext, scorer: Scorer, k: int) -> list[RecommendedItem]:
+    """The greedy rerank's top ``k``, with scores, features as served and each feature's contribution."""
+    ranked = greedy_rerank(ctx, scorer, k)
+    contrib = scorer.contributions(ranked.features)
+    names = feature_names()
+    return [RecommendedItem(int(ctx.item_ids[j]), p, float(ranked.scores[p]), float(ctx.base_scores[j]), int(j),
+                            _named(names, ranked.features[p]), _named(names, contrib[p]))
+            for p, j in enumerate(ranked.order)]
 
 
 def _subset(ctx, idx):
@@ -304,26 +367,54 @@ def service(engine: Engine | None = None) -> Service:
 
 def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Engine | None = None,
               as_of: datetime | None = None, arm: str | None = None, log: bool = True,
-              request_id: str | None = None) -> Recommendation:
+              request_id: str | None = None, source: str | None = None,
+              context: dict[str, Any] | None = None) -> Recommendation:
     """The top ``k`` items for ``user_id`` in ``flow``: what a user of the platform is served.
 
     The user's experiment arm decides the list (treatment: reranked; control: the base
     order truncated to k) unless ``arm`` is given. With ``log`` (the default) the list is
-    written to the impressions log, so outcomes can be attributed to it.
+    written to the impressions log, so outcomes can be attributed to it; ``source`` says
+    where the request came from (``api``, ``sim``, ...) and ``context`` is kept with it.
     """
-    from ranker.experiments import assign_arm, get_experiment, log_served
+    from ranker.experiments import assign_arm, get_experiment
 
     svc = service(engine)
     if arm is None:
         arm = assign_arm(user_id, get_experiment(svc.engine))
     rec = svc.recommend(user_id, flow, k, as_of=as_of, arm=arm, request_id=request_id)
-    if log and rec.items:
-        catalog = svc.catalog()
-        rows = catalog.index(np.array(rec.item_ids))
-        from ranker.features import age_days
-
-        attrs = {"category": list(catalog.category[rows]), "field": list(catalog.field[rows]),
-                 "type": list(catalog.type[rows]),
-                 "age_days": list(age_days(rec.served_at, catalog.created[rows], catalog.updated[rows]))}
-        rec.impression_ids = log_served(svc.engine, rec, attrs)
+    if log:
+        _log(svc, rec, source, context)
     return rec
+
+
+def rank(user_id: int, item_ids: list[int], base_scores: list[float] | None = None,
+         k: int = config.DEFAULT_K, *, flow: str | None = None, engine: Engine | None = None,
+         as_of: datetime | None = None, arm: str | None = None, log: bool = True,
+         request_id: str | None = None, source: str | None = None,
+         context: dict[str, Any] | None = None) -> tuple[Recommendation, dict[int, str]]:
+    """Rerank the caller's candidates for ``user_id`` (see :meth:`Service.rank`), in the user's
+    experiment arm, and log the list as impressions like :func:`recommend` does."""
+    from ranker.experiments import assign_arm, get_experiment
+
+    svc = service(engine)
+    if arm is None:
+        arm = assign_arm(user_id, get_experiment(svc.engine))
+    rec, left_out = svc.rank(user_id, item_ids, base_scores, k, flow=flow, as_of=as_of, arm=arm,
+                             request_id=request_id)
+    if log:
+        _log(svc, rec, source, context)
+    return rec, left_out
+
+
+def _log(svc: Service, rec: Recommendation, source: str | None, context: dict[str, Any] | None) -> None:
+    from ranker.experiments import log_served
+    from ranker.features import age_days
+
+    if not rec.items:
+        return
+    catalog = svc.catalog()
+    rows = catalog.index(np.array(rec.item_ids))
+    attrs = {"category": list(catalog.category[rows]), "field": list(catalog.field[rows]),
+             "type": list(catalog.type[rows]),
+             "age_days": list(age_days(rec.served_at, catalog.created[rows], catalog.updated[rows]))}
+    rec.impression_ids = log_served(svc.engine, rec, attrs, source=source, context=context)

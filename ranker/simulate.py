@@ -102,7 +102,7 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
                 flows = role_flows(roles[int(uid)])
                 flow = flows[int(rng.integers(len(flows)))]
                 t = day_start + timedelta(seconds=float(secs))
-                rec = recommend(int(uid), flow, k, engine=engine, as_of=t,
+                rec = recommend(int(uid), flow, k, engine=engine, as_of=t, source="sim",
                                 request_id=f"sim{seed}-{day_start:%Y%m%d}-{i}-{rng.integers(1 << 30):x}")
                 bar.update(1)
                 summary.requests += 1

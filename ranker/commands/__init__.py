@@ -9,4 +9,5 @@ MODULES = (
     "ranker.commands.core",
     "ranker.commands.data_import",
     "ranker.commands.experiments",
+    "ranker.commands.serve",
 )

@@ -111,7 +111,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from ranker.db import ensure_schema, get_engine
     from ranker.serve import recommend
 
-    rec = recommend(args.user_id, args.flow, args.k, engine=ensure_schema(get_engine()))
+    rec = recommend(args.user_id, args.flow, args.k, engine=ensure_schema(get_engine()), source="cli")
     if args.json:
         print(json.dumps(rec.to_dict()))
         return 0
