@@ -126,8 +126,11 @@ def create_app(engine: Engine | None = None, keys: Keys | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scorer, _ = svc.scorer()  # load the model before the first request
-        metrics.observe_model(scorer.version)
+        try:
+            scorer, _ = svc.scorer()  # load the model before the first request
+            metrics.observe_model(scorer.version)
+        except OperationalError as exc:  # start anyway: /readyz says why it is not ready
+            log.warning("database unavailable at start-up: %s", str(exc.orig or exc).splitlines()[0])
         yield
         metrics.mark_process_dead(os.getpid())
 
