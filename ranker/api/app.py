@@ -141,7 +141,8 @@ def create_app(engine: Engine | None = None, keys: Keys | None = None) -> FastAP
         description="Recommend, rerank, send feedback, manage the catalogue. Writes need an `X-API-Key` "
                     "when `RANKER_API_KEYS` is set. See docs/api.md.",
         lifespan=lifespan,
-        responses={422: {"model": ErrorResponse, "description": "a field is wrong; `field` names it"},
+        responses={400: {"model": ErrorResponse, "description": "the body cannot be parsed (not UTF-8 JSON)"},
+                   422: {"model": ErrorResponse, "description": "a field is wrong; `field` names it"},
                    413: {"model": ErrorResponse, "description": "body over 1 MiB"},
                    503: {"model": ErrorResponse, "description": "the database is unavailable; retry"}},
     )
@@ -171,6 +172,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and not isinstance(exc, ApiError):  # FastAPI could not parse the body
+            return _error(400, "malformed body: send a JSON object, UTF-8 encoded", "body")
         return _error(exc.status_code, str(exc.detail), getattr(exc, "field", None), headers=exc.headers)
 
     @app.exception_handler(OperationalError)

@@ -44,6 +44,8 @@ def _utc_naive(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc_naive)]
+#: A time in a response: the database's naive UTC, sent as RFC 3339 with ``Z``.
+UtcTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 ContextValue = (Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00]*$")]
                 | Annotated[int, Field(ge=-(2**53), le=2**53)] | Score | bool | None)
@@ -90,7 +92,7 @@ class RecommendResponse(BaseModel):
     fallback: bool = Field(description="true when the neural ranker or personalisation was not used")
     fallback_reason: str | None
     base_model: str
-    served_at: datetime
+    served_at: UtcTime
     items: list[ServedItem]
     latency_ms: float = Field(description="time spent serving this request inside the service")
 
@@ -189,7 +191,7 @@ class Upserted(BaseModel):
 
 class Activation(BaseModel):
     version: str
-    activated_at: datetime
+    activated_at: UtcTime
     actor: str
 
 
@@ -198,7 +200,7 @@ class ModelInfo(BaseModel):
     serving: str = Field(description="what this worker scores with: a version (with any boost) or rule")
     fallback: bool
     fallback_reason: str | None
-    activated_at: datetime | None
+    activated_at: UtcTime | None
     activated_by: str | None
     metrics: dict[str, Any] | None
     freshness_boost: float
