@@ -175,6 +175,18 @@ class Service:
         with session_scope(self.engine) as s:
             return RuleScorer(saved_weights(get_setting(s, "rule_weights")))
 
+    def warm_up(self) -> str:
+        """Load what a first request would: catalogue, item counts, the base models (fitting and
+        saving them when none fit this database) and the scorer. Returns the scorer's version."""
+        from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL
+        from ranker.base.store import serving_models
+
+        with session_scope(self.engine) as s:
+            now = serve_now(s)
+        self.counts(now)
+        serving_models(self.engine, [DEFAULT_MODEL, FALLBACK_MODEL])
+        return self.scorer()[0].version
+
     def rerank_latency(self, repeats: int = 300, n: int = 2 * config.DEFAULT_K, k: int = config.DEFAULT_K,
                        seed: int = 0) -> dict[str, float]:
         """p50/p99 milliseconds of one greedy rerank (n → k) with the serving scorer,

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -126,11 +127,12 @@ def create_app(engine: Engine | None = None, keys: Keys | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            scorer, _ = svc.scorer()  # load the model before the first request
-            metrics.observe_model(scorer.version)
+        try:  # load models and catalogue before the first request, off the event loop
+            metrics.observe_model(await anyio.to_thread.run_sync(svc.warm_up))
         except OperationalError as exc:  # start anyway: /readyz says why it is not ready
             log.warning("database unavailable at start-up: %s", str(exc.orig or exc).splitlines()[0])
+        except Exception as exc:  # e.g. an empty database: requests will say what to do
+            log.warning("serving warm-up skipped: %s", exc)
         yield
         metrics.mark_process_dead(os.getpid())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import tempfile
 from typing import Any
@@ -108,11 +109,16 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
     print(f"Ranker API on {url} ({workers} worker{'s' if workers > 1 else ''}, database "
           f"{mask_url(engine.url.render_as_string(hide_password=False))}); docs at {url}/docs", flush=True)
     _record(engine, {"url": url, "pid": os.getpid(), "workers": workers, "started_at": utcnow().isoformat()})
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with this handler in place that
+    # ends here, so the server's record is cleared and the exit status is 0.
+    previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     try:
         uvicorn.run("ranker.api.server:app_factory", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, access_log=False, timeout_graceful_shutdown=GRACE_S)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _record(engine, None)
+    print("Ranker API stopped", flush=True)
 
 
 def running_server(engine: Any) -> dict | None:
