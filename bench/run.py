@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SECTIONS = ("core", "base", "dashboard")
+SECTIONS = ("core", "base", "dashboard", "api")
 
 
 def main() -> int:

@@ -127,11 +127,16 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
+@lru_cache(maxsize=64)
+def _session_factory(engine: Engine) -> sessionmaker:
+    # One factory per engine: building a sessionmaker per transaction costs more than the query.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """A short transaction: commit on success, roll back on error."""
-    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
-    session = factory()
+    session = _session_factory(engine or get_engine())()
     try:
         yield session
         session.commit()
