@@ -34,10 +34,11 @@ from ranker.rerank import (
     saved_freshness_boost,
     saved_weights,
 )
-from ranker.schema import Interaction, Item, User
+from ranker.schema import Interaction, Item, Setting, User
 
 log = logging.getLogger(__name__)
 CATALOG_TTL_S = 5.0
+RULE_WEIGHTS_SETTING = "rule_weights"
 #: How long a process keeps the operator's freshness boost before reading it again.
 SETTINGS_TTL_S = 2.0
 
@@ -104,6 +105,16 @@ class _Counts:
         return self.views, self.other
 
 
+@dataclass(frozen=True)
+class ServingSettings:
+    """The operator's settings one request is served with, read together in one query."""
+
+    now: datetime  # the serve clock (the world's clock setting, else the wall clock)
+    experiment: Any  # ranker.experiments.Experiment
+    rule_weights: dict[str, float]
+    freshness_boost: float
+
+
 class Service:
     """Process-wide serving state for one database: catalogue, counts, active model."""
 
@@ -149,14 +160,32 @@ class Service:
         self._boost_generation += 1
         self._boost = None
 
-    def scorer(self) -> tuple[Scorer, str | None]:
+    def settings(self) -> ServingSettings:
+        """Clock, experiment, rule weights and freshness boost, as saved now (one query)."""
+        from ranker.clock import CLOCK_SETTING, utcnow
+        from ranker.experiments import SETTING as EXPERIMENT_SETTING
+        from ranker.experiments import Experiment
+
+        keys = (CLOCK_SETTING, EXPERIMENT_SETTING, RULE_WEIGHTS_SETTING, BOOST_SETTING)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(keys))).all()
+        values = {key: (value or {}).get("v") for key, value in rows}
+        clock = values.get(CLOCK_SETTING)
+        raw = values.get(EXPERIMENT_SETTING)
+        return ServingSettings(now=datetime.fromisoformat(clock) if clock else utcnow(),
+                               experiment=Experiment(**raw) if raw else Experiment(),
+                               rule_weights=saved_weights(values.get(RULE_WEIGHTS_SETTING)),
+                               freshness_boost=saved_freshness_boost(values.get(BOOST_SETTING)))
+
+    def scorer(self, settings: ServingSettings | None = None) -> tuple[Scorer, str | None]:
         """The active neural scorer (with the operator's freshness boost, if any), or the rule
-        scorer and the reason for the fallback."""
+        scorer and the reason for the fallback. ``settings`` saves reading them again."""
         neural = self.model.get()
         if neural is not None:
-            boost = self.freshness_boost()
+            boost = settings.freshness_boost if settings else self.freshness_boost()
             return (FreshnessBoosted(neural, boost) if boost > 0 else neural), None
-        return self.rule_scorer(), self.model.reason
+        rule = RuleScorer(settings.rule_weights) if settings else self.rule_scorer()
+        return rule, self.model.reason
 
     def freshness_boost(self) -> float:
         now = time.monotonic()
@@ -173,7 +202,13 @@ class Service:
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""
         with session_scope(self.engine) as s:
-            return RuleScorer(saved_weights(get_setting(s, "rule_weights")))
+            return RuleScorer(saved_weights(get_setting(s, RULE_WEIGHTS_SETTING)))
+
+    def _user(self, user_id: int) -> Any:
+        """The user's (id, role, category, field), or None for an unknown id."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(User.id, User.role, User.category, User.field)
+                                .where(User.id == int(user_id))).first()
 
     def warm_up(self) -> str:
         """Load what a first request would: catalogue, item counts, the base models (fitting and
@@ -241,17 +276,18 @@ class Service:
     def recommend(self, user_id: int, flow: str, k: int = config.DEFAULT_K, *,
                   as_of: datetime | None = None, arm: str = "treatment",
                   base_model: str = "ensemble", scorer: Scorer | None = None,
-                  request_id: str | None = None) -> Recommendation:
+                  request_id: str | None = None, settings: ServingSettings | None = None) -> Recommendation:
         from ranker.flows import candidates
 
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         if arm not in config.ARMS:
             raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(config.ARMS)}")
-        with session_scope(self.engine) as s:
-            as_of = as_of or serve_now(s)
-            user = s.get(User, int(user_id))
-            ucat, ufield = (user.category, user.field) if user else (None, None)
+        if as_of is None:
+            settings = settings or self.settings()
+            as_of = settings.now
+        user = self._user(user_id)
+        ucat, ufield = (user.category, user.field) if user else (None, None)
         if flow == config.TRENDING_FLOW or flow.startswith(config.TRENDING_FLOW + "-"):
             return self._trending(user, flow, k, as_of, arm, request_id)
         cands = candidates(user_id, flow, config.FETCH_MULTIPLIER * k, engine=self.engine,
@@ -266,14 +302,14 @@ class Service:
             reason = "no history for this user: trending list (not reranked)" if cands.fallback else None
             return Recommendation(request_id, int(user_id), flow, k, False, arm, version, cands.source,
                                   as_of, reason, _base_items(ctx, k))
-        chosen, reason = (scorer, None) if scorer is not None else self.scorer()
+        chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version,
                               cands.source, as_of, reason, _reranked_items(ctx, chosen, k))
 
     def rank(self, user_id: int, item_ids: list[int], base_scores: list[float] | None = None,
              k: int = config.DEFAULT_K, *, flow: str | None = None, as_of: datetime | None = None,
-             arm: str = "treatment", scorer: Scorer | None = None,
-             request_id: str | None = None) -> tuple[Recommendation, dict[int, str]]:
+             arm: str = "treatment", scorer: Scorer | None = None, request_id: str | None = None,
+             settings: ServingSettings | None = None) -> tuple[Recommendation, dict[int, str]]:
         """Rerank candidates the caller supplies (rerank only, as in Metarank).
 
         The base order is ``item_ids`` sorted by ``base_scores``, highest first (without
@@ -296,12 +332,13 @@ class Service:
             raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(config.ARMS)}")
         if base_scores is not None and len(base_scores) != len(item_ids):
             raise ValueError(f"{len(base_scores)} base scores for {len(item_ids)} items; give one per item or none")
-        with session_scope(self.engine) as s:
-            as_of = as_of or serve_now(s)
-            user = s.get(User, int(user_id))
-            if user is None:
-                raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
-            role, ucat, ufield = user.role, user.category, user.field
+        if as_of is None:
+            settings = settings or self.settings()
+            as_of = settings.now
+        user = self._user(user_id)
+        if user is None:
+            raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
+        role, ucat, ufield = user.role, user.category, user.field
         flow = flow or valid_flows(role)[0]
         check_flow(role, flow, user_id)
         catalog, views, other = self.counts(as_of)
@@ -325,7 +362,7 @@ class Service:
             rec = Recommendation(request_id, int(user_id), flow, k, False, arm, "base", "caller", as_of, None,
                                  _base_items(ctx, k))
         else:
-            chosen, reason = (scorer, None) if scorer is not None else self.scorer()
+            chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
             rec = Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version, "caller", as_of,
                                  reason, _reranked_items(ctx, chosen, k))
         return rec, left_out
@@ -388,12 +425,14 @@ def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Eng
     written to the impressions log, so outcomes can be attributed to it; ``source`` says
     where the request came from (``api``, ``sim``, ...) and ``context`` is kept with it.
     """
-    from ranker.experiments import assign_arm, get_experiment
+    from ranker.experiments import assign_arm
 
     svc = service(engine)
+    settings = svc.settings()
     if arm is None:
-        arm = assign_arm(user_id, get_experiment(svc.engine))
-    rec = svc.recommend(user_id, flow, k, as_of=as_of, arm=arm, request_id=request_id)
+        arm = assign_arm(user_id, settings.experiment)
+    rec = svc.recommend(user_id, flow, k, as_of=as_of or settings.now, arm=arm, request_id=request_id,
+                        settings=settings)
     if log:
         _log(svc, rec, source, context)
     return rec
@@ -406,13 +445,14 @@ def rank(user_id: int, item_ids: list[int], base_scores: list[float] | None = No
          context: dict[str, Any] | None = None) -> tuple[Recommendation, dict[int, str]]:
     """Rerank the caller's candidates for ``user_id`` (see :meth:`Service.rank`), in the user's
     experiment arm, and log the list as impressions like :func:`recommend` does."""
-    from ranker.experiments import assign_arm, get_experiment
+    from ranker.experiments import assign_arm
 
     svc = service(engine)
+    settings = svc.settings()
     if arm is None:
-        arm = assign_arm(user_id, get_experiment(svc.engine))
-    rec, left_out = svc.rank(user_id, item_ids, base_scores, k, flow=flow, as_of=as_of, arm=arm,
-                             request_id=request_id)
+        arm = assign_arm(user_id, settings.experiment)
+    rec, left_out = svc.rank(user_id, item_ids, base_scores, k, flow=flow, as_of=as_of or settings.now, arm=arm,
+                             request_id=request_id, settings=settings)
     if log:
         _log(svc, rec, source, context)
     return rec, left_out
