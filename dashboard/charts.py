@@ -9,8 +9,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from ranker.online import EARLIER
+
 ARM_COLORS = {"control": "#8c8c8c", "treatment": "#1f77b4"}
 LABEL_COLORS = {"negative": "#8c8c8c", "positive": "#ff7f0e"}
+SOURCE_COLORS = {"api": "#1f77b4", "cli": "#2ca02c", "sim": "#ff7f0e", EARLIER: "#c7c7c7"}
 DAY_MS = 86_400_000
 
 
@@ -45,10 +48,24 @@ def metric_over_time(df: pd.DataFrame, metric: str, title: str, percent: bool = 
     fig = px.line(df, x="day", y=metric, color="arm", markers=True, color_discrete_map=ARM_COLORS)
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title=title, yaxis_title=None,
                       yaxis_tickformat=".1%" if percent else None)
-    days = pd.to_datetime(pd.Series(df["day"]).drop_duplicates())
+    return _daily_axis(fig, df["day"])
+
+
+def lists_by_source(df: pd.DataFrame) -> go.Figure:
+    """Served lists per day, stacked by source (``day``, ``source``, ``lists`` per row)."""
+    fig = px.bar(df, x="day", y="lists", color="source", color_discrete_map=SOURCE_COLORS,
+                 category_orders={"source": list(SOURCE_COLORS)})
+    fig.update_traces(width=0.8 * DAY_MS)  # a day wide, even with a single day to show
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title="Served lists per day, by source",
+                      yaxis_title=None, legend_title=None)
+    return _daily_axis(fig, df["day"])
+
+
+def _daily_axis(fig: go.Figure, day: pd.Series) -> go.Figure:
+    days = pd.to_datetime(pd.Series(day).drop_duplicates())
     fig.update_xaxes(type="date", tickformat="%b %d", title=None,
                      dtick=DAY_MS if len(days) <= 14 else None)  # whole days, never hours
-    if len(days) == 1:  # one point per arm: show the day in the middle, not a millisecond range
+    if len(days) == 1:  # one point per series: show the day in the middle, not a millisecond range
         day = days.iloc[0]
         fig.update_xaxes(range=[day - pd.Timedelta(days=1), day + pd.Timedelta(days=1)])
     return fig

@@ -15,18 +15,23 @@ can_edit = common.operator_gate()
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def daily(_engine, url: str, flow: str | None, start, end):
-    return online.daily_metrics(_engine, flow, start, end)
+def daily(_engine, url: str, flow: str | None, start, end, source: str | None = None):
+    return online.daily_metrics(_engine, flow, start, end, source=source)
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def verdict(_engine, url: str, flow: str | None, start, end, mde: float):
-    return online.ab_test(_engine, flow, start, end, mde=mde)
+def verdict(_engine, url: str, flow: str | None, start, end, mde: float, source: str | None):
+    return online.ab_test(_engine, flow, start, end, mde=mde, source=source)
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def guardrails(_engine, url: str, flow: str | None, start, end):
-    return online.guardrail_tests(_engine, flow, start, end)
+def guardrails(_engine, url: str, flow: str | None, start, end, source: str | None):
+    return online.guardrail_tests(_engine, flow, start, end, source=source)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def by_source(_engine, url: str, flow: str | None, start, end):
+    return online.daily_requests_by_source(_engine, flow, start, end)
 
 
 everything = daily(engine, str(engine.url), None, None, None)
@@ -65,16 +70,23 @@ jobs_ui.job_status(engine, "simulate", can_edit)
 # --- Filters ------------------------------------------------------------------------
 if everything.empty:
     st.info("No served traffic yet. Online metrics need served lists with outcomes: run simulated traffic above "
-            "(demo world) or serve real requests through `recommend()`; imported data sets have no served "
-            "traffic until then.")
+            "(demo world) or serve real requests over HTTP (`ranker serve`) or through `recommend()`; imported "
+            "data sets have no served traffic until then.")
     st.stop()
-c1, c2 = st.columns([1, 2])
+c1, c2, c3 = st.columns([1, 1, 2])
 flow = c1.selectbox("Flow", ["all", *sorted(everything["flow"].unique())])
+sources = by_source(engine, str(engine.url), None, None, None)["source"].unique()
+source = c2.selectbox("Source", ["all", *sorted(sources)],
+                      help="Where the requests came from: api (HTTP), sim (simulator), cli (`ranker recommend`), "
+                           "earlier (logged before sources were recorded)")
 lo, hi = everything["day"].min(), everything["day"].max()
-picked = c2.date_input("Dates", (lo, hi), min_value=lo, max_value=hi)
+picked = c3.date_input("Dates", (lo, hi), min_value=lo, max_value=hi)
 start, end = (picked[0], picked[1] + timedelta(days=1)) if len(picked) == 2 else (lo, hi + timedelta(days=1))
-flow_f = None if flow == "all" else flow
-df = daily(engine, str(engine.url), flow_f, start, end)
+flow_f, source_f = (None if flow == "all" else flow), (None if source == "all" else source)
+df = daily(engine, str(engine.url), flow_f, start, end, source_f)
+if df.empty:
+    st.info("No served traffic for these filters.")
+    st.stop()
 per_day_arm = df.groupby(["day", "arm"], as_index=False).agg(
     impressions=("impressions", "sum"), clicks=("clicks", "sum"), feedback=("feedback", "sum"),
     lists=("lists", "sum"))
@@ -92,7 +104,7 @@ per_day_arm["Mean age (days)"] = per_day_arm["age_w"] / per_day_arm["lists"]
 st.subheader("A/B verdict")
 mde = st.select_slider("Minimum detectable lift", [0.01, 0.02, 0.05, 0.1, 0.2], value=0.05,
                        format_func=lambda v: f"{v:.0%}")
-res = verdict(engine, str(engine.url), flow_f, start, end, mde)
+res = verdict(engine, str(engine.url), flow_f, start, end, mde, source_f)
 (st.success if res.enough_data and res.p_value is not None and res.p_value < 0.05 else st.info)(res.verdict)
 if res.enough_data:
     c1, c2, c3, c4 = st.columns(4)
@@ -101,7 +113,7 @@ if res.enough_data:
     c3.metric("Lift (95% CI)", f"{res.lift:+.1%}", help=f"{res.ci_low:+.1%} to {res.ci_high:+.1%}")
     c4.metric(f"Users/arm for {mde:.0%} lift", f"{res.users_needed_per_arm:,}")
     st.plotly_chart(charts.lift_interval(res.lift, res.ci_low, res.ci_high))
-    guard = guardrails(engine, str(engine.url), flow_f, start, end)
+    guard = guardrails(engine, str(engine.url), flow_f, start, end, source_f)
     st.markdown("**Diversity and freshness**, per-user delta method as for CTR (a lower age is fresher)")
     st.dataframe(
         [{"metric": online.GUARDRAILS[column], "control": g.control.rate, "treatment": g.treatment.rate,
@@ -124,3 +136,9 @@ for i, metric in enumerate((*RATES, "ILD", "Category coverage", "Mean age (days)
                         key=f"chart_{metric}")
 st.caption("Aggregated in SQL per day, arm and flow. Diversity is intra-list diversity (1 − mean pairwise "
            "similarity over category, field and type); freshness is the mean age of served items.")
+
+# --- Traffic by source ----------------------------------------------------------------
+st.subheader("Traffic by source")
+st.plotly_chart(charts.lists_by_source(by_source(engine, str(engine.url), flow_f, start, end)), key="chart_sources")
+st.caption("Every source, for the flow and dates above: api is HTTP traffic (`ranker serve`), sim simulated "
+           "traffic, cli `ranker recommend`; earlier lists were logged before sources were recorded.")

@@ -4,6 +4,10 @@
 - Explicit feedback rate: impressions with like/favorite/apply/interest / impressions.
 - Diversity: mean intra-list diversity, category coverage and entropy of served lists.
 - Freshness: mean age in days of served items.
+- Traffic by source: served lists per day from HTTP (``api``), the simulator (``sim``), the CLI.
+
+Every function takes optional ``flow``, ``start`` and ``end`` filters, and the metrics also a
+``source`` filter (``api``, ``sim``, ``cli``, or :data:`EARLIER`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from ranker.abtest import ABResult, analyse, arm_stats
 from ranker.schema import Impression, Outcome, ServedList
 
 ENGAGED = config.ENGAGED_KINDS
+#: The source shown for lists logged before ``served_lists.source`` existed (NULL in the table),
+#: and for impressions older still, which have no served list at all.
+EARLIER = "earlier"
 
 
 def _day(col, engine: Engine):
@@ -30,7 +37,17 @@ def _flag(kinds) -> select:
     return select(Outcome.impression_id).where(Outcome.kind.in_(kinds)).distinct()
 
 
-def _filters(model, flow: str | None, start: date | datetime | None, end: date | datetime | None):
+def _from_source(model, source: str):
+    """Rows of ``model`` (``ServedList`` or ``Impression``) served to requests from ``source``."""
+    if model is ServedList:
+        return ServedList.source.is_(None) if source == EARLIER else ServedList.source == source
+    if source == EARLIER:  # includes impressions logged before served_lists existed
+        return Impression.request_id.not_in(select(ServedList.request_id).where(ServedList.source.is_not(None)))
+    return Impression.request_id.in_(select(ServedList.request_id).where(ServedList.source == source))
+
+
+def _filters(model, flow: str | None, start: date | datetime | None, end: date | datetime | None,
+             source: str | None = None):
     conds = []
     if flow:
         conds.append(model.flow == flow)
@@ -38,10 +55,13 @@ def _filters(model, flow: str | None, start: date | datetime | None, end: date |
         conds.append(model.served_at >= start)
     if end:
         conds.append(model.served_at < end)
+    if source:
+        conds.append(_from_source(model, source))
     return and_(*conds) if conds else True
 
 
-def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None) -> pd.DataFrame:
+def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None,
+                  source: str | None = None) -> pd.DataFrame:
     """One row per (day, arm, flow): impressions, clicks, CTR, feedback rate, ILD, coverage,
     entropy, mean age. Aggregated in SQL; empty frame without traffic."""
     clicked = _flag(ENGAGED).subquery()
@@ -56,7 +76,7 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None)
         .select_from(Impression)
         .outerjoin(clicked, clicked.c.impression_id == Impression.id)
         .outerjoin(liked, liked.c.impression_id == Impression.id)
-        .where(_filters(Impression, flow, start, end))
+        .where(_filters(Impression, flow, start, end, source))
         .group_by(day, Impression.arm, Impression.flow)
     )
     lday = _day(ServedList.served_at, engine)
@@ -66,7 +86,7 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None)
                func.avg(ServedList.category_coverage).label("category_coverage"),
                func.avg(ServedList.category_entropy).label("category_entropy"),
                func.avg(ServedList.mean_age_days).label("mean_age_days"))
-        .where(_filters(ServedList, flow, start, end))
+        .where(_filters(ServedList, flow, start, end, source))
         .group_by(lday, ServedList.arm, ServedList.flow)
     )
     with engine.connect() as conn:
@@ -85,7 +105,8 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None)
     return out.sort_values(["day", "arm", "flow"]).reset_index(drop=True)
 
 
-def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None) -> pd.DataFrame:
+def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None,
+                   source: str | None = None) -> pd.DataFrame:
     """Headline metrics per arm over the whole period (SQL aggregates)."""
     clicked = _flag(ENGAGED).subquery()
     liked = _flag(config.POSITIVE_KINDS).subquery()
@@ -96,7 +117,7 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None
                func.count(distinct(Impression.user_id)).label("users"))
         .outerjoin(clicked, clicked.c.impression_id == Impression.id)
         .outerjoin(liked, liked.c.impression_id == Impression.id)
-        .where(_filters(Impression, flow, start, end))
+        .where(_filters(Impression, flow, start, end, source))
         .group_by(Impression.arm)
     )
     lists = (
@@ -104,7 +125,7 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None
                func.avg(ServedList.category_coverage).label("category_coverage"),
                func.avg(ServedList.category_entropy).label("category_entropy"),
                func.avg(ServedList.mean_age_days).label("mean_age_days"))
-        .where(_filters(ServedList, flow, start, end))
+        .where(_filters(ServedList, flow, start, end, source))
         .group_by(ServedList.arm)
     )
     with engine.connect() as conn:
@@ -135,20 +156,21 @@ def _compare_arms(per_arm: dict[str, np.ndarray], num: int, den: int, mde: float
     return analyse(stats["control"], stats["treatment"], mde=mde, metric=metric)
 
 
-def _clicks_per_user(flow, start, end):
+def _clicks_per_user(flow, start, end, source):
     """Per arm and user: engaged impressions, impressions."""
     clicked = _flag(ENGAGED).subquery()
     return (
         select(Impression.arm, func.count(clicked.c.impression_id), func.count())
         .outerjoin(clicked, clicked.c.impression_id == Impression.id)
-        .where(_filters(Impression, flow, start, end))
+        .where(_filters(Impression, flow, start, end, source))
         .group_by(Impression.arm, Impression.user_id)
     )
 
 
-def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: float = 0.05) -> ABResult:
+def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: float = 0.05,
+            source: str | None = None) -> ABResult:
     """CTR lift of treatment over control, per-user delta method."""
-    return _compare_arms(_per_user(engine, _clicks_per_user(flow, start, end)), 0, 1, mde, "CTR")
+    return _compare_arms(_per_user(engine, _clicks_per_user(flow, start, end, source)), 0, 1, mde, "CTR")
 
 
 #: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
@@ -156,7 +178,7 @@ GUARDRAILS = {"ild": "diversity (ILD)", "mean_age_days": "mean age of served ite
 
 
 def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=None,
-                    mde: float = 0.05) -> dict[str, ABResult]:
+                    mde: float = 0.05, source: str | None = None) -> dict[str, ABResult]:
     """Diversity and freshness of treatment against control, with the same per-user delta method
     as CTR: each metric is a mean over lists, Σ per-user metric / Σ per-user lists.
 
@@ -164,11 +186,44 @@ def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=Non
     confidence interval before it means "fresher" or "staler". A lower age is fresher.
     """
     stmt = (select(ServedList.arm, func.count(), *(func.sum(getattr(ServedList, c)) for c in GUARDRAILS))
-            .where(_filters(ServedList, flow, start, end))
+            .where(_filters(ServedList, flow, start, end, source))
             .group_by(ServedList.arm, ServedList.user_id))
     per_arm = _per_user(engine, stmt)  # one query for every metric
     return {column: _compare_arms(per_arm, j + 1, 0, mde, label)
             for j, (column, label) in enumerate(GUARDRAILS.items())}
 
 
-__all__ = ["daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests"]
+def daily_requests_by_source(engine: Engine, flow: str | None = None, start=None, end=None) -> pd.DataFrame:
+    """One row per (day, source): served ``lists``, their ``impressions`` and engaged impressions
+    (``clicks``). Aggregated in SQL; a NULL source is shown as :data:`EARLIER`, as are impressions
+    with no served list. Empty frame without traffic."""
+    clicked = _flag(ENGAGED).subquery()
+    day = _day(Impression.served_at, engine)
+    imp = (
+        select(day.label("day"), ServedList.source, func.count().label("impressions"),
+               func.count(clicked.c.impression_id).label("clicks"))
+        .select_from(Impression)
+        .outerjoin(ServedList, ServedList.request_id == Impression.request_id)
+        .outerjoin(clicked, clicked.c.impression_id == Impression.id)
+        .where(_filters(Impression, flow, start, end))
+        .group_by(day, ServedList.source)
+    )
+    lday = _day(ServedList.served_at, engine)
+    lists = (
+        select(lday.label("day"), ServedList.source, func.count().label("lists"))
+        .where(_filters(ServedList, flow, start, end))
+        .group_by(lday, ServedList.source)
+    )
+    with engine.connect() as conn:
+        a = pd.DataFrame(conn.execute(imp).all(), columns=["day", "source", "impressions", "clicks"])
+        b = pd.DataFrame(conn.execute(lists).all(), columns=["day", "source", "lists"])
+    for df in (a, b):
+        df["day"] = pd.to_datetime(df["day"]).dt.date
+        df["source"] = df["source"].fillna(EARLIER)
+    counts = ["lists", "impressions", "clicks"]
+    out = b.merge(a, on=["day", "source"], how="outer")
+    out[counts] = out[counts].fillna(0).astype(int)
+    return out[["day", "source", *counts]].sort_values(["day", "source"]).reset_index(drop=True)
+
+
+__all__ = ["EARLIER", "daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source"]

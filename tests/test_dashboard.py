@@ -7,19 +7,24 @@ it shows are checked against ``ranker/`` queries. Buttons start real background 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
+from sqlalchemy import bindparam, text
 from streamlit.testing.v1 import AppTest
 
 from dashboard.common import PAGES
 from ranker import config, db, jobs, online, registry, tuning
+from ranker.experiments import log_outcomes
 from ranker.serve import _SERVICES, recommend
 from ranker.simulate import simulate
 from ranker.train import load_dataset
@@ -288,6 +293,87 @@ def test_metrics_page_verdict_and_overview_ctr_match_the_logs_after_simulated_tr
     ctr = metrics(overview)["CTR: treatment"]
     assert ctr == f"{arms['ctr']['treatment']:.2%}"
     assert metrics(overview)["Impressions"] == f"{db.table_counts(demo)['impressions']:,}" != "0"
+
+
+# --- Traffic by source ------------------------------------------------------------------------
+
+
+def chart_values(values: list | dict) -> list:
+    """A trace's values from a figure's JSON: plotly sends numbers as typed arrays ({dtype, bdata})."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
+def served_lists_by_source(engine) -> dict[str, tuple[int, int]]:
+    """source → (served lists, impressions), counted straight from the tables."""
+    with engine.connect() as conn:
+        lists = dict(conn.execute(text(
+            "SELECT COALESCE(source, 'earlier'), COUNT(*) FROM served_lists GROUP BY 1")).all())
+        impressions = dict(conn.execute(text(
+            "SELECT COALESCE(l.source, 'earlier'), COUNT(*) FROM impressions i "
+            "LEFT JOIN served_lists l ON l.request_id = i.request_id GROUP BY 1")).all())
+    return {source: (n, impressions.get(source, 0)) for source, n in lists.items()}
+
+
+@pytest.fixture
+def mixed_traffic(demo):
+    """Simulated traffic, three lists served over HTTP (one clicked) and one logged without a source;
+    yields the engine and the HTTP recommendations."""
+    simulate(demo, days=1, requests_per_day=60, refit_base=False)
+    with demo.connect() as conn:
+        developers = conn.execute(text("SELECT id FROM users WHERE role = 'developer' ORDER BY id LIMIT 4"))
+        users = [int(u) for u in developers.scalars()]
+    api = [recommend(u, "developer-startup", 5, engine=demo, source="api") for u in users[:3]]
+    recommend(users[3], "developer-startup", 5, engine=demo)  # as before sources were recorded
+    log_outcomes(demo, [(api[0].impression_ids[0], "click", api[0].served_at)])
+    yield demo, api
+
+
+def test_traffic_by_source_counts_the_lists_impressions_and_clicks_of_each_source(mixed_traffic):
+    engine, api = mixed_traffic
+    by_source = online.daily_requests_by_source(engine)
+    totals = by_source.groupby("source")[["lists", "impressions", "clicks"]].sum()
+
+    assert sorted(totals.index) == ["api", "earlier", "sim"]
+    assert totals.loc["api"].tolist() == [3, sum(len(r.items) for r in api), 1]
+    assert totals.loc["earlier", "lists"] == 1
+    assert {s: (totals.loc[s, "lists"], totals.loc[s, "impressions"]) for s in totals.index} == \
+        served_lists_by_source(engine)
+    with engine.connect() as conn:
+        sim_clicks = conn.execute(text(
+            "SELECT COUNT(DISTINCT o.impression_id) FROM outcomes o JOIN impressions i ON i.id = o.impression_id "
+            "JOIN served_lists l ON l.request_id = i.request_id WHERE l.source = 'sim' AND o.kind IN :kinds")
+            .bindparams(bindparam("kinds", expanding=True)), {"kinds": list(config.ENGAGED_KINDS)}).scalar_one()
+    assert totals.loc["sim", "clicks"] == sim_clicks > 0
+
+
+def test_the_online_metrics_of_one_source_count_only_its_traffic(mixed_traffic):
+    engine, api = mixed_traffic
+    counted = served_lists_by_source(engine)
+    for source, (lists, impressions) in counted.items():
+        daily = online.daily_metrics(engine, source=source)
+        assert (daily["lists"].sum(), daily["impressions"].sum()) == (lists, impressions), source
+    api_arms = online.summary_by_arm(engine, source="api")
+    assert api_arms[["impressions", "clicks", "users"]].sum().tolist() == [sum(len(r.items) for r in api), 1, 3]
+
+
+def test_metrics_page_charts_served_lists_by_source_and_filters_by_source(mixed_traffic):
+    engine, _ = mixed_traffic
+    at = open_page("metrics_ab")
+    assert not at.exception, at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    by_source = next(c for c in charts if c["layout"].get("title", {}).get("text") == "Served lists per day, by source")
+    shown = {trace["name"]: sum(chart_values(trace["y"])) for trace in by_source["data"]}
+    assert shown == {s: n for s, (n, _) in served_lists_by_source(engine).items()}
+
+    source = next(s for s in at.selectbox if s.label == "Source")
+    assert source.options == ["all", "api", "earlier", "sim"]
+    source.set_value("api").run()
+    assert not at.exception, at.exception
+    verdict = online.ab_test(engine, source="api", mde=0.05).verdict
+    assert verdict != online.ab_test(engine, mde=0.05).verdict
+    assert verdict in texts(at, "success") + texts(at, "info")
 
 
 # --- Jobs ---------------------------------------------------------------------------------
