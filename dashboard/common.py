@@ -52,6 +52,26 @@ def rerank_latency(_engine: Engine, url: str, scorer_version: str) -> dict:
     return service(_engine).rerank_latency()
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def api_server(_engine: Engine, url: str) -> dict[str, Any] | None:
+    """The server ``ranker serve`` recorded (url, pid, workers, started_at) with ``ready``, its
+    ``/readyz`` answer (None when nothing answers); None when no server is recorded."""
+    from ranker.api.server import probe, running_server
+
+    server = running_server(_engine)
+    return None if server is None else {**server, "ready": probe(server["url"])}
+
+
+def api_status(ready: dict[str, Any] | None) -> str:
+    """A ``/readyz`` answer in words."""
+    if ready is None:
+        return "not answering (stopped or unreachable)"
+    if not ready.get("ready"):
+        return f"not ready: {ready.get('database')}"
+    scorer = ready.get("scorer")
+    return f"ready, serving {'the rule-based ranker' if scorer == 'rule' else scorer}"
+
+
 def clear_caches() -> None:
     """Call after any write, so no page shows data cached from before it."""
     st.cache_data.clear()

@@ -33,6 +33,16 @@ else:
                "Train a model to serve the neural ranker.")
     common.link("data_training", "Train a model on Data & Training")
 
+# --- HTTP API -----------------------------------------------------------------------
+st.subheader("HTTP API")
+api = common.api_server(engine, url)
+if api is None:
+    st.caption("No API server running. Start one with `ranker serve` (see docs/api.md).")
+else:
+    workers = f"{api['workers']} worker{'s' if api['workers'] != 1 else ''}"
+    st.markdown(f"[{api['url']}]({api['url']}/docs) · {workers} · started "
+                f"{api['started_at'][:19].replace('T', ' ')} UTC · **{common.api_status(api['ready'])}**")
+
 # --- Data ---------------------------------------------------------------------------
 st.subheader("Data")
 cols = st.columns(5)

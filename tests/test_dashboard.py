@@ -11,8 +11,11 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +298,84 @@ def test_metrics_page_verdict_and_overview_ctr_match_the_logs_after_simulated_tr
     assert metrics(overview)["Impressions"] == f"{db.table_counts(demo)['impressions']:,}" != "0"
 
 
-# --- Traffic by source ------------------------------------------------------------------------
+# --- HTTP API and traffic by source ---------------------------------------------------------
+
+STARTED_AT = "2024-05-01T12:30:00.123456"
+
+
+@contextmanager
+def readyz_server(status: int, body: dict) -> Iterator[str]:
+    """A real HTTP server on a free loopback port answering ``/readyz`` with ``status`` and JSON ``body``;
+    yields its URL and stops when the block ends."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status if self.path == "/readyz" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def record_api_server(engine, url: str, workers: int = 2) -> None:
+    """What `ranker serve` writes when it starts."""
+    with db.session_scope(engine) as s:
+        db.put_setting(s, "api_server", {"url": url, "pid": os.getpid(), "workers": workers,
+                                         "started_at": STARTED_AT})
+
+
+def api_line(at: AppTest, url: str) -> str:
+    found = [m for m in texts(at, "markdown") if url in m]
+    assert len(found) == 1, texts(at, "markdown")
+    return found[0]
+
+
+def test_without_a_recorded_api_server_the_overview_says_how_to_start_one(demo):
+    at = open_page("overview")
+    assert "HTTP API" in texts(at, "subheader")
+    assert "No API server running. Start one with `ranker serve` (see docs/api.md)." in texts(at, "caption")
+
+
+def test_overview_links_a_ready_api_server_to_its_docs_and_says_what_it_serves(demo):
+    with readyz_server(200, {"ready": True, "database": "ok", "scorer": "v1"}) as url:
+        record_api_server(demo, url, workers=2)
+        at = open_page("overview")
+    assert not at.exception, at.exception
+    assert api_line(at, url) == f"[{url}]({url}/docs) · 2 workers · started 2024-05-01 12:30:00 UTC · " \
+                                "**ready, serving v1**"
+    assert not any(c.startswith("No API server running") for c in texts(at, "caption"))
+
+
+def test_overview_says_why_an_answering_api_server_is_not_ready(demo):
+    with readyz_server(503, {"ready": False, "database": "database is locked", "scorer": "unknown"}) as url:
+        record_api_server(demo, url, workers=1)
+        at = open_page("overview")
+    assert api_line(at, url).endswith(" · 1 worker · started 2024-05-01 12:30:00 UTC · "
+                                      "**not ready: database is locked**")
+
+
+def test_overview_says_a_recorded_api_server_that_stopped_is_not_answering(demo):
+    with readyz_server(200, {"ready": True, "database": "ok", "scorer": "rule"}) as url:
+        record_api_server(demo, url)
+        assert api_line(open_page("overview"), url).endswith("**ready, serving the rule-based ranker**")
+    st.cache_data.clear()  # as after the few seconds the status is cached for
+
+    at = open_page("overview")
+    assert api_line(at, url).endswith("**not answering (stopped or unreachable)**")
 
 
 def chart_values(values: list | dict) -> list:
