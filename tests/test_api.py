@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -399,13 +399,9 @@ def test_activation_reaches_serving_during_traffic_without_a_failed_request(clie
     try:
         for version in (v2, "v1", v2):
             registry.activate_version(served, version)
-            deadline = datetime.now() + timedelta(seconds=2)
-            while datetime.now() < deadline:
-                if client.post("/v1/recommend", json={"user_id": uid, "flow": "developer-startup"}
-                               ).json()["model_version"] == version:
-                    break
-            else:
-                raise AssertionError(f"{version} not served within 2 s of activation")
+            # each request stats the active file, so the very next one serves the new version
+            assert client.post("/v1/recommend", json={"user_id": uid, "flow": "developer-startup"}
+                               ).json()["model_version"] == version
         # a corrupt file in place of the active one never replaces the good model
         (cfg.MODELS_DIR / "active.pth").write_bytes(b"not a checkpoint")
         assert client.post("/v1/recommend", json={"user_id": uid, "flow": "developer-startup"}

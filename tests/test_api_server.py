@@ -72,6 +72,12 @@ def _user_ids(engine, role: str = "developer") -> list[int]:
         return [int(u) for u in conn.execute(select(User.id).where(User.role == role).order_by(User.id)).scalars()]
 
 
+def _register_copy_of_v1(url: str, models: Path) -> None:
+    code = ("from ranker import registry; from ranker.db import get_engine; "
+            "registry.register(get_engine(), registry.versions_dir() / 'v1.pth')")
+    subprocess.run([sys.executable, "-c", code], env=_env(url, models), check=True, capture_output=True, timeout=120)
+
+
 def _parent(pid: str) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -105,6 +111,12 @@ def test_ranker_serve_answers_over_http_and_stops_gracefully_on_sigterm(trained_
         assert httpx.get(f"{base}/v1/model").json()["active_version"] == "v1"
         assert "ranker_http_requests_total" in httpx.get(f"{base}/metrics").text
         assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "Ranker"
+        # a version activated from the CLI is what the server's next request is served with
+        _register_copy_of_v1(url, tmp_path / "models")
+        subprocess.run([sys.executable, "-m", "ranker", "models", "activate", "v2"], check=True, capture_output=True,
+                       env=_env(url, tmp_path / "models"), timeout=120)
+        model = httpx.get(f"{base}/v1/model").json()
+        assert (model["active_version"], model["serving"], model["history"][0]["version"]) == ("v2", "v2", "v2")
         with engine.connect() as conn:  # the dashboard finds the running server here
             recorded = conn.execute(text("SELECT value FROM settings WHERE key = 'api_server'")).scalar_one()
         assert str(base.rsplit(":", 1)[1]) in str(recorded)
@@ -189,7 +201,7 @@ def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.mark.postgres
-def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world):
+def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_world):
     import asyncio
 
     url, models = pg_world
@@ -220,6 +232,18 @@ def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world):
         assert len(workers) >= 4
         lists, answers = asyncio.run(load(base))
         assert "ranker_http_requests_total" in httpx.get(f"{base}/metrics").text  # merged across workers
+
+        # activation from the CLI: every worker serves the new model from its next request on
+        code = ("import sys; from ranker import registry; from ranker.db import get_engine; "
+                "registry.register(get_engine(), sys.argv[1])")
+        env = _env(url, models)
+        subprocess.run([sys.executable, "-c", code, str(trained_world["models"] / "versions" / "v1.pth")], env=env,
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "ranker", "models", "activate", "v1"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        with httpx.Client(base_url=base) as c:
+            serving = {c.get("/v1/model", headers={"Connection": "close"}).json()["serving"] for _ in range(24)}
+        assert serving == {"v1"}
 
     n_lists, impressions = _consistent(engine)
     assert n_lists == len(lists) == len(users) * requests_per_client

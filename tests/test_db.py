@@ -119,3 +119,33 @@ def test_upgrade_from_first_revision_migrates_in_place(tmp_path):
     assert "served_lists" in inspect(engine).get_table_names()
     with db.session_scope(engine) as s:
         assert s.scalars(select(User.name)).all() == ["early"]
+
+
+def test_upgrade_to_0004_keeps_one_outcome_per_impression_and_kind_and_carries_activations_over(tmp_path):
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from ranker.schema import ModelActivation
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(db._alembic_config(engine), "0003")
+    t = datetime(2026, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, name, role, created_at) VALUES (1, 'u', 'developer', :t)"), {"t": t})
+        conn.execute(text("INSERT INTO items (id, item_type, name, category, field, type, created_at, updated_at, "
+                          "views) VALUES (1, 'startup', 'i', 'a', 'b', 'c', :t, :t, 0)"), {"t": t})
+        conn.execute(text("INSERT INTO impressions (id, request_id, user_id, item_id, flow, arm, position, score, "
+                          "features, model_version, served_at) VALUES (1, 'r', 1, 1, 'developer-startup', "
+                          "'treatment', 0, 0.5, '{}', 'v1', :t)"), {"t": t})
+        for kind in ("click", "click", "view", "click"):
+            conn.execute(text("INSERT INTO outcomes (impression_id, kind, created_at) VALUES (1, :k, :t)"),
+                         {"k": kind, "t": t})
+        conn.execute(text("INSERT INTO audit_log (at, actor, action, details) VALUES "
+                          "(:t, 'dashboard', 'model_activate', '{\"version\": \"v2\"}')"), {"t": t})
+    db.upgrade(engine)
+    with db.session_scope(engine) as s:
+        assert sorted(s.scalars(select(Outcome.kind))) == ["click", "view"]
+        history = s.execute(select(ModelActivation.version, ModelActivation.actor, ModelActivation.activated_at)).all()
+        assert [tuple(h) for h in history] == [("v2", "dashboard", t)]
+    with pytest.raises(IntegrityError), db.session_scope(engine) as s:
+        s.add(Outcome(impression_id=1, kind="view", created_at=t))
