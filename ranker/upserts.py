@@ -40,7 +40,6 @@ def upsert_item(engine: Engine, item_id: int, *, item_type: str, category: str, 
             if created:
                 row = Item(id=item_id, views=0, name=name or f"item-{item_id}", created_at=created_at or now)
                 s.add(row)
-                _advance_sequence(s, "items")
             else:
                 row.name = name or row.name
                 row.created_at = created_at or row.created_at
@@ -50,6 +49,8 @@ def upsert_item(engine: Engine, item_id: int, *, item_type: str, category: str, 
                 raise ValueError(f"updated_at {row.updated_at.isoformat()} is before the item's created_at "
                                  f"{row.created_at.isoformat()}")
             s.flush()
+            if created:
+                _advance_sequence(s, "items")
             return _item_dict(row), created
 
     return _with_conflict_retry(write)
@@ -67,12 +68,13 @@ def upsert_user(engine: Engine, user_id: int, *, role: str, name: str | None = N
             if created:
                 row = User(id=user_id, name=name or f"user-{user_id}", created_at=created_at or serve_now(s))
                 s.add(row)
-                _advance_sequence(s, "users")
             else:
                 row.name = name or row.name
                 row.created_at = created_at or row.created_at
             row.role, row.category, row.field = role, category, field
             s.flush()
+            if created:
+                _advance_sequence(s, "users")
             return {"id": row.id, "role": row.role, "name": row.name, "category": row.category,
                     "field": row.field, "created_at": row.created_at.isoformat()}, created
 
@@ -91,7 +93,6 @@ def _advance_sequence(s: Session, table: str) -> None:
     """PostgreSQL: move the id sequence past an id given explicitly, so later inserts do not collide."""
     if s.get_bind().dialect.name != "postgresql":
         return
-    s.flush()
     s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                    f"GREATEST((SELECT MAX(id) FROM {table}), 1))"))
 

@@ -148,3 +148,31 @@ def served(trained_world, tmp_path, monkeypatch) -> Iterator[Engine]:
     engine.dispose()
     _SERVICES.clear()
     store.clear_cache()
+
+
+@pytest.fixture
+def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
+    """A small world with fitted base models in a database of its own on the PostgreSQL server."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = f"ranker_api_{os.getpid()}"
+    admin = make_engine(pg_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RANKER_", "PROMETHEUS_"))},
+           "RANKER_DATABASE_URL": url, "RANKER_MODELS_DIR": str(tmp_path / "models"),
+           "RANKER_DATA_DIR": str(tmp_path / "data")}
+    for cmd in (["demo", "init", "--scale", "small"], ["base", "fit"]):
+        subprocess.run([sys.executable, "-m", "ranker", *cmd], env=env, check=True, capture_output=True, timeout=300)
+    try:
+        yield url, tmp_path / "models"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

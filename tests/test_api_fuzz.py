@@ -26,17 +26,14 @@ EXAMPLES = 30
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
-def test_api_never_fails_with_a_server_error_or_breaks_its_schema(served, mode):
-    from ranker.api import create_app
-
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(served, keys=Keys(write=(KEY,))))
+def _fuzz(app, mode: GenerationMode, examples: int = EXAMPLES) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
 
     for operation in operations:
         @given(case=operation.as_strategy(mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case) -> None:
             case.call_and_validate(headers={"X-API-Key": KEY}, checks=CHECKS)
@@ -45,3 +42,36 @@ def test_api_never_fails_with_a_server_error_or_breaks_its_schema(served, mode):
             check()
         except Unsatisfiable:  # no invalid request exists for an operation without inputs (GET /healthz)
             assert mode is GenerationMode.NEGATIVE and not operation.body and not operation.query, operation.label
+
+
+MODES = pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
+
+
+@MODES
+def test_api_never_fails_with_a_server_error_or_breaks_its_schema(served, mode):
+    from ranker.api import create_app
+
+    _fuzz(create_app(served, keys=Keys(write=(KEY,))), mode)
+
+
+@pytest.mark.postgres
+@MODES
+def test_api_on_postgres_never_fails_with_a_server_error(pg_world, monkeypatch, mode):
+    """The same on PostgreSQL, whose types and constraints are stricter than SQLite's."""
+    from ranker import config
+    from ranker.api import create_app
+    from ranker.base import store
+    from ranker.db import make_engine
+    from ranker.serve import _SERVICES
+
+    url, models = pg_world
+    monkeypatch.setattr(config, "MODELS_DIR", models)
+    store.clear_cache()
+    _SERVICES.clear()
+    engine = make_engine(url)
+    try:
+        _fuzz(create_app(engine, keys=Keys(write=(KEY,))), mode, examples=20)
+    finally:
+        engine.dispose()
+        _SERVICES.clear()
+        store.clear_cache()

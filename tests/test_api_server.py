@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -178,28 +179,6 @@ def test_serve_says_when_the_port_is_taken(tmp_path):
 # --- PostgreSQL, four workers ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
-    """A small world with fitted base models in a database of its own on the PostgreSQL server."""
-    from sqlalchemy.engine import make_url
-
-    name = f"ranker_api_{os.getpid()}"
-    admin = make_engine(pg_url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    env = _env(url, tmp_path / "models")
-    for cmd in (["demo", "init", "--scale", "small"], ["base", "fit"]):
-        subprocess.run([sys.executable, "-m", "ranker", *cmd], env=env, check=True, capture_output=True, timeout=300)
-    try:
-        yield url, tmp_path / "models"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_world):
     import asyncio
@@ -244,6 +223,19 @@ def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_w
         with httpx.Client(base_url=base) as c:
             serving = {c.get("/v1/model", headers={"Connection": "close"}).json()["serving"] for _ in range(24)}
         assert serving == {"v1"}
+
+        # an item created with its own id over HTTP does not block later inserts that take the next id
+        assert httpx.put(f"{base}/v1/items/50000", json={"item_type": "startup", "category": "a", "field": "b",
+                                                          "type": "c"}).status_code == 201
+    from ranker.db import session_scope
+    from ranker.schema import Item
+
+    with session_scope(engine) as s:
+        later = Item(item_type="startup", name="later", category="a", field="b", type="c",
+                     created_at=datetime(2026, 1, 1), updated_at=datetime(2026, 1, 1))
+        s.add(later)
+        s.flush()
+        assert later.id > 50000
 
     n_lists, impressions = _consistent(engine)
     assert n_lists == len(lists) == len(users) * requests_per_client

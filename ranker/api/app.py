@@ -78,8 +78,8 @@ class Guard:
             return
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > schemas.MAX_BODY_BYTES):
-            response = _error(413, f"request body over {schemas.MAX_BODY_BYTES:,} bytes; send smaller batches",
-                              "body")
+            response = (_error(413, f"request body over {schemas.MAX_BODY_BYTES:,} bytes; send smaller batches",
+                               "body") if length.isdigit() else _error(400, "invalid Content-Length header", "body"))
             await response(scope, receive, send)
             return
         seen = 0
