@@ -8,6 +8,7 @@ foreign keys on. PostgreSQL goes through psycopg 3.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,6 +146,29 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def write_lock(engine: Engine) -> Iterator[None]:
+    """On SQLite, one writing transaction at a time per process and database.
+
+    SQLite has one writer. Threads that collide otherwise wait in SQLite's busy handler,
+    which sleeps in growing steps (up to 100 ms each), so under concurrent requests a
+    few writes take seconds. A lock hands the turn over at once. Other processes still
+    meet at SQLite's own lock. PostgreSQL needs no lock.
+    """
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    key = engine.url.render_as_string(hide_password=False)
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 def with_retries(fn: Callable[[], T], attempts: int = 5, delay: float = 0.2) -> T:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, insert, select
 
 from ranker import config
 from ranker.clock import utcnow
-from ranker.db import audit, get_setting, put_setting, session_scope, with_retries
+from ranker.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
 from ranker.metrics import category_entropy, intra_list_diversity
 from ranker.schema import Impression, Interaction, Outcome, ServedList
 
@@ -126,7 +126,8 @@ def log_served(engine: Engine, rec: Any, attrs: dict[str, list], source: str | N
             return list(conn.scalars(select(Impression.id).where(Impression.request_id == rec.request_id)
                                      .order_by(Impression.position)))
 
-    return with_retries(write)
+    with write_lock(engine):
+        return with_retries(write)
 
 
 def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
@@ -163,7 +164,8 @@ def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
                     {"user_id": found[i], "item_id": items[i], "kind": k, "created_at": t, "rating": None}
                     for i, k, t in events])
 
-    with_retries(write)
+    with write_lock(engine):
+        with_retries(write)
 
 
 # --- Feedback from clients ------------------------------------------------------------
@@ -237,7 +239,8 @@ def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[Feedbac
                 results.append(FeedbackResult(n, "stored" if key in stored else "duplicate"))
             return sorted(results, key=lambda r: r.index)
 
-    return with_retries(write)
+    with write_lock(engine):
+        return with_retries(write)
 
 
 def _feedback_error(e: FeedbackEvent, shown: dict, served_requests: set[str]) -> str | None:
