@@ -63,13 +63,13 @@ def _check(request: Request, key: str | None, allowed: tuple[str, ...], what: st
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"this {HEADER} may not make {what}")
 
 
-def require_write(request: Request, key: str | None = Security(api_key_header)) -> None:
-    """Dependency of every route that writes."""
+async def require_write(request: Request, key: str | None = Security(api_key_header)) -> None:
+    """Dependency of every route that writes (async: no I/O, so no threadpool hop)."""
     keys: Keys = request.app.state.keys
     _check(request, key, keys.write, "writes")
 
 
-def require_read(request: Request, key: str | None = Security(api_key_header)) -> None:
+async def require_read(request: Request, key: str | None = Security(api_key_header)) -> None:
     """Dependency of every route that reads: open unless read keys are configured."""
     keys: Keys = request.app.state.keys
     _check(request, key, keys.read + keys.write if keys.read else (), "reads")
