@@ -288,18 +288,18 @@ def _v1_routes(engine: Engine) -> APIRouter:
         response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return schemas.Upserted(id=row["id"], created=created, row=row)
 
-    @router.put("/items/{item_id}", response_model=schemas.Upserted, dependencies=write,
-                responses={201: {"model": schemas.Upserted, "description": "created"},
-                           401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+    upsert = {"response_model": schemas.Upserted, "dependencies": write,
+              "responses": {201: {"model": schemas.Upserted, "description": "created"},
+                            401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}}
+
+    @router.put("/items/{item_id}", **upsert)
     def put_item(item_id: Annotated[int, Path(ge=0, le=schemas.MAX_ID)], body: schemas.ItemUpsert,
                  response: Response) -> schemas.Upserted:
         """Create or update a catalogue item (200: updated, 201: created)."""
         row, created = _domain(lambda: upsert_item(engine, item_id, **_plain(body)))
         return upserted(response, row, created)
 
-    @router.put("/users/{user_id}", response_model=schemas.Upserted, dependencies=write,
-                responses={201: {"model": schemas.Upserted, "description": "created"},
-                           401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+    @router.put("/users/{user_id}", **upsert)
     def put_user(user_id: Annotated[int, Path(ge=0, le=schemas.MAX_ID)], body: schemas.UserUpsert,
                  response: Response) -> schemas.Upserted:
         """Create or update a user (200: updated, 201: created)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -102,8 +103,10 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
         print(f"warning: {warning}", flush=True)
     check_port_free(host, port)
     engine = ensure_schema(get_engine())
+    own_metrics_dir = None
     if workers > 1 and not os.environ.get(metrics.MULTIPROC_ENV):
-        os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="ranker-metrics-")
+        own_metrics_dir = tempfile.mkdtemp(prefix="ranker-metrics-")
+        os.environ[metrics.MULTIPROC_ENV] = own_metrics_dir
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     print(f"Ranker API on {url} ({workers} worker{'s' if workers > 1 else ''}, database "
@@ -118,6 +121,9 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
     finally:
         signal.signal(signal.SIGTERM, previous)
         _record(engine, None)
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
     print("Ranker API stopped", flush=True)
 
 
