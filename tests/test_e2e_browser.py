@@ -262,7 +262,8 @@ def test_simulated_traffic_from_the_metrics_page_fills_its_charts_and_verdict(pa
 
     playwright.expect(page.get_by_text("A/B verdict")).to_be_visible(timeout=90_000)
     wait_for_app(page)
-    playwright.expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(6)  # lift + 5 over time
+    # lift, 5 over time, and served lists by source
+    playwright.expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(7)
     screenshot(page, "metrics_ab_after_simulation")
     assert no_error_boxes(page) == []
     open_page(page, server, "overview")
