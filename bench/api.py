@@ -38,13 +38,13 @@ WORKERS = (1, 4)
 SETUP = """
 import json, sys, numpy as np
 from sqlalchemy import select
-from ranker import registry
-from ranker.db import get_engine
-from ranker.experiments import update_experiment
-from ranker.flows import candidates
-from ranker.interactions import engaged_item_ids
-from ranker.schema import Interaction, User
-from ranker.synth import role_flows
+from ranker.rank import registry
+from ranker.data.db import get_engine
+from ranker.serving.experiments import update_experiment
+from ranker.serving.flows import candidates
+from ranker.data.interactions import engaged_item_ids
+from ranker.data.schema import Interaction, User
+from ranker.sim.synth import role_flows
 e = get_engine()
 checkpoint = sys.argv[1]
 if checkpoint != "-":
@@ -67,8 +67,8 @@ print(json.dumps(cases[:200]))
 
 IN_PROCESS = """
 import json, sys, time, numpy as np
-from ranker.db import get_engine
-from ranker.serve import recommend
+from ranker.data.db import get_engine
+from ranker.serving.service import recommend
 e = get_engine()
 cases = json.load(open(sys.argv[1]))
 n = int(sys.argv[2])

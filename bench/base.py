@@ -6,7 +6,7 @@ Rows (``run(quick)`` returns them as dicts ``what / value / unit / target``):
 
 - fit time of each base model on the default demo world (seed 42, ~89k
   interactions; the ensemble row is the blend alone, its members being reused);
-- latency of one ``ranker.flows.candidates()`` request (SQL lookups of the user's
+- latency of one ``ranker.serving.flows.candidates()`` request (SQL lookups of the user's
   role and engaged items, the world clock, then the ensemble's scoring of the
   flow's pool) over a 20k-item catalogue, p50 and p99, each the median over
   several runs of random requests across the four flows. Without ``--quick`` the
@@ -33,8 +33,8 @@ LATENCY_TARGET = "p99 <= 10 ms incl. rerank (SPEC §13)"
 
 
 def _default_world(folder: Path):  # noqa: ANN202
-    from ranker.db import make_engine
-    from ranker.synth import build_world
+    from ranker.data.db import make_engine
+    from ranker.sim.synth import build_world
 
     engine = make_engine(f"sqlite:///{folder / 'default.db'}")
     build_world(engine, seed=42, scale="default")
@@ -46,7 +46,7 @@ def fit_rows(folder: Path) -> list[dict]:
     from ranker.base import MODEL_NAMES, TrainingData
     from ranker.base.store import fit_models
     from ranker.clock import serve_now
-    from ranker.db import session_scope
+    from ranker.data.db import session_scope
 
     engine = _default_world(folder)
     with session_scope(engine) as s:
@@ -73,8 +73,8 @@ def _synthetic_catalogue(folder: Path, n_engaged: int = 200_000, seed: int = 0):
     from sqlalchemy import insert
 
     from ranker.clock import set_clock
-    from ranker.db import ensure_schema, make_engine, put_setting, session_scope
-    from ranker.schema import Interaction, Item, User
+    from ranker.data.db import ensure_schema, make_engine, put_setting, session_scope
+    from ranker.data.schema import Interaction, Item, User
 
     rng = np.random.default_rng(seed)
     end = datetime(2026, 1, 1)
@@ -112,8 +112,8 @@ def _synthetic_catalogue(folder: Path, n_engaged: int = 200_000, seed: int = 0):
 
 
 def _large_world(folder: Path):  # noqa: ANN202
-    from ranker.db import make_engine
-    from ranker.synth import build_world
+    from ranker.data.db import make_engine
+    from ranker.sim.synth import build_world
 
     engine = make_engine(f"sqlite:///{folder / 'large.db'}")
     build_world(engine, seed=42, scale="large")
@@ -125,8 +125,8 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
     from sqlalchemy import select
 
     from ranker.base.store import fit_base_models
-    from ranker.flows import candidates, valid_flows
-    from ranker.schema import User
+    from ranker.data.schema import User
+    from ranker.serving.flows import candidates, valid_flows
 
     engine = _synthetic_catalogue(folder) if quick else _large_world(folder)
     source = "synthetic 20k-item catalogue" if quick else "large demo world, 20k items"

@@ -23,9 +23,9 @@ def bench_rerank(repeats: int = 3000) -> list[dict]:
     """Greedy rerank 20 → 10 with the neural scorer (default arch) and dynamic diversity."""
     import torch
 
-    from ranker.features import ListContext
-    from ranker.model import RankerMLP
-    from ranker.rerank import NeuralScorer, RuleScorer, greedy_rerank
+    from ranker.rank.features import ListContext
+    from ranker.rank.model import RankerMLP
+    from ranker.rank.rerank import NeuralScorer, RuleScorer, greedy_rerank
 
     rng = np.random.default_rng(0)
     n = 20
@@ -50,7 +50,7 @@ def bench_rerank(repeats: int = 3000) -> list[dict]:
 
 
 def _train_rows(n: int, epochs: int = 20, batch_size: int = 128, runs: int = 1) -> float:
-    from ranker.train import Dataset, TrainConfig, train
+    from ranker.rank.train import Dataset, TrainConfig, train
 
     rng = np.random.default_rng(0)
     x = rng.random((n, 4)).astype(np.float32)
@@ -92,9 +92,9 @@ def bench_dataset(quick: bool) -> list[dict]:
         subprocess.run([sys.executable, "-m", "ranker", "demo", "init", "--scale", scale], env=env, check=True,
                        capture_output=True)
         for base in ("ensemble", "als"):
-            code = ("import time,resource,json;from ranker.db import get_engine;"
-                    "from ranker.dataset import DatasetConfig,build_dataset;"
-                    "from ranker.interactions import load_interactions;"
+            code = ("import time,resource,json;from ranker.data.db import get_engine;"
+                    "from ranker.rank.dataset import DatasetConfig,build_dataset;"
+                    "from ranker.data.interactions import load_interactions;"
                     "e=get_engine();n=len(load_interactions(e));t=time.perf_counter();"
                     f"s=build_dataset(e,DatasetConfig(output='{tmp}/d.csv',base_model='{base}'));"
                     "print(json.dumps({'n':n,'s':time.perf_counter()-t,'rows':s.rows,"
@@ -120,10 +120,10 @@ def bench_recommend(quick: bool, requests: int = 500) -> list[dict]:
         code = f"""
 import json, time, numpy as np
 from sqlalchemy import select, func
-from ranker.db import get_engine
-from ranker.schema import User, Item, Interaction
-from ranker.serve import recommend
-from ranker.synth import role_flows
+from ranker.data.db import get_engine
+from ranker.data.schema import User, Item, Interaction
+from ranker.serving.service import recommend
+from ranker.sim.synth import role_flows
 e = get_engine()
 with e.connect() as c:
     users = c.execute(select(User.id, User.role).join(Interaction, Interaction.user_id == User.id)

@@ -89,8 +89,8 @@ def _worker(runs: int) -> dict[str, dict]:
     from streamlit.testing.v1 import AppTest
 
     from dashboard import preview
-    from ranker import serve
     from ranker.base import store
+    from ranker.serving import service as serve
 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     app = str(ROOT / "dashboard" / "app.py")

@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ranker.db import make_engine
-    from ranker.evaluate import evaluate_end_to_end
-    from ranker.importing import import_movielens
+    from ranker.data.db import make_engine
+    from ranker.data.importing import import_movielens
+    from ranker.evaluation.evaluate import evaluate_end_to_end
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,16 +34,16 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
           freshness_boost: float = 0.0) -> dict:
     from ranker import config
     from ranker.base import store
-    from ranker.dataset import DatasetConfig, build_dataset
-    from ranker.db import make_engine
-    from ranker.metrics import mean_ndcg_at_k
-    from ranker.online import ab_test, guardrail_tests, summary_by_arm
-    from ranker.pipeline import train_and_register
-    from ranker.report import paired_simulation, train_lightgbm
-    from ranker.serve import _SERVICES, service
-    from ranker.simulate import simulate
-    from ranker.synth import build_world
-    from ranker.train import TrainConfig, load_dataset
+    from ranker.data.db import make_engine
+    from ranker.evaluation.metrics import mean_ndcg_at_k
+    from ranker.evaluation.report import paired_simulation, train_lightgbm
+    from ranker.ops.pipeline import train_and_register
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+    from ranker.rank.train import TrainConfig, load_dataset
+    from ranker.serving.online import ab_test, guardrail_tests, summary_by_arm
+    from ranker.serving.service import _SERVICES, service
+    from ranker.sim.simulate import simulate
+    from ranker.sim.synth import build_world
 
     tmp = Path(tempfile.mkdtemp(prefix=f"quality-{preset}-"))
     config.DATA_DIR, config.MODELS_DIR = tmp / "data", tmp / "models"
@@ -53,7 +53,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     build_world(engine, seed=seed, preset=preset, scale="default")
     store.fit_base_models(engine)
     if freshness_boost:
-        from ranker.tuning import save_freshness_boost
+        from ranker.rank.tuning import save_freshness_boost
 
         save_freshness_boost(engine, freshness_boost, actor="bench")
     out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost}
@@ -102,14 +102,14 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
 
 def svc_clock(engine):
     from ranker.clock import serve_now
-    from ranker.db import session_scope
+    from ranker.data.db import session_scope
 
     with session_scope(engine) as s:
         return serve_now(s)
 
 
 def _boost(text: str) -> float:
-    from ranker.rerank import validate_freshness_boost
+    from ranker.rank.rerank import validate_freshness_boost
 
     try:
         return validate_freshness_boost(float(text))

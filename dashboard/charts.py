@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from ranker.online import EARLIER
+from ranker.serving.online import EARLIER
 
 ARM_COLORS = {"control": "#8c8c8c", "treatment": "#1f77b4"}
 LABEL_COLORS = {"negative": "#8c8c8c", "positive": "#ff7f0e"}

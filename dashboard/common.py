@@ -9,7 +9,7 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from dashboard import preview
-from ranker import db
+from ranker.data import db
 
 ACTOR = "dashboard"
 
@@ -47,7 +47,7 @@ def table_counts(_engine: Engine, url: str) -> dict[str, int]:
 @st.cache_data(ttl=60, show_spinner=False)
 def rerank_latency(_engine: Engine, url: str, scorer_version: str) -> dict:
     """p50/p99 of the serving rerank (300 timed reranks), measured once a minute per scorer."""
-    from ranker.serve import service
+    from ranker.serving.service import service
 
     return service(_engine).rerank_latency()
 

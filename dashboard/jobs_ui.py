@@ -8,8 +8,8 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from dashboard import charts, common
-from ranker import jobs
-from ranker.schema import Job
+from ranker.data.schema import Job
+from ranker.ops import jobs
 
 POLL_SECONDS = 1.0
 

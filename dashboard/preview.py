@@ -15,13 +15,13 @@ from sqlalchemy import Engine, func, select
 from ranker import config
 from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL
 from ranker.base.store import fit_base_models, load_base_models
-from ranker.db import get_engine
-from ranker.features import age_days
-from ranker.metrics import intra_list_diversity
-from ranker.rerank import Scorer
-from ranker.schema import Interaction, Item, User
-from ranker.serve import Recommendation, service
-from ranker.train import DataError, load_dataset
+from ranker.data.db import get_engine
+from ranker.data.schema import Interaction, Item, User
+from ranker.evaluation.metrics import intra_list_diversity
+from ranker.rank.features import age_days
+from ranker.rank.rerank import Scorer
+from ranker.rank.train import DataError, load_dataset
+from ranker.serving.service import Recommendation, service
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, common, jobs_ui
-from ranker import config, jobs, registry
-from ranker.features import feature_columns
-from ranker.model import ARCHS
+from ranker import config
+from ranker.ops import jobs
+from ranker.rank import registry
+from ranker.rank.features import feature_columns
+from ranker.rank.model import ARCHS
 
 st.title("Data & Training")
 engine = common.get_engine_or_stop()

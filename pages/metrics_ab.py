@@ -5,7 +5,8 @@ from datetime import timedelta
 import streamlit as st
 
 from dashboard import charts, common, jobs_ui
-from ranker import experiments, jobs, online
+from ranker.ops import jobs
+from ranker.serving import experiments, online
 
 st.title("Metrics & A/B")
 engine = common.get_engine_or_stop()

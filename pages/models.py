@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from ranker import registry
+from ranker.rank import registry
 
 st.title("Models")
 engine = common.get_engine_or_stop()

@@ -6,9 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from ranker import db, online
-from ranker.rerank import FreshnessBoosted
-from ranker.serve import service
+from ranker.data import db
+from ranker.rank.rerank import FreshnessBoosted
+from ranker.serving import online
+from ranker.serving.service import service
 
 st.title("Overview")
 engine = common.get_engine_or_stop()

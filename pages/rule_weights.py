@@ -4,9 +4,10 @@ ranker's freshness boost."""
 import streamlit as st
 
 from dashboard import common, preview
-from ranker import config, tuning
-from ranker.features import feature_names
-from ranker.rerank import MAX_FRESHNESS_BOOST, RuleScorer
+from ranker import config
+from ranker.rank import tuning
+from ranker.rank.features import feature_names
+from ranker.rank.rerank import MAX_FRESHNESS_BOOST, RuleScorer
 
 st.title("Rule weights")
 engine = common.get_engine_or_stop()

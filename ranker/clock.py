@@ -19,13 +19,13 @@ def utcnow() -> datetime:
 
 
 def serve_now(session: Session) -> datetime:
-    from ranker.db import get_setting
+    from ranker.data.db import get_setting
 
     value = get_setting(session, CLOCK_SETTING)
     return datetime.fromisoformat(value) if value else utcnow()
 
 
 def set_clock(session: Session, moment: datetime) -> None:
-    from ranker.db import put_setting
+    from ranker.data.db import put_setting
 
     put_setting(session, CLOCK_SETTING, moment.isoformat())

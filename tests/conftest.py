@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from ranker.db import make_engine
+from ranker.data.db import make_engine
 
 PG_URL_ENV = "RANKER_TEST_POSTGRES_URL"
 
@@ -45,7 +45,7 @@ def pg_url() -> str:
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo world (seed 42), built once per test session. Treat it as read-only;
     copy it with ``world_copy`` to mutate."""
-    from ranker.synth import build_world
+    from ranker.sim.synth import build_world
 
     path = tmp_path_factory.mktemp("world") / "small.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -100,9 +100,9 @@ def trained_world(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     from ranker import config
     from ranker.base import store
-    from ranker.dataset import DatasetConfig, build_dataset
-    from ranker.pipeline import train_and_register
-    from ranker.train import TrainConfig
+    from ranker.ops.pipeline import train_and_register
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+    from ranker.rank.train import TrainConfig
 
     root = tmp_path_factory.mktemp("trained")
     shutil.copy(small_world, root / "world.db")
@@ -130,7 +130,7 @@ def served(trained_world, tmp_path, monkeypatch) -> Iterator[Engine]:
 
     from ranker import config
     from ranker.base import store
-    from ranker.serve import _SERVICES
+    from ranker.serving.service import _SERVICES
 
     shutil.copy(trained_world["db"], tmp_path / "world.db")
     shutil.copytree(trained_world["models"], tmp_path / "models")

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from ranker import config
 from ranker.api import create_app, schemas
 from ranker.api.auth import Keys
-from ranker.experiments import assign_arm, get_experiment
-from ranker.schema import Impression, Interaction, ModelActivation, Outcome, ServedList, User
+from ranker.data.schema import Impression, Interaction, ModelActivation, Outcome, ServedList, User
+from ranker.serving.experiments import assign_arm, get_experiment
 
 FLOW_OF_ROLE = {"developer": "developer-startup", "investor": "investor-startup", "founder": "founder-developer"}
 
@@ -27,7 +27,7 @@ def client(served):
 
 def _user(engine, arm: str = "treatment", role: str = "developer") -> int:
     """A user of ``role`` with engagement history, in ``arm`` of the running experiment."""
-    from ranker.interactions import engaged_item_ids
+    from ranker.data.interactions import engaged_item_ids
 
     exp = get_experiment(engine)
     with engine.connect() as conn:
@@ -133,7 +133,7 @@ def test_trending_is_never_reranked(client, served):
 
 
 def test_rank_reorders_the_callers_candidates_and_reports_unknown_ones(client, served):
-    from ranker.experiments import update_experiment
+    from ranker.serving.experiments import update_experiment
 
     update_experiment(served, running=False)  # everyone in treatment
     uid = _user(served, "treatment")
@@ -154,7 +154,7 @@ def test_rank_reorders_the_callers_candidates_and_reports_unknown_ones(client, s
 
 
 def test_rank_without_scores_takes_the_order_given(client, served):
-    from ranker.experiments import update_experiment
+    from ranker.serving.experiments import update_experiment
 
     update_experiment(served, rollout=0)  # everyone in control: the caller's order comes back
     uid = _user(served, "control")
@@ -208,8 +208,8 @@ def test_feedback_before_the_list_was_served_is_rejected(client, served):
 def test_a_click_sent_over_http_reaches_the_impressions_dataset_and_ctr(client, served, tmp_path):
     import pandas as pd
 
-    from ranker import online
-    from ranker.dataset import DatasetConfig, build_dataset
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+    from ranker.serving import online
 
     rid, items = _served_list(client, served, k=8)
     events = [{"request_id": rid, "item_id": i, "type": "view"} for i in items]
@@ -231,7 +231,7 @@ def test_a_click_sent_over_http_reaches_the_impressions_dataset_and_ctr(client, 
 
 
 def test_item_upsert_creates_then_updates_and_serving_sees_it(client, served):
-    from ranker.experiments import update_experiment
+    from ranker.serving.experiments import update_experiment
 
     new = {"item_type": "startup", "category": "climate", "field": "energy", "type": "seed", "name": "Sunbox"}
     r = client.put("/v1/items/90001", json=new)
@@ -259,7 +259,7 @@ def test_a_new_user_gets_the_trending_fallback(client, served):
 
 
 def test_model_reports_the_active_version_and_the_activation_history(client, served):
-    from ranker import registry
+    from ranker.rank import registry
 
     body = client.get("/v1/model").json()
     assert body["active_version"] == "v1" and body["serving"] == "v1" and body["fallback"] is False
@@ -286,7 +286,7 @@ def test_health_readiness_and_metrics(client, served):
 
 
 def test_readiness_fails_when_the_database_is_unreachable(served):
-    from ranker.db import make_engine
+    from ranker.data.db import make_engine
 
     down = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
     with TestClient(create_app(down, keys=Keys())) as c:
@@ -377,8 +377,8 @@ def test_malformed_json_oversized_bodies_and_too_many_candidates_are_refused(cli
 
 def test_activation_reaches_serving_during_traffic_without_a_failed_request(client, served):
     from ranker import config as cfg
-    from ranker import registry
-    from ranker.experiments import update_experiment
+    from ranker.rank import registry
+    from ranker.serving.experiments import update_experiment
 
     update_experiment(served, running=False)
     uid = _user(served, "treatment")

@@ -61,8 +61,8 @@ def test_api_on_postgres_never_fails_with_a_server_error(pg_world, monkeypatch, 
     from ranker import config
     from ranker.api import create_app
     from ranker.base import store
-    from ranker.db import make_engine
-    from ranker.serve import _SERVICES
+    from ranker.data.db import make_engine
+    from ranker.serving.service import _SERVICES
 
     url, models = pg_world
     monkeypatch.setattr(config, "MODELS_DIR", models)

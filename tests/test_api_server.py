@@ -20,8 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from ranker.db import make_engine
-from ranker.schema import Impression, Outcome, ServedList, User
+from ranker.data.db import make_engine
+from ranker.data.schema import Impression, Outcome, ServedList, User
 
 STARTUP_TIMEOUT_S = 90
 
@@ -74,7 +74,7 @@ def _user_ids(engine, role: str = "developer") -> list[int]:
 
 
 def _register_copy_of_v1(url: str, models: Path) -> None:
-    code = ("from ranker import registry; from ranker.db import get_engine; "
+    code = ("from ranker.rank import registry; from ranker.data.db import get_engine; "
             "registry.register(get_engine(), registry.versions_dir() / 'v1.pth')")
     subprocess.run([sys.executable, "-c", code], env=_env(url, models), check=True, capture_output=True, timeout=120)
 
@@ -213,7 +213,7 @@ def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_w
         assert "ranker_http_requests_total" in httpx.get(f"{base}/metrics").text  # merged across workers
 
         # activation from the CLI: every worker serves the new model from its next request on
-        code = ("import sys; from ranker import registry; from ranker.db import get_engine; "
+        code = ("import sys; from ranker.rank import registry; from ranker.data.db import get_engine; "
                 "registry.register(get_engine(), sys.argv[1])")
         env = _env(url, models)
         subprocess.run([sys.executable, "-c", code, str(trained_world["models"] / "versions" / "v1.pth")], env=env,
@@ -227,8 +227,8 @@ def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_w
         # an item created with its own id over HTTP does not block later inserts that take the next id
         assert httpx.put(f"{base}/v1/items/50000", json={"item_type": "startup", "category": "a", "field": "b",
                                                           "type": "c"}).status_code == 201
-    from ranker.db import session_scope
-    from ranker.schema import Item
+    from ranker.data.db import session_scope
+    from ranker.data.schema import Item
 
     with session_scope(engine) as s:
         later = Item(item_type="startup", name="later", category="a", field="b", type="c",

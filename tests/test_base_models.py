@@ -27,10 +27,10 @@ from ranker.base import (
 )
 from ranker.base.store import fit_models
 from ranker.clock import serve_now
-from ranker.db import make_engine, put_setting, session_scope
-from ranker.evaluate_base import BaseEvaluation, evaluate_base, score_models
-from ranker.flows import FlowError, candidates, valid_flows
-from ranker.schema import Interaction, User
+from ranker.data.db import make_engine, put_setting, session_scope
+from ranker.data.schema import Interaction, User
+from ranker.evaluation.evaluate_base import BaseEvaluation, evaluate_base, score_models
+from ranker.serving.flows import FlowError, candidates, valid_flows
 
 UNKNOWN_USER = 10**9
 
@@ -366,7 +366,7 @@ def test_evaluate_base_gives_sane_figures_per_flow(engine):
 
 @pytest.mark.slow
 def test_every_model_beats_popularity_on_the_default_world(tmp_path):
-    from ranker.synth import build_world
+    from ranker.sim.synth import build_world
 
     engine = make_engine(f"sqlite:///{tmp_path / 'default.db'}")
     build_world(engine, seed=42, scale="default")
@@ -383,7 +383,7 @@ def test_every_model_beats_popularity_on_the_default_world(tmp_path):
 def _drop_all(engine: Engine) -> None:
     from sqlalchemy import text
 
-    from ranker.schema import Base
+    from ranker.data.schema import Base
 
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
@@ -395,8 +395,8 @@ def _drop_all(engine: Engine) -> None:
 def test_loaders_models_and_candidates_work_on_postgres(pg_url):
     from sqlalchemy import func, select
 
-    from ranker.interactions import load_interactions
-    from ranker.synth import build_world
+    from ranker.data.interactions import load_interactions
+    from ranker.sim.synth import build_world
 
     engine = make_engine(pg_url)
     _drop_all(engine)  # a clean slate in the shared test database

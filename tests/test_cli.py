@@ -16,7 +16,7 @@ from ranker.cli import main
 def cli_db(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("RANKER_DATABASE_URL", url)
-    from ranker.db import _cached_engine
+    from ranker.data.db import _cached_engine
 
     _cached_engine.cache_clear()
     yield url
@@ -43,7 +43,7 @@ def test_demo_init_refuses_non_empty_database(cli_db, capsys):
 
 def test_bad_url_is_one_line_error_with_masked_password(monkeypatch, capsys):
     monkeypatch.setenv("RANKER_DATABASE_URL", "oracle://scott:tiger@db/x")
-    from ranker.db import _cached_engine
+    from ranker.data.db import _cached_engine
 
     _cached_engine.cache_clear()
     assert main(["db", "info"]) == 2

@@ -26,11 +26,15 @@ from sqlalchemy import bindparam, text
 from streamlit.testing.v1 import AppTest
 
 from dashboard.common import PAGES
-from ranker import config, db, jobs, online, registry, tuning
-from ranker.experiments import log_outcomes
-from ranker.serve import _SERVICES, recommend
-from ranker.simulate import simulate
-from ranker.train import load_dataset
+from ranker import config
+from ranker.data import db
+from ranker.ops import jobs
+from ranker.rank import registry, tuning
+from ranker.rank.train import load_dataset
+from ranker.serving import online
+from ranker.serving.experiments import log_outcomes
+from ranker.serving.service import _SERVICES, recommend
+from ranker.sim.simulate import simulate
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PASSWORD = "correct horse"
@@ -237,7 +241,7 @@ def test_moving_a_weight_slider_changes_the_ndcg_and_the_example_list(demo):
 
 
 def test_saving_a_freshness_boost_reaches_serving(demo):
-    from ranker.serve import service
+    from ranker.serving.service import service
 
     at = open_page("rule_weights")
     assert at.number_input(key="freshness_boost").value == 0.0 and button(at, "Save boost").disabled
@@ -629,7 +633,7 @@ def test_each_mutation_writes_an_audit_row_that_the_overview_shows(demo):
 @pytest.fixture
 def imported_db(tmp_path, isolated_dirs, monkeypatch) -> Iterator:
     """A database holding an imported MovieLens-format data set (no served traffic yet)."""
-    from ranker.importing import import_movielens
+    from ranker.data.importing import import_movielens
     from tests.test_evaluate import simulate_ml100k
 
     folder = tmp_path / "ml"

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from ranker import config
-from ranker.dataset import DatasetConfig, build_dataset
-from ranker.features import feature_columns
-from ranker.metrics import auc
-from ranker.train import Dataset, TrainConfig, load_dataset, train
+from ranker.evaluation.metrics import auc
+from ranker.rank.dataset import DatasetConfig, build_dataset
+from ranker.rank.features import feature_columns
+from ranker.rank.train import Dataset, TrainConfig, load_dataset, train
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_bad_options_are_refused(tmp_path):
 
 
 def test_impressions_source_uses_features_as_logged(served, isolated_dirs):
-    from ranker.simulate import simulate
+    from ranker.sim.simulate import simulate
 
     simulate(served, days=1, requests_per_day=120, seed=3, refit_base=False)
     out = config.DATA_DIR / "imp.csv"

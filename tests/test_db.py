@@ -7,9 +7,9 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Engine, select, text
 
-from ranker import db
-from ranker.schema import Base, Impression, Interaction, Item, Outcome, Setting, User
-from ranker.truth import WorldTruth
+from ranker.data import db
+from ranker.data.schema import Base, Impression, Interaction, Item, Outcome, Setting, User
+from ranker.sim.truth import WorldTruth
 
 
 def _round_trip(engine: Engine) -> None:
@@ -125,7 +125,7 @@ def test_upgrade_to_0004_keeps_one_outcome_per_impression_and_kind_and_carries_a
     from alembic import command
     from sqlalchemy.exc import IntegrityError
 
-    from ranker.schema import ModelActivation
+    from ranker.data.schema import ModelActivation
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     command.upgrade(db._alembic_config(engine), "0003")

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from dashboard.common import PAGES
-from ranker import jobs, registry
-from ranker.db import make_engine
-from ranker.serve import recommend
+from ranker.data.db import make_engine
+from ranker.ops import jobs
+from ranker.rank import registry
+from ranker.serving.service import recommend
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
 
@@ -58,7 +59,7 @@ def world(trained_world, tmp_path_factory) -> Iterator[dict[str, Path]]:
     process's ``ranker`` pointed at it too, to compute what the pages should show."""
     from ranker import config
     from ranker.base import store
-    from ranker.serve import _SERVICES
+    from ranker.serving.service import _SERVICES
 
     root = tmp_path_factory.mktemp("e2e")
     with sqlite3.connect(trained_world["db"]) as src, sqlite3.connect(root / "world.db") as dst:

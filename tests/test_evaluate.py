@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from ranker.catalog import Catalog
 from ranker.cli import main
-from ranker.db import get_setting, make_engine, put_setting, session_scope, table_counts
-from ranker.evaluate import ORDERS, evaluate_end_to_end, list_metrics, parse_time_split, split_points
-from ranker.importing import ML100K_GENRES, import_movielens
-from ranker.train import TrainConfig
+from ranker.data.catalog import Catalog
+from ranker.data.db import get_setting, make_engine, put_setting, session_scope, table_counts
+from ranker.data.importing import ML100K_GENRES, import_movielens
+from ranker.evaluation.evaluate import ORDERS, evaluate_end_to_end, list_metrics, parse_time_split, split_points
+from ranker.rank.train import TrainConfig
 
 START = datetime(1998, 1, 1)
 
@@ -161,7 +161,7 @@ def test_end_to_end_evaluation_is_deterministic_for_a_seed(imported: Engine) -> 
 
 
 def test_evaluation_refuses_too_little_ranker_data(imported: Engine) -> None:
-    from ranker.train import DataError
+    from ranker.rank.train import DataError
 
     with pytest.raises(DataError, match="positives"):
         evaluate_end_to_end(imported, base_model="als", min_positives=10**6,

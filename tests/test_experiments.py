@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from ranker import db, experiments
-from ranker.abtest import analyse, arm_stats
-from ranker.experiments import Experiment, assign_arm, bucket
-from ranker.online import ab_test, daily_metrics, guardrail_tests, summary_by_arm
-from ranker.schema import Impression, Outcome, ServedList
+from ranker.data import db
+from ranker.data.schema import Impression, Outcome, ServedList
+from ranker.evaluation.abtest import analyse, arm_stats
+from ranker.serving import experiments
+from ranker.serving.experiments import Experiment, assign_arm, bucket
+from ranker.serving.online import ab_test, daily_metrics, guardrail_tests, summary_by_arm
 
 
 def test_assignment_is_deterministic_and_follows_the_rollout():
@@ -89,7 +90,7 @@ def test_outcome_for_unknown_impression_is_rejected_and_logged(world_copy, caplo
 
 
 def test_simulate_on_an_empty_database_says_to_run_demo_init(tmp_path):
-    from ranker.simulate import simulate
+    from ranker.sim.simulate import simulate
 
     engine = db.ensure_schema(db.make_engine(f"sqlite:///{tmp_path / 'empty.db'}"))
     with pytest.raises(ValueError, match="ranker demo init"):
@@ -97,7 +98,7 @@ def test_simulate_on_an_empty_database_says_to_run_demo_init(tmp_path):
 
 
 def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, trained_world, tmp_path):
-    from ranker.simulate import simulate
+    from ranker.sim.simulate import simulate
 
     summary = simulate(served, days=1, requests_per_day=80, seed=5, refit_base=False)
     with served.connect() as conn:
@@ -132,7 +133,7 @@ def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, tra
     import shutil
 
     from ranker.base import store
-    from ranker.serve import _SERVICES
+    from ranker.serving.service import _SERVICES
 
     shutil.copy(trained_world["db"], tmp_path / "again.db")
     again = db.make_engine(f"sqlite:///{tmp_path / 'again.db'}")
@@ -144,7 +145,7 @@ def test_simulation_is_deterministic_and_metrics_agree_with_the_logs(served, tra
 
 
 def test_concurrent_writers_lose_no_impressions(served):
-    from ranker.serve import recommend
+    from ranker.serving.service import recommend
     from tests.test_serve import engaged_developer
 
     uid = engaged_developer(served)
@@ -172,8 +173,8 @@ def test_report_compares_every_policy_on_the_same_requests(served, capsys):
     """``ranker report --json``: online arms with the CTR verdict and the diversity/freshness
     guardrails, then paired simulated traffic where base closes 0 % of the gap and the oracle 100 %."""
     from ranker.cli import main
-    from ranker.db import _cached_engine
-    from ranker.simulate import simulate
+    from ranker.data.db import _cached_engine
+    from ranker.sim.simulate import simulate
 
     simulate(served, days=1, requests_per_day=60, seed=3, refit_base=False)
     _cached_engine.cache_clear()

@@ -12,8 +12,8 @@ from itertools import product
 import numpy as np
 import pytest
 
-from ranker import features as F
-from ranker.rerank import RuleScorer, greedy_rerank
+from ranker.rank import features as F
+from ranker.rank.rerank import RuleScorer, greedy_rerank
 
 
 def ctx(n=3, **over) -> F.ListContext:
@@ -93,9 +93,9 @@ def test_greedy_rerank_prefers_diverse_items_when_weights_say_so():
 def test_a_fifth_registered_feature_flows_everywhere(tmp_path):
     """Adding user_affinity is one registered function: input_dim, CSV columns,
     rule weights and checkpoints follow."""
-    from ranker.dataset import header
-    from ranker.model import RankerMLP
-    from ranker.registry import load_checkpoint, save_checkpoint
+    from ranker.rank.dataset import header
+    from ranker.rank.model import RankerMLP
+    from ranker.rank.registry import load_checkpoint, save_checkpoint
 
     @F.register_feature("user_affinity")
     def user_affinity(c, maxsim):
@@ -133,7 +133,7 @@ def _run(code: str, extra: str) -> subprocess.CompletedProcess:
 
 
 def test_extra_features_env_registers_user_affinity_after_the_four():
-    got = _run("from ranker.features import feature_columns, input_dim; print(input_dim(), feature_columns())",
+    got = _run("from ranker.rank.features import feature_columns, input_dim; print(input_dim(), feature_columns())",
                "user_affinity")
     assert got.returncode == 0, got.stderr
     assert got.stdout.split()[0] == "5" and "'user_affinity_score']" in got.stdout

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from ranker.cli import main
-from ranker.db import ensure_schema, get_setting, make_engine, session_scope, table_counts
-from ranker.importing import (
+from ranker.data.db import ensure_schema, get_setting, make_engine, session_scope, table_counts
+from ranker.data.importing import (
     ImportDataError,
     age_band,
     decade,
@@ -29,8 +29,8 @@ from ranker.importing import (
     read_movielens,
     write_import,
 )
-from ranker.schema import AuditLog, Interaction, Item, User
-from ranker.synth import WorldExistsError
+from ranker.data.schema import AuditLog, Interaction, Item, User
+from ranker.sim.synth import WorldExistsError
 
 ML100K_GENRES = 19
 T0 = 881_250_949  # 1997-12-04 15:55:49 UTC, a real u.data timestamp
@@ -415,7 +415,7 @@ def test_force_over_the_demo_world_removes_its_history_and_ground_truth(world_co
 
 def test_a_failure_while_writing_rolls_back_the_wipe_and_every_insert(engine, ml100k, tmp_path,
                                                                       monkeypatch) -> None:
-    import ranker.importing.writer as writer
+    import ranker.data.importing.writer as writer
 
     import_movielens(engine, ml100k)
     before = table_counts(engine)
@@ -569,7 +569,7 @@ def test_cli_import_then_refuses_a_second_import_without_flags(tmp_path, monkeyp
 
 
 def _drop_all(engine: Engine) -> None:
-    from ranker.schema import Base
+    from ranker.data.schema import Base
 
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranker.losses import count_pairs, pairwise_logistic_loss
+from ranker.rank.losses import count_pairs, pairwise_logistic_loss
 
 
 def reference_loss(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ranker.model import ARCHS, MLPConfig, RankerMLP, count_parameters
-from ranker.rerank import NeuralScorer
+from ranker.rank.model import ARCHS, MLPConfig, RankerMLP, count_parameters
+from ranker.rank.rerank import NeuralScorer
 
 
 def test_default_arch_with_four_features_has_705_parameters():

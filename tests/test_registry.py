@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from ranker import registry
-from ranker.features import feature_names
-from ranker.model import RankerMLP
+from ranker.rank import registry
+from ranker.rank.features import feature_names
+from ranker.rank.model import RankerMLP
 
 
 def make_checkpoint(path, seed=0, names=None, version=None):

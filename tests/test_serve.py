@@ -10,14 +10,15 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from ranker import config, registry, rerank
-from ranker.catalog import CountIndex, load_catalog
-from ranker.dataset import features_at
-from ranker.features import feature_names
-from ranker.flows import candidates
-from ranker.interactions import load_interactions
-from ranker.schema import Impression, Interaction, Item, ServedList, User
-from ranker.serve import recommend
+from ranker import config
+from ranker.data.catalog import CountIndex, load_catalog
+from ranker.data.interactions import load_interactions
+from ranker.data.schema import Impression, Interaction, Item, ServedList, User
+from ranker.rank import registry, rerank
+from ranker.rank.dataset import features_at
+from ranker.rank.features import feature_names
+from ranker.serving.flows import candidates
+from ranker.serving.service import recommend
 
 
 def engaged_developer(engine) -> int:
@@ -130,7 +131,7 @@ def test_features_served_equal_features_recomputed_by_the_dataset_code(served):
 
 def test_new_items_do_not_force_a_refit_of_the_saved_base_models(served):
     from ranker.base import store
-    from ranker.schema import Item
+    from ranker.data.schema import Item
 
     before = {p.name: p.stat().st_mtime_ns for p in store.models_dir().glob("*.npz")}
     with served.begin() as conn:
@@ -159,7 +160,7 @@ def test_trending_lists_are_served_as_they_are(served):
 
 @pytest.fixture
 def user_affinity_on():
-    from ranker import features
+    from ranker.rank import features
 
     features.enable_feature("user_affinity")
     yield
@@ -169,9 +170,9 @@ def user_affinity_on():
 def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on, caplog):
     """RANKER_EXTRA_FEATURES=user_affinity: the 4-feature model is refused with the reason
     (the rule serves meanwhile); a dataset and a model built with the fifth feature serve it."""
-    from ranker.dataset import DatasetConfig, build_dataset
-    from ranker.pipeline import train_and_register
-    from ranker.train import TrainConfig
+    from ranker.ops.pipeline import train_and_register
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+    from ranker.rank.train import TrainConfig
 
     uid = engaged_developer(served)
     caplog.set_level(logging.WARNING)
@@ -206,7 +207,7 @@ def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on
 
 def test_switching_the_optional_feature_off_keeps_the_rule_serving(served, caplog):
     """Saved rule weights that name a feature no longer registered are dropped with a warning."""
-    from ranker import features, tuning
+    from ranker.rank import features, tuning
 
     features.enable_feature("user_affinity")
     try:
@@ -226,10 +227,10 @@ def test_switching_the_optional_feature_off_keeps_the_rule_serving(served, caplo
 
 
 def test_freshness_boost_adds_recency_to_the_neural_score_and_serves_younger_lists(served, caplog):
-    from ranker import tuning
-    from ranker.db import put_setting, session_scope
-    from ranker.rerank import FreshnessBoosted, RuleScorer
-    from ranker.serve import service
+    from ranker.data.db import put_setting, session_scope
+    from ranker.rank import tuning
+    from ranker.rank.rerank import FreshnessBoosted, RuleScorer
+    from ranker.serving.service import service
 
     x = np.array([[0.2, 1.0, 0.5, 1.0], [0.9, 0.0, 0.5, 1.0]])
     rule = RuleScorer()

@@ -7,9 +7,10 @@ import hashlib
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from ranker import config, db
-from ranker.synth import HISTORY_DAYS, WorldExistsError, build_world
-from ranker.truth import load_truth
+from ranker import config
+from ranker.data import db
+from ranker.sim.synth import HISTORY_DAYS, WorldExistsError, build_world
+from ranker.sim.truth import load_truth
 
 
 def _fingerprint(engine: Engine) -> str:
@@ -113,7 +114,7 @@ def _dt(value):
 
 def _young_view_share(engine: Engine, days: float = 14.0) -> float:
     """Share of history views on items younger than ``days`` when viewed."""
-    from ranker.schema import Interaction, Item
+    from ranker.data.schema import Interaction, Item
 
     sql = (select(Item.created_at, Interaction.created_at).join(Item, Item.id == Interaction.item_id)
            .where(Interaction.kind == "view"))
@@ -126,7 +127,7 @@ def _young_view_share(engine: Engine, days: float = 14.0) -> float:
 def test_legacy_feed_shows_new_arrivals(small_world_engine, tmp_path, monkeypatch):
     # Without the boost the legacy feed barely shows new items, the base models never learn
     # them, and recency carries no signal among the ranker's candidates.
-    from ranker import synth
+    from ranker.sim import synth
 
     monkeypatch.setattr(synth, "LEGACY_FRESH_WEIGHT", 0.0)
     plain = db.make_engine(f"sqlite:///{tmp_path / 'no_boost.db'}")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ranker import config
-from ranker.features import feature_columns
-from ranker.losses import pairwise_logistic_loss, pairwise_logistic_loss_from_pairs, same_group_pairs
-from ranker.train import DataError, Dataset, TrainConfig, TrainingError, evaluate, load_dataset, train
+from ranker.rank.features import feature_columns
+from ranker.rank.losses import pairwise_logistic_loss, pairwise_logistic_loss_from_pairs, same_group_pairs
+from ranker.rank.train import DataError, Dataset, TrainConfig, TrainingError, evaluate, load_dataset, train
 
 
 def synthetic_frame(n_groups=200, seed=0) -> pd.DataFrame:
@@ -147,8 +147,8 @@ def test_unknown_arch_and_bad_hyperparameters_are_refused():
 
 @pytest.mark.parametrize("dropout_keep", [1.0, 0.8])
 def test_hand_written_step_gradients_equal_autograd(dropout_keep):
-    from ranker.model import RankerMLP
-    from ranker.train import pairwise_step_grads
+    from ranker.rank.model import RankerMLP
+    from ranker.rank.train import pairwise_step_grads
 
     torch.manual_seed(0)
     model = RankerMLP(4).double()
@@ -172,9 +172,9 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
 def test_retrain_promotes_only_a_model_no_worse_than_the_active_one_and_the_rule(served, capsys):
     """`ranker retrain`: the candidate is compared on the new validation data with the active
     model and the rule; a barely trained candidate is kept out, a trained one goes in."""
-    from ranker import registry, tuning
-    from ranker.dataset import DatasetConfig
-    from ranker.pipeline import retrain
+    from ranker.ops.pipeline import retrain
+    from ranker.rank import registry, tuning
+    from ranker.rank.dataset import DatasetConfig
 
     def cfg():
         return DatasetConfig(output=config.DATA_DIR / "re.csv", val_output=config.DATA_DIR / "re_val.csv")

@@ -1,4 +1,4 @@
-"""The HTTP serving API (``ranker serve``): FastAPI on uvicorn over :mod:`ranker.serve`.
+"""The HTTP serving API (``ranker serve``): FastAPI on uvicorn over :mod:`ranker.serving.service`.
 
 Public surface: :func:`create_app` (an ASGI app for a database) and
 :func:`ranker.api.server.serve` (what ``ranker serve`` runs). Routes and their errors

@@ -1,4 +1,4 @@
-"""The HTTP serving API: FastAPI over the same :class:`ranker.serve.Service` the dashboard
+"""The HTTP serving API: FastAPI over the same :class:`ranker.serving.service.Service` the dashboard
 and the simulator use, so there is one ranking code path.
 
 Concurrency: every route is a plain ``def``. FastAPI runs those in AnyIO's worker
@@ -118,8 +118,8 @@ def create_app(engine: Engine | None = None, keys: Keys | None = None) -> FastAP
 
     ``keys`` default to ``RANKER_API_KEYS`` / ``RANKER_API_READ_KEYS`` (see :mod:`ranker.api.auth`).
     """
-    from ranker.db import ensure_schema, get_engine
-    from ranker.serve import service
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.serving.service import service
 
     engine = engine or ensure_schema(get_engine())
     svc = service(engine)
@@ -191,8 +191,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _domain(fn: Callable[[], T]) -> T:
     """Run a service call, turning its errors into 4xx responses that name the field."""
-    from ranker.db import DatabaseError
-    from ranker.flows import FlowError, UnknownUserError
+    from ranker.data.db import DatabaseError
+    from ranker.serving.flows import FlowError, UnknownUserError
 
     try:
         return fn()
@@ -223,9 +223,9 @@ def _served(rec: Any, latency_s: float, response_model: type = schemas.Recommend
 
 
 def _v1_routes(engine: Engine) -> APIRouter:
-    from ranker import serve
-    from ranker.experiments import FeedbackEvent, record_feedback
-    from ranker.upserts import upsert_item, upsert_user
+    from ranker.data.upserts import upsert_item, upsert_user
+    from ranker.serving import service as serve
+    from ranker.serving.experiments import FeedbackEvent, record_feedback
 
     router = APIRouter(prefix="/v1")
     read = [Depends(require_read)]
@@ -319,8 +319,8 @@ def _plain(body: Any) -> dict[str, Any]:
 
 
 def _model_info(engine: Engine) -> schemas.ModelInfo:
-    from ranker import registry
-    from ranker.serve import service
+    from ranker.rank import registry
+    from ranker.serving.service import service
 
     svc = service(engine)
     scorer, reason = svc.scorer()
@@ -343,7 +343,7 @@ def _model_info(engine: Engine) -> schemas.ModelInfo:
 
 
 def _ops_routes(engine: Engine) -> APIRouter:
-    from ranker.serve import service
+    from ranker.serving.service import service
 
     router = APIRouter(tags=["operations"])
 

@@ -73,7 +73,7 @@ def app_factory() -> FastAPI:
 
 
 def _record(engine: Any, value: dict | None) -> None:
-    from ranker.db import get_setting, put_setting, session_scope
+    from ranker.data.db import get_setting, put_setting, session_scope
 
     with session_scope(engine) as s:
         if value is None:
@@ -96,7 +96,7 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
 
     from ranker.api import metrics
     from ranker.clock import utcnow
-    from ranker.db import ensure_schema, get_engine, mask_url
+    from ranker.data.db import ensure_schema, get_engine, mask_url
 
     warning = check_bind(host, Keys.from_env())
     if warning:
@@ -129,7 +129,7 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
 
 def running_server(engine: Any) -> dict | None:
     """The server recorded by ``ranker serve`` (url, pid, workers, started_at), if any."""
-    from ranker.db import get_setting, session_scope
+    from ranker.data.db import get_setting, session_scope
 
     with session_scope(engine) as s:
         return get_setting(s, SETTING)

@@ -16,7 +16,7 @@ What the base class does for every model:
   item is a soft negative, and showing it again is allowed.
 - A user is *known* when they engaged at least once before the cutoff. A
   personalised model raises :class:`UnknownUserError` for anyone else; the flow
-  layer (:func:`ranker.flows.candidates`) answers such users with the trending
+  layer (:func:`ranker.serving.flows.candidates`) answers such users with the trending
   list instead. Popularity is not personalised and knows every user.
 - Items outside the catalogue (created after the cutoff) score 0.0, like an item
   without any interaction; they are never recommended until the next fit.
@@ -46,7 +46,7 @@ from sqlalchemy import Engine
 import ranker
 from ranker import config
 from ranker.clock import utcnow
-from ranker.interactions import load_interactions, load_items, load_users
+from ranker.data.interactions import load_interactions, load_items, load_users
 
 #: Bumped when the file layout changes; older files are refused with a message.
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ class TrainingData:
     Attributes
     ----------
     interactions : DataFrame
-        ``user_id, item_id, kind, created_at`` (see :func:`ranker.interactions.load_interactions`),
+        ``user_id, item_id, kind, created_at`` (see :func:`ranker.data.interactions.load_interactions`),
         all with ``created_at < cutoff``.
     items : DataFrame
         The catalogue as of the cutoff (created at or before it), sorted by id.
@@ -276,7 +276,7 @@ class BaseRecommender(ABC):
             raise UnknownUserError(
                 f"user {user_id} has no engagement before {self.cutoff_:%Y-%m-%d %H:%M}, so the "
                 f"{self.name} model cannot personalise for them; serve the trending list "
-                "(ranker.flows.candidates does this and flags fallback=True)"
+                "(ranker.serving.flows.candidates does this and flags fallback=True)"
             )
         return row
 

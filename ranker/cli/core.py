@@ -1,0 +1,220 @@
+"""CLI: dataset, train, models, recommend, retrain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ranker import config
+from ranker.cli import positive_float, positive_int  # noqa: E402
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+
+    cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
+                        window_days=args.window_days, base_model=args.base_model,
+                        val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)
+    summary = build_dataset(ensure_schema(get_engine()), cfg, show_bar=True)
+    print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives, {summary.groups:,} lists) "
+          f"to {summary.path}")
+    if summary.val_path:
+        print(f"wrote {summary.val_rows:,} validation rows ({summary.val_positives:,} positives; the latest "
+              f"lists) to {summary.val_path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.ops.pipeline import train_and_register
+    from ranker.rank.train import TrainConfig
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
+                      seed=args.seed)
+    bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", file=sys.stderr)
+
+    def on_epoch(epoch: int, train_loss: float, val_loss: float | None) -> None:
+        bar.update(1)
+        val = f"{val_loss:.4f}" if val_loss is not None else "-"
+        bar.write(f"epoch {epoch:3d}  train loss {train_loss:.4f}  val loss {val}", file=sys.stderr)
+
+    engine = ensure_schema(get_engine())
+    try:
+        outcome = train_and_register(
+            engine, args.data, cfg, val=args.val, val_split=args.val_split, output_dir=args.output_dir,
+            activate=True if args.activate else (False if args.no_activate else None),
+            min_positives=args.min_positives, on_epoch=on_epoch)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(outcome.__dict__, default=str))
+        return 0
+    m = outcome.metrics
+    print(f"\nevaluated on {m['evaluated_on']} data: {m['rows']:,} rows, {m['groups']:,} lists")
+    print(f"{'':8} {'NDCG@10':>8} {'AUC':>8} {'pair acc':>9}")
+    for name in ("model", "rule", "base"):
+        r = m[name]
+        print(f"{name:8} {_f(r['ndcg@10']):>8} {_f(r['auc']):>8} {_f(r['pairwise_accuracy']):>9}")
+    for kind, path in outcome.paths.items():
+        print(f"saved {kind}: {path}")
+    state = "active" if outcome.activated else "registered (not active)"
+    print(f"version {outcome.version}: {state}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.rank import registry
+
+    engine = ensure_schema(get_engine())
+    if args.models_command == "list":
+        rows = registry.list_versions(engine)
+        if args.json:
+            print(json.dumps([{"version": r.version, "active": r.is_active, "created_at": str(r.created_at),
+                               "metrics": r.metrics, "path": r.path} for r in rows]))
+            return 0
+        if not rows:
+            print(f"no model versions; serving the rule-based ranker. Train with "
+                  f"`ranker train --data {config.DATA_DIR / 'ranker_train.csv'}`")
+            return 0
+        print(f"{'':2}{'version':8} {'created':19} {'NDCG@10':>8} {'rule':>8} {'AUC':>7}  path")
+        for r in rows:
+            m = r.metrics or {}
+            print(f"{'*' if r.is_active else ' '} {r.version:8} {r.created_at:%Y-%m-%d %H:%M:%S} "
+                  f"{_f((m.get('model') or {}).get('ndcg@10')):>8} {_f((m.get('rule') or {}).get('ndcg@10')):>8} "
+                  f"{_f((m.get('model') or {}).get('auc')):>7}  {r.path}")
+        if registry.active_version(engine) is None:
+            print("(no active version: serving the rule-based ranker)")
+        return 0
+    if args.models_command == "activate":
+        registry.activate_version(engine, args.version)
+        print(f"active: {args.version}")
+        return 0
+    if args.models_command == "rollback":
+        print(f"rolled back; active: {registry.rollback(engine)}")
+        return 0
+    raise AssertionError(args.models_command)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.serving.service import recommend
+
+    rec = recommend(args.user_id, args.flow, args.k, engine=ensure_schema(get_engine()), source="cli")
+    if args.json:
+        print(json.dumps(rec.to_dict()))
+        return 0
+    how = f"reranked by {rec.model_version}" if rec.reranked else f"{rec.model_version} (not reranked)"
+    print(f"user {rec.user_id}, flow {rec.flow}: {how}; candidates from {rec.base_model}")
+    if rec.fallback:
+        print(f"note: {rec.fallback}")
+    names = list(rec.items[0].features) if rec.items else []
+    print(f"{'pos':>3} {'item':>7} {'score':>8} {'base#':>5} " + " ".join(f"{n[:10]:>10}" for n in names))
+    for it in rec.items:
+        score = "-" if it.score is None else f"{it.score:.4f}"
+        print(f"{it.position + 1:>3} {it.item_id:>7} {score:>8} {it.base_rank + 1:>5} "
+              + " ".join(f"{it.features[n]:>10.3f}" for n in names))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.ops.pipeline import retrain
+    from ranker.rank.dataset import DatasetConfig
+    from ranker.rank.train import TrainConfig
+
+    out = Path(args.output)
+    dcfg = DatasetConfig(output=out, val_output=out.with_name(out.stem + "_val.csv"),
+                         neg_ratio=args.neg_ratio, window_days=args.window_days, source=args.source)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
+                       seed=args.seed)
+    report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    before = report["active_ndcg@10_on_new_val"]
+    print(f"candidate {report['candidate']}: NDCG@10 {report['candidate_ndcg@10']:.4f} on new validation data")
+    if report["active_before"]:
+        print(f"active {report['active_before']}: NDCG@10 {_f(before)} on the same data")
+    print(f"rule-based ranker: NDCG@10 {_f(report['rule_ndcg@10_on_new_val'])} on the same data")
+    print(f"{report['candidate']} {report['verdict']}")
+    if report["backup"]:
+        print(f"backup of the previous active file: {report['backup']}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    ds = sub.add_parser("dataset", help="build ranker training data (leak-free, point in time)")
+    ds.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
+    ds.add_argument("--neg-ratio", type=positive_float, default=2.0,
+                    help="negatives sampled per positive within the same list (default 2)")
+    ds.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
+    ds.add_argument("--window-days", type=positive_float, default=45.0,
+                    help="feedback: use lists from the last N days; the base model sees only earlier data")
+    ds.add_argument("--base-model", default="ensemble", help="base model that gives model_score")
+    ds.add_argument("--val-output", type=Path, default=None,
+                    help="also write the latest --val-fraction of lists here (a time split)")
+    ds.add_argument("--val-fraction", type=float, default=0.2)
+    ds.add_argument("--seed", type=int, default=42)
+    ds.set_defaults(handler=cmd_dataset)
+
+    tr = sub.add_parser("train", help="train the neural ranker (pairwise loss)")
+    _train_args(tr)
+    tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
+    tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
+    tr.add_argument("--val-split", type=float, default=0.0,
+                    help="without --val: hold out this fraction of lists for validation")
+    tr.add_argument("--min-positives", type=positive_int, default=100)
+    act = tr.add_mutually_exclusive_group()
+    act.add_argument("--activate", action="store_true", help="serve the new version at once")
+    act.add_argument("--no-activate", action="store_true", help="only register the new version")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(handler=cmd_train)
+
+    models = sub.add_parser("models", help="model registry").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    ls = models.add_parser("list", help="versions with metrics; * marks the active one")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_models)
+    a = models.add_parser("activate", help="serve VERSION (or 'rule' for the rule-based ranker)")
+    a.add_argument("version")
+    a.set_defaults(handler=cmd_models)
+    models.add_parser("rollback", help="re-activate the previously active version").set_defaults(
+        handler=cmd_models)
+
+    rec = sub.add_parser("recommend", help="one served list")
+    rec.add_argument("--user-id", type=int, required=True)
+    rec.add_argument("--flow", required=True,
+                     help=", ".join(config.FLOWS) + "; or trending[-ITEM_TYPE] (never reranked)")
+    rec.add_argument("--k", type=positive_int, default=config.DEFAULT_K)
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(handler=cmd_recommend)
+
+    rt = sub.add_parser("retrain", help="dataset + train + evaluate; promote only if no worse")
+    _train_args(rt)
+    rt.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
+    rt.add_argument("--neg-ratio", type=positive_float, default=2.0)
+    rt.add_argument("--window-days", type=positive_float, default=45.0)
+    rt.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(handler=cmd_retrain)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.001)
+    p.add_argument("--output-dir", type=Path, default=config.MODELS_DIR)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--arch", choices=("small", "default", "large"), default="default")

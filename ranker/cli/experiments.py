@@ -1,0 +1,172 @@
+"""CLI: simulate, report, experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.sim.simulate import simulate
+
+    s = simulate(ensure_schema(get_engine()), days=args.days, requests_per_day=args.requests_per_day,
+                 seed=args.seed, refit_base=not args.no_refit, show_bar=True)
+    print(f"simulated {s.requests:,} requests over {s.days} day(s) ({s.start} → {s.end}): "
+          f"{s.impressions:,} impressions, {s.clicks:,} clicks, {s.positives:,} explicit positives, "
+          f"{s.new_items:,} new items")
+    for arm, a in sorted(s.by_arm.items()):
+        ctr = a["clicks"] / a["impressions"] if a["impressions"] else float("nan")
+        print(f"  {arm:9} {a['requests']:>6,} requests  CTR {ctr:.4f}")
+    return 0
+
+
+def _fmt(v, pct=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.1%}" if pct else f"{v:.4f}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.evaluation.report import build_report
+
+    report = build_report(ensure_schema(get_engine()), requests=args.requests, seed=args.seed, show_bar=True,
+                          compare=args.compare)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    print("Online (served traffic, per arm)")
+    if not report["online"]["arms"]:
+        print("  no impressions logged yet: run `ranker simulate`")
+    for a in report["online"]["arms"]:
+        print(f"  {a['arm']:9} impressions {a['impressions']:>8,}  CTR {_fmt(a['ctr'])}  "
+              f"ILD {_fmt(a.get('ild'))}  mean age {a.get('mean_age_days', float('nan')):.1f} d")
+    print(f"  A/B: {report['online']['ab']['verdict']}")
+    for g in report["online"]["guardrails"].values():
+        if g["enough_data"]:
+            print(f"  {g['verdict']}")
+    off = report["offline"]
+    if off:
+        print(f"\nOffline: paired simulated traffic ({off['requests']:,} requests, same users, candidates and "
+              f"random numbers; {off['skipped_trending']} trending requests excluded)")
+        width = max(9, *(len(name) for name in off["policies"]))
+        print(f"  {'policy':{width}} {'CTR':>7} {'lift':>7} {'p':>8} {'gap closed':>10} {'ILD':>7} {'age d':>6}")
+        for name, p in off["policies"].items():
+            print(f"  {name:{width}} {_fmt(p['ctr'])} {_fmt(p['lift_vs_base'], True):>7} "
+                  f"{p.get('p_value_vs_base', float('nan')):>8.2g} {_fmt(p['gap_closed'], True):>10} "
+                  f"{_fmt(p['ild'])} {p['mean_age_days']:>6.1f}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.serving.experiments import get_experiment, update_experiment
+
+    engine = ensure_schema(get_engine())
+    if args.action == "show":
+        exp = get_experiment(engine)
+    else:
+        exp = update_experiment(engine, rollout=args.rollout,
+                                running={"start": True, "stop": False}.get(args.action))
+    state = "running" if exp.running else "stopped (everyone gets the ranker)"
+    print(f"experiment {exp.salt}: {state}, rollout {exp.rollout:g}% of users in treatment")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.rank import tuning
+    from ranker.rank.rerank import validate_freshness_boost, validate_weights
+
+    engine = ensure_schema(get_engine())
+    if args.action == "set":
+        if not args.pairs and args.freshness_boost is None:
+            raise ValueError("nothing to set: give NAME=WEIGHT pairs and/or --freshness-boost B")
+        changes = {}
+        for pair in args.pairs:
+            name, _, value = pair.partition("=")  # no "=" leaves value empty: float("") fails
+            try:
+                changes[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"{pair!r} is not NAME=WEIGHT (e.g. recency=0.3)") from None
+        # Check everything before saving anything: a bad boost must not leave new weights behind.
+        weights = validate_weights({**tuning.current_weights(engine), **changes}) if args.pairs else None
+        boost = validate_freshness_boost(args.freshness_boost) if args.freshness_boost is not None else None
+        if weights is not None:
+            tuning.save_weights(engine, weights)
+        if boost is not None:
+            tuning.save_freshness_boost(engine, boost)
+    weights = tuning.current_weights(engine)
+    print("rule weights: " + ", ".join(f"{k} {v:g}" for k, v in weights.items()))
+    print(f"freshness boost (neural ranker): {tuning.freshness_boost(engine):g}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from ranker.cli import positive_int as _positive_int
+
+    sim = sub.add_parser("simulate", help="simulated traffic through recommend() on the demo world")
+    sim.add_argument("--days", type=_positive_int, default=7)
+    sim.add_argument("--requests-per-day", type=_positive_int, default=500)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--no-refit", action="store_true", help="keep the base models fixed (faster)")
+    sim.set_defaults(handler=cmd_simulate)
+
+    rep = sub.add_parser("report", help="online metrics per arm, A/B verdict, offline comparison with the oracle")
+    rep.add_argument("--requests", type=_positive_int, default=3000)
+    rep.add_argument("--seed", type=int, default=7)
+    rep.add_argument("--compare", action="append", default=[], metavar="VERSION",
+                     help="also score this registered model version on the same requests (repeatable)")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(handler=cmd_report)
+
+    exp = sub.add_parser("experiment", help="A/B experiment: show, start, stop, set rollout")
+    exp.add_argument("action", choices=("show", "start", "stop", "set"))
+    exp.add_argument("--rollout", type=float, default=None, help="percent of users in treatment (0-100)")
+    exp.set_defaults(handler=cmd_experiment)
+
+    w = sub.add_parser("weights", help="show or set the rule weights and the neural ranker's freshness boost")
+    w.add_argument("action", choices=("show", "set"))
+    w.add_argument("pairs", nargs="*", metavar="NAME=WEIGHT", help="rule weights to change, each in [0, 1]")
+    w.add_argument("--freshness-boost", type=float, default=None, metavar="B",
+                   help="boost × recency added to the neural ranker's score (0 turns it off; at most 5)")
+    w.set_defaults(handler=cmd_weights)
+    add_job_commands(sub)
+
+
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.ops import jobs
+
+    engine = ensure_schema(get_engine())
+    if args.jobs_command == "run":
+        return jobs.run(engine, args.job_id)
+    if args.jobs_command == "cancel":
+        jobs.cancel(engine, args.job_id, actor="cli")
+        print(f"cancel requested for job {args.job_id}")
+        return 0
+    jobs.reap(engine)
+    for j in jobs.recent(engine, limit=args.limit):
+        print(f"{j.id:>5} {j.kind:9} {j.status:10} {j.progress or 0:>5.0%}  {j.created_at:%Y-%m-%d %H:%M:%S}  "
+              f"{j.error or j.message or ''}")
+    return 0
+
+
+def add_job_commands(sub: argparse._SubParsersAction) -> None:
+    jobs = sub.add_parser("jobs", help="background jobs started from the dashboard").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION")
+    ls = jobs.add_parser("list", help="recent jobs")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.set_defaults(handler=cmd_jobs)
+    run = jobs.add_parser("run", help="run a queued job in this process (the dashboard's worker)")
+    run.add_argument("job_id", type=int)
+    run.set_defaults(handler=cmd_jobs)
+    cancel = jobs.add_parser("cancel", help="ask a running job to stop")
+    cancel.add_argument("job_id", type=int)
+    cancel.set_defaults(handler=cmd_jobs)

@@ -1,0 +1,178 @@
+"""GroupLens MovieLens: ml-100k (``u.data``, ``u.item``, ``u.user``) and ml-1m (``*.dat``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranker.data.importing.mapping import (
+    SourceData,
+    age_band,
+    items_frame,
+    title_year,
+    users_frame,
+    users_from_events,
+    year_starts,
+)
+from ranker.data.importing.records import (
+    Records,
+    check_known,
+    check_unique,
+    need_file,
+    parse_int_ids,
+    parse_numbers,
+    parse_ratings,
+    parse_unix_times,
+    read_lines,
+    split_fields,
+)
+
+#: MovieLens ratings are whole stars in this range.
+MOVIELENS_RATING_RANGE = (1.0, 5.0)
+#: ml-100k's 19 genre flags, in file order (``u.genre``).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+#: ml-1m ``users.dat`` occupation codes (its README).
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+)
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+
+def detect_movielens(path: str | Path) -> str:
+    """``"ml-100k"`` or ``"ml-1m"`` from the files in ``path`` (a folder, or a file in it).
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither ``u.data`` nor ``ratings.dat`` is there.
+    """
+    folder = Path(path)
+    folder = folder.parent if folder.is_file() else folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; download ml-100k or ml-1m from "
+                                "https://grouplens.org/datasets/movielens/ and unzip it")
+    if (folder / "u.data").is_file():
+        return "ml-100k"
+    if (folder / "ratings.dat").is_file():
+        return "ml-1m"
+    raise FileNotFoundError(f"{folder}: neither u.data (ml-100k) nor ratings.dat (ml-1m) is here; "
+                            "point to the unzipped MovieLens folder")
+
+
+def read_movielens(path: str | Path) -> SourceData:
+    """Read ml-100k (``u.data``, ``u.item``, optional ``u.user``) or ml-1m (``ratings.dat``,
+    ``movies.dat``, optional ``users.dat``) from a folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        A required file is missing.
+    ImportDataError
+        Bad content, naming the file and line.
+    """
+    variant = detect_movielens(path)
+    folder = Path(path)
+    folder = folder.parent if folder.is_file() else folder
+    if variant == "ml-100k":
+        ratings = folder / "u.data"
+        items = need_file(folder / "u.item", "ml-100k movies, needed next to u.data")
+        users = folder / "u.user"
+        ev = split_fields(ratings, read_lines(ratings, "latin-1"), "\t", 4, "user id, item id, rating, timestamp")
+        it = _ml100k_items(items)
+        us = _ml_users(users, "|", ml1m=False) if users.is_file() else None
+    else:
+        ratings = folder / "ratings.dat"
+        items = need_file(folder / "movies.dat", "ml-1m movies, needed next to ratings.dat")
+        users = folder / "users.dat"
+        ev = split_fields(ratings, read_lines(ratings, "latin-1"), "::", 4, "UserID::MovieID::Rating::Timestamp")
+        it = _ml1m_items(items)
+        us = _ml_users(users, "::", ml1m=True) if users.is_file() else None
+    events = pd.DataFrame({
+        "user": parse_int_ids(ev, 0, "user id"),
+        "item": parse_int_ids(ev, 1, "item id"),
+        "time": parse_unix_times(ev, ev.column(3)),
+        "rating": parse_ratings(ev, ev.column(2), *MOVIELENS_RATING_RANGE),
+        "kind": "",
+    })
+    check_known(ev, events["item"].to_numpy(), it["ext_id"].to_numpy(), "item id", items)
+    files = [str(ratings), str(items)]
+    if us is not None:
+        check_known(ev, events["user"].to_numpy(), us["ext_id"].to_numpy(), "user id", users)
+        files.append(str(users))
+    else:
+        us = users_from_events(events)
+    return SourceData(variant, "ml", us, it, events, files)
+
+
+def _release_dates(rec: Records, values: pd.Series) -> np.ndarray:
+    """``01-Jan-1995`` (ml-100k) as datetime64[us]; NaT when empty."""
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[us]")
+    for row, raw in enumerate(values):
+        date = raw.strip()
+        if not date:
+            continue
+        parts = date.split("-")
+        try:
+            day, month, year = int(parts[0]), _MONTHS[parts[1].lower()], int(parts[2])
+            out[row] = np.datetime64(datetime(year, month, day), "us")
+        except (IndexError, KeyError, ValueError):
+            raise rec.error(row, f"release date {date!r} is not like 01-Jan-1995") from None
+    return out
+
+
+def _ml100k_items(path: Path) -> pd.DataFrame:
+    rec = split_fields(path, read_lines(path, "latin-1"), "|", 5 + len(ML100K_GENRES),
+                 "id|title|release date|video release|IMDb URL|19 genre flags")
+    ids = parse_int_ids(rec, 0, "item id")
+    check_unique(rec, ids, "item")
+    titles = rec.column(1).str.strip()
+    released = _release_dates(rec, rec.column(2))
+    flags = np.array([f[5:] for f in rec.fields], dtype=object)
+    bad = ~np.isin(flags, ("0", "1"))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise rec.error(row, f"genre flag {ML100K_GENRES[col]} is {flags[row, col]!r}, not 0 or 1")
+    on = flags == "1"
+    genres = [[g for g, f in zip(ML100K_GENRES, row) if f] for row in on]
+    years = np.where(np.isnat(released), [title_year(t) for t in titles],
+                     released.astype("datetime64[Y]").astype(np.int64) + 1970)
+    return items_frame(ids, titles.to_numpy(dtype=object), genres, years, released)
+
+
+def _ml1m_items(path: Path) -> pd.DataFrame:
+    rec = split_fields(path, read_lines(path, "latin-1"), "::", 3, "MovieID::Title (Year)::Genre1|Genre2")
+    ids = parse_int_ids(rec, 0, "movie id")
+    check_unique(rec, ids, "movie")
+    titles = rec.column(1).str.strip().to_numpy(dtype=object)
+    genres = [[g for g in f[2].strip().split("|") if g] for f in rec.fields]
+    years = np.array([title_year(t) for t in titles])
+    return items_frame(ids, titles, genres, years, year_starts(years))
+
+
+def _ml_users(path: Path, sep: str, ml1m: bool) -> pd.DataFrame:
+    what = "UserID::Gender::Age::Occupation::Zip-code" if ml1m else "user id|age|gender|occupation|zip code"
+    rec = split_fields(path, read_lines(path, "latin-1"), sep, 5, what)
+    ids = parse_int_ids(rec, 0, "user id")
+    check_unique(rec, ids, "user")
+    age_col, occ_col = (2, 3) if ml1m else (1, 3)
+    ages = parse_numbers(rec, rec.column(age_col), "age")
+    occupation = rec.column(occ_col).str.strip().to_numpy(dtype=object)
+    if ml1m:
+        codes = parse_numbers(rec, pd.Series(occupation), "occupation code")
+        bad = (codes < 0) | (codes >= len(ML1M_OCCUPATIONS)) | (codes != np.floor(codes))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise rec.error(row, f"occupation code {occupation[row]!r} is not 0..{len(ML1M_OCCUPATIONS) - 1}")
+        occupation = np.array([ML1M_OCCUPATIONS[int(c)] for c in codes], dtype=object)
+    return users_frame(ids, np.array([age_band(a) for a in ages], dtype=object), occupation)

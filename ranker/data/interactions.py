@@ -1,0 +1,198 @@
+"""Read users, items and interactions out of the database as typed columns.
+
+The loaders return pandas DataFrames with numpy dtypes (``int64`` ids,
+``datetime64`` times, ``category`` for low-cardinality strings), built column by
+column from one SQL ``SELECT`` each, so 1.3M interactions load in seconds.
+Time windows are half-open, ``since <= created_at < until``, so that a train
+window ending at T and a test window starting at T never share a row.
+
+The per-user lookups (:func:`engaged_item_ids`, :func:`user_role`) are single
+indexed queries, cheap enough to run on every request.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, String, select, type_coerce
+
+from ranker import config
+from ranker.data.schema import Interaction, Item, User
+
+#: Columns of :func:`load_interactions`, in order.
+INTERACTION_COLUMNS = ("user_id", "item_id", "kind", "created_at")
+ITEM_COLUMNS = ("id", "item_type", "category", "field", "type", "created_at", "updated_at", "views")
+USER_COLUMNS = ("id", "role", "category", "field")
+
+
+def _times(values: Sequence[object]) -> np.ndarray:
+    """``datetime64[us]`` from what the driver returns (ISO strings on SQLite, datetimes elsewhere)."""
+    if len(values) == 0:
+        return np.array([], dtype="datetime64[us]")
+    return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601").to_numpy("datetime64[us]")
+
+
+def _raw_time(column):  # noqa: ANN001, ANN202 - a SQLAlchemy column expression
+    # On SQLite the DateTime type parses every value in Python; fetching the raw text
+    # and parsing it vectorised in pandas is ~10x faster. Other drivers return datetimes.
+    return type_coerce(column, String)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Fetching a million rows allocates a million tuples; the cyclic GC would rescan
+    # them over and over (it triples the load time) though they hold no cycles.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _fetch_columns(engine: Engine, stmt: Any, n_columns: int) -> tuple[int, list[tuple]]:
+    """Run ``stmt``; returns (row count, one tuple of values per column)."""
+    with _gc_paused(), engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        cols = list(zip(*rows)) if rows else [()] * n_columns
+        return len(rows), cols
+
+
+def _kinds(values: Iterable[str]) -> pd.Categorical:
+    values = list(values)
+    extra = sorted(set(values) - set(config.INTERACTION_KINDS))
+    return pd.Categorical(values, categories=list(config.INTERACTION_KINDS) + extra)
+
+
+def load_interactions(
+    engine: Engine,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    kinds: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Interactions with ``since <= created_at < until`` (either bound optional).
+
+    Parameters
+    ----------
+    engine : Engine
+    since, until : datetime, optional
+        Naive-UTC bounds of the half-open window.
+    kinds : sequence of str, optional
+        Keep only these kinds (e.g. ``config.ENGAGED_KINDS``); default all.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``user_id`` (int64), ``item_id`` (int64), ``kind`` (category whose
+        categories start with ``config.INTERACTION_KINDS``) and ``created_at``
+        (datetime64[us]), in database order.
+    """
+    t = Interaction.__table__.c
+    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at))
+    if since is not None:
+        stmt = stmt.where(t.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(t.created_at < until)
+    if kinds is not None:
+        stmt = stmt.where(t.kind.in_(list(kinds)))
+    n, cols = _fetch_columns(engine, stmt, len(INTERACTION_COLUMNS))
+    with _gc_paused():
+        return pd.DataFrame({
+            "user_id": np.fromiter(cols[0], dtype=np.int64, count=n),
+            "item_id": np.fromiter(cols[1], dtype=np.int64, count=n),
+            "kind": _kinds(cols[2]),
+            "created_at": _times(cols[3]),
+        })
+
+
+def load_items(
+    engine: Engine, as_of: datetime | None = None, item_type: str | None = None
+) -> pd.DataFrame:
+    """Items sorted by id, optionally only those created at or before ``as_of`` and of one type.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``id`` (int64), ``item_type``, ``category``, ``field``, ``type``
+        (category), ``created_at``, ``updated_at`` (datetime64[us]), ``views`` (int64).
+    """
+    t = Item.__table__.c
+    stmt = select(t.id, t.item_type, t.category, t.field, t.type, _raw_time(t.created_at),
+                  _raw_time(t.updated_at), t.views).order_by(t.id)
+    if as_of is not None:
+        stmt = stmt.where(t.created_at <= as_of)
+    if item_type is not None:
+        stmt = stmt.where(t.item_type == item_type)
+    n, cols = _fetch_columns(engine, stmt, len(ITEM_COLUMNS))
+    return pd.DataFrame({
+        "id": np.fromiter(cols[0], dtype=np.int64, count=n),
+        "item_type": pd.Categorical(cols[1]),
+        "category": pd.Categorical(cols[2]),
+        "field": pd.Categorical(cols[3]),
+        "type": pd.Categorical(cols[4]),
+        "created_at": _times(cols[5]),
+        "updated_at": _times(cols[6]),
+        "views": np.fromiter((v or 0 for v in cols[7]), dtype=np.int64, count=n),
+    })
+
+
+def load_users(engine: Engine, user_ids: Sequence[int] | None = None) -> pd.DataFrame:
+    """Users sorted by id (all, or only ``user_ids``).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``id`` (int64), ``role``, ``category``, ``field`` (category; a
+        missing declared attribute is NaN).
+    """
+    t = User.__table__.c
+    stmt = select(t.id, t.role, t.category, t.field).order_by(t.id)
+    if user_ids is not None:
+        stmt = stmt.where(t.id.in_([int(u) for u in user_ids]))
+    n, cols = _fetch_columns(engine, stmt, len(USER_COLUMNS))
+    return pd.DataFrame({
+        "id": np.fromiter(cols[0], dtype=np.int64, count=n),
+        "role": pd.Categorical(cols[1]),
+        "category": pd.Categorical(cols[2]),
+        "field": pd.Categorical(cols[3]),
+    })
+
+
+def user_role(engine: Engine, user_id: int) -> str | None:
+    """The user's role, or None when no such user exists (one primary-key lookup)."""
+    with engine.connect() as conn:
+        return conn.execute(select(User.role).where(User.id == int(user_id))).scalar_one_or_none()
+
+
+def engaged_item_ids(engine: Engine, user_id: int, until: datetime | None = None) -> np.ndarray:
+    """Distinct ids (sorted int64) of the items ``user_id`` engaged with before ``until``.
+
+    Engaged means any of ``config.ENGAGED_KINDS``: a click or an explicit positive,
+    not a plain view. One query on the (user_id, created_at) index.
+    """
+    t = Interaction.__table__.c
+    stmt = select(t.item_id).where(t.user_id == int(user_id), t.kind.in_(config.ENGAGED_KINDS))
+    if until is not None:
+        stmt = stmt.where(t.created_at < until)
+    with engine.connect() as conn:
+        ids = conn.execute(stmt.distinct()).scalars().all()
+    return np.unique(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+
+
+__all__ = [
+    "INTERACTION_COLUMNS",
+    "ITEM_COLUMNS",
+    "USER_COLUMNS",
+    "engaged_item_ids",
+    "load_interactions",
+    "load_items",
+    "load_users",
+    "user_role",
+]

@@ -1,0 +1,217 @@
+"""The relational schema (SQLAlchemy 2 ORM).
+
+Observable platform data only. The synthetic world's hidden ground truth lives in
+:mod:`ranker.sim.truth`, apart from everything here, so no feature, dataset or model
+code can reach it by accident.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    role: Mapped[str] = mapped_column(String(20), index=True)  # developer|investor|founder|user
+    # Declared profile attributes, as a platform would collect them at sign-up.
+    category: Mapped[str | None] = mapped_column(String(60))
+    field: Mapped[str | None] = mapped_column(String(60))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_type: Mapped[str] = mapped_column(String(20), index=True)  # startup|developer|investor|item
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(60))
+    field: Mapped[str] = mapped_column(String(60))
+    type: Mapped[str] = mapped_column(String(60))
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    #: Denormalised total of view interactions; features use as-of counts instead.
+    views: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # see config.INTERACTION_KINDS
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    #: Explicit rating where the source has one (imports); None for the platform.
+    rating: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_interactions_user_time", "user_id", "created_at"),
+        Index("ix_interactions_item_time", "item_id", "created_at"),
+        Index("ix_interactions_time", "created_at"),
+        # covers the per-item view/other counts serving computes at start-up
+        Index("ix_interactions_item_kind_time", "item_id", "kind", "created_at"),
+    )
+
+
+class Impression(Base):
+    """One item in one served list."""
+
+    __tablename__ = "impressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    flow: Mapped[str] = mapped_column(String(40))
+    arm: Mapped[str] = mapped_column(String(20))
+    position: Mapped[int] = mapped_column(Integer)  # 0-based
+    score: Mapped[float | None] = mapped_column(Float)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(60))
+    served_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_impressions_served", "served_at", "arm", "flow"),)
+
+
+class ServedList(Base):
+    """One served list: its arm and list-level diversity and freshness, for SQL aggregation."""
+
+    __tablename__ = "served_lists"
+
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    flow: Mapped[str] = mapped_column(String(40))
+    arm: Mapped[str] = mapped_column(String(20))
+    k: Mapped[int] = mapped_column(Integer)
+    reranked: Mapped[bool] = mapped_column(Boolean)
+    model_version: Mapped[str] = mapped_column(String(60))
+    served_at: Mapped[datetime] = mapped_column(DateTime)
+    ild: Mapped[float] = mapped_column(Float)  # intra-list diversity
+    category_coverage: Mapped[float] = mapped_column(Float)  # distinct categories / list length
+    category_entropy: Mapped[float] = mapped_column(Float)  # nats
+    mean_age_days: Mapped[float] = mapped_column(Float)  # freshness: mean age of served items
+    #: Where the request came from: ``api`` (HTTP), ``sim`` (the simulator), ``cli``, ``dashboard``.
+    source: Mapped[str | None] = mapped_column(String(20))
+    #: The caller's request context (HTTP ``context``), kept for analysis; None when not given.
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_served_lists_served", "served_at", "arm", "flow"),)
+
+
+class Outcome(Base):
+    """A click or explicit feedback logged against an impression."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    impression_id: Mapped[int] = mapped_column(
+        ForeignKey("impressions.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    #: One outcome of each kind per impression: feedback sent twice is stored once.
+    __table_args__ = (Index("uq_outcomes_impression_kind", "impression_id", "kind", unique=True),)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(60), unique=True)
+    path: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    feature_names: Mapped[list[Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_hash: Mapped[str | None] = mapped_column(String(80))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ModelActivation(Base):
+    """Which model became active when, and who did it: "which model served at time T"."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(60))  # a registry version, or "rule"
+    activated_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # wall clock, naive UTC
+    actor: Mapped[str] = mapped_column(String(80))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30), index=True)  # dataset|train|simulate|...
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued|running|succeeded|failed|cancelled
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    message: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Setting(Base):
+    """Key/value settings: rule weights, experiment config, world clock."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AuditLog(Base):
+    """Every mutation made from the dashboard or CLI."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(80))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+#: Tables `db info` reports, in display order.
+COUNTED_TABLES = (
+    "users",
+    "items",
+    "interactions",
+    "impressions",
+    "served_lists",
+    "outcomes",
+    "model_versions",
+    "model_activations",
+    "jobs",
+    "settings",
+    "audit_log",
+)

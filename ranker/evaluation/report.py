@@ -1,0 +1,232 @@
+"""The honest quality report: paired simulated traffic for every policy, plus the A/B log.
+
+Every policy reorders the *same* base candidates for the *same* requests, and the
+click model uses common random numbers (one examination draw per position and one
+click draw per candidate), so the differences between policies are not noise from
+different users or seeds. The oracle ranks greedily by true attraction (it reads the
+hidden ground truth) and gives the ceiling; quality is the share of the base→oracle
+CTR gap each policy closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sqlalchemy import select
+
+from ranker import config
+from ranker.clock import serve_now
+from ranker.data.db import session_scope
+from ranker.data.schema import User
+from ranker.evaluation.metrics import intra_list_diversity
+from ranker.rank.features import feature_names
+from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
+from ranker.sim.truth import GroundTruth, attraction_logits, examination_probability, load_truth
+
+log = logging.getLogger(__name__)
+
+
+class LightGBMScorer:
+    """A LightGBM lambdarank model used as a greedy scorer (a peer for comparison)."""
+
+    version = "lightgbm"
+
+    def __init__(self, booster: Any):
+        self.booster = booster
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, pred_contrib=True)[:, :-1]
+
+
+def train_lightgbm(train_csv: Path, seed: int = 42) -> LightGBMScorer:
+    """Lambdarank on the same dataset and features as the neural ranker."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise ValueError("LightGBM is not installed: `pip install lightgbm` to include the peer") from None
+    from ranker.rank.train import load_dataset
+
+    data = load_dataset(train_csv, min_positives=1)
+    order = np.argsort(data.groups, kind="stable")
+    sizes = np.bincount(data.groups[order])
+    sizes = sizes[sizes > 0]
+    ds = lgb.Dataset(data.x[order], data.y[order], group=sizes, feature_name=feature_names())
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05,
+              "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1, "seed": seed,
+              "deterministic": True, "num_threads": 1}
+    return LightGBMScorer(lgb.train(params, ds, num_boost_round=200))
+
+
+@dataclass
+class PolicyStats:
+    clicks: int = 0
+    impressions: int = 0
+    expected_clicks: float = 0.0
+    ild: list[float] = field(default_factory=list)
+    age: list[float] = field(default_factory=list)
+    per_user: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "ctr": self.clicks / self.impressions if self.impressions else float("nan"),
+            "expected_ctr": self.expected_clicks / self.impressions if self.impressions else float("nan"),
+            "ild": float(np.mean(self.ild)) if self.ild else float("nan"),
+            "mean_age_days": float(np.mean(self.age)) if self.age else float("nan"),
+            "impressions": self.impressions,
+            "clicks": self.clicks,
+        }
+
+
+def _oracle_order(truth: GroundTruth, user_id: int, ctx, k: int) -> np.ndarray:
+    """Greedy by true attraction: at each position, the item the user likes most given the
+    categories already placed above (satiation included)."""
+    n = len(ctx)
+    base = attraction_logits(truth, user_id, ctx.item_ids, ctx.age_days, np.array([f"u{i}" for i in range(n)]))
+    placed: list[int] = []
+    counts: dict[str, int] = {}
+    for _ in range(min(k, n)):
+        pen = np.array([counts.get(c, 0) for c in ctx.category], dtype=float) * truth.params.satiation
+        score = base - pen
+        score[placed] = -np.inf
+        j = int(np.argmax(score))
+        placed.append(j)
+        counts[ctx.category[j]] = counts.get(ctx.category[j], 0) + 1
+    return np.array(placed)
+
+
+def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = config.DEFAULT_K,
+                      scorers: dict[str, Scorer] | None = None, show_bar: bool = False) -> dict[str, Any]:
+    """CTR, diversity and freshness of each policy on the same requests and random numbers."""
+    from tqdm import tqdm
+
+    from ranker.data.catalog import make_context
+    from ranker.serving.flows import candidates
+    from ranker.serving.service import service
+    from ranker.sim.synth import role_flows
+
+    with session_scope(engine) as s:
+        truth = load_truth(s)
+        as_of = serve_now(s)
+        users = s.execute(
+            select(User.id, User.role, User.category, User.field).order_by(User.id)
+        ).all()
+    if truth is None:
+        raise ValueError("no synthetic ground truth in this database: the oracle comparison needs the demo "
+                         "world (`ranker demo init`)")
+    svc = service(engine)
+    catalog, views, other = svc.counts(as_of)
+    scorers = dict(scorers or {})
+    policies = ["base", *scorers, "oracle"]
+    out = {p: PolicyStats() for p in policies}
+    rng = np.random.default_rng(seed)
+    exam_p = examination_probability(truth.params, k)
+    skipped = 0
+    for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
+        uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
+        flows = role_flows(role)
+        flow = flows[int(rng.integers(len(flows)))]
+        u_exam = rng.random(k)
+        cands = candidates(uid, flow, config.FETCH_MULTIPLIER * k, engine=engine, as_of=as_of)
+        u_click = rng.random(len(cands.item_ids))
+        if cands.fallback or len(cands.item_ids) < k:
+            skipped += 1
+            continue
+        rows = catalog.index(cands.item_ids)
+        ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, uid, ucat, ufield)
+        orders = {"base": np.arange(k)}
+        for name, sc in scorers.items():
+            orders[name] = greedy_rerank(ctx, sc, k).order
+        orders["oracle"] = _oracle_order(truth, uid, ctx, k)
+        for name, order in orders.items():
+            logits = attraction_logits(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order])
+            p_click = 1 / (1 + np.exp(-logits))
+            clicks = int(((u_exam < exam_p) & (u_click[order] < p_click)).sum())
+            st = out[name]
+            st.clicks += clicks
+            st.impressions += k
+            st.expected_clicks += float((exam_p * p_click).sum())
+            st.ild.append(intra_list_diversity(ctx.category[order], ctx.field[order], ctx.type[order]))
+            st.age.append(float(ctx.age_days[order].mean()))
+            st.per_user[uid] = st.per_user.get(uid, 0) + clicks
+    result: dict[str, Any] = {"requests": requests, "skipped_trending": skipped, "k": k,
+                              "policies": {p: out[p].as_dict() for p in policies}}
+    base_ctr, oracle_ctr = result["policies"]["base"]["ctr"], result["policies"]["oracle"]["ctr"]
+    for name in policies:
+        pol = result["policies"][name]
+        gap = oracle_ctr - base_ctr
+        pol["gap_closed"] = (pol["ctr"] - base_ctr) / gap if gap > 0 else float("nan")
+        pol["lift_vs_base"] = pol["ctr"] / base_ctr - 1 if base_ctr > 0 else float("nan")
+        if name != "base":
+            pol["p_value_vs_base"] = _paired_p(out["base"].per_user, out[name].per_user)
+    return result
+
+
+def _paired_p(base: dict[int, int], other: dict[int, int]) -> float:
+    """Two-sided paired t-test over users of the click difference (users are the unit)."""
+    users = sorted(base)
+    d = np.array([other.get(u, 0) - base[u] for u in users], dtype=float)
+    if len(d) < 3 or d.std() == 0:
+        return float("nan")
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | None = None,
+                 show_bar: bool = False, compare: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Online metrics per arm with the A/B verdict, and the paired offline comparison.
+
+    ``compare`` names registered model versions to score on the same requests as the
+    active one (policies ``neural <version>``): did the last retraining help?
+    """
+    from ranker.rank.registry import version_scorer
+    from ranker.serving.online import ab_test, guardrail_tests, summary_by_arm
+    from ranker.serving.service import service
+
+    report: dict[str, Any] = {}
+    arms = summary_by_arm(engine)
+    report["online"] = {"arms": arms.reset_index().to_dict(orient="records") if not arms.empty else [],
+                        "ab": _plain(ab_test(engine)),
+                        "guardrails": {k: _plain(v) for k, v in guardrail_tests(engine).items()}}
+    svc = service(engine)
+    scorers: dict[str, Scorer] = {"rule": svc.rule_scorer()}
+    served, fallback = svc.scorer()  # what treatment is served: the active model, boosted if set
+    notes = []
+    if fallback is None:
+        scorers["neural"] = served
+        if isinstance(served, FreshnessBoosted):
+            notes.append(f"the neural ranker is scored as served: {served.version} (freshness boost on the "
+                         "Rule weights page)")
+    else:
+        notes.append("no trained model is active: train one (`ranker train`) to include the neural ranker")
+    for version in compare:
+        scorers[f"neural {version}"] = version_scorer(engine, version)  # RegistryError names the known ones
+    dataset = Path(dataset or config.DATA_DIR / "ranker_train.csv")
+    if dataset.exists():
+        try:
+            scorers["lightgbm"] = train_lightgbm(dataset)
+        except ValueError as exc:
+            notes.append(str(exc))
+    else:
+        notes.append(f"LightGBM peer skipped: no dataset at {dataset} (run `ranker dataset`)")
+    try:
+        report["offline"] = paired_simulation(engine, requests, seed, scorers=scorers, show_bar=show_bar)
+    except ValueError as exc:
+        report["offline"] = None
+        notes.append(str(exc))
+    report["notes"] = notes
+    return report
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "__dict__"):
+        return {k: _plain(v) for k, v in obj.__dict__.items()}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,340 @@
+"""Training data for the ranker (``ranker dataset``), without the guide's leaks.
+
+Two sources:
+
+``feedback`` (the guide's Step 1, corrected as SPEC §12 says)
+    The window is the last ``window_days`` before the clock. A base model is fitted
+    only on interactions *before* the window, and ``model_score`` is its score (never
+    the interaction weight). A user's views within one session reconstruct the list
+    they were shown, in order; recency and popularity are taken as of that session,
+    and diversity is computed by the serving function over that list. Positives are
+    explicit feedback (like, favorite, apply, interest); negatives are views in the
+    same list with no engagement, sampled at ``neg_ratio`` per positive.
+
+``impressions``
+    Lists served by :func:`ranker.serving.service.recommend`, with the features logged at serve
+    time; the label is engaged (an outcome was logged) or not. Groups are requests.
+
+Rows are written as they are made (bounded memory) with a progress bar.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, or_, select
+from tqdm import tqdm
+
+from ranker import config
+from ranker.clock import serve_now, utcnow
+from ranker.data.catalog import Catalog, CountIndex, load_catalog, make_context
+from ranker.data.db import put_setting, session_scope
+from ranker.data.interactions import load_interactions, load_users
+from ranker.data.schema import Impression, Outcome
+from ranker.rank.features import REGISTRY, feature_columns, list_features
+
+log = logging.getLogger(__name__)
+SOURCES = ("feedback", "impressions")
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class DatasetConfig:
+    output: Path = config.DATA_DIR / "ranker_train.csv"
+    neg_ratio: float = 2.0  # negatives sampled per positive, within the same list
+    source: str = "feedback"
+    window_days: float = 45.0  # feedback: lists from the last N days before the clock
+    base_model: str = "ensemble"  # feedback: the base model that gives model_score
+    session_gap_minutes: float = 30.0  # views further apart start a new list
+    val_output: Path | None = None  # also write the latest ``val_fraction`` of lists here
+    val_fraction: float = 0.2
+    seed: int = 42
+    #: Explicit feedback window; overrides ``window_days`` (used by time-split evaluation).
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+        if not self.neg_ratio > 0:
+            raise ValueError(f"--neg-ratio must be positive, got {self.neg_ratio}")
+        if not self.window_days > 0:
+            raise ValueError(f"--window-days must be positive, got {self.window_days}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class DatasetSummary:
+    path: str
+    rows: int
+    positives: int
+    groups: int
+    source: str
+    val_path: str | None = None
+    val_rows: int = 0
+    val_positives: int = 0
+    window_start: str | None = None
+    window_end: str | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def header() -> list[str]:
+    return ["user_id", "item_id", *feature_columns(), "label", "group_id", "event_time"]
+
+
+class _Writer:
+    """Streams rows into the train file, or the val file for the latest lists."""
+
+    def __init__(self, cfg: DatasetConfig, val_from: datetime | None):
+        self.cfg, self.val_from = cfg, val_from
+        cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        self._files = [open(cfg.output, "w", newline="")]
+        self._writers = [csv.writer(self._files[0])]
+        if cfg.val_output is not None:
+            Path(cfg.val_output).parent.mkdir(parents=True, exist_ok=True)
+            self._files.append(open(cfg.val_output, "w", newline=""))
+            self._writers.append(csv.writer(self._files[1]))
+        for w in self._writers:
+            w.writerow(header())
+        # per file: [train, val]
+        self.rows, self.positives, self.groups = [0, 0], [0, 0], [0, 0]
+
+    def write(self, user_id: int, item_ids, x: np.ndarray, labels, group: str, when: datetime) -> None:
+        target = 1 if self.val_from is not None and when >= self.val_from else 0
+        w = self._writers[target]
+        stamp = when.isoformat(timespec="seconds")
+        for item, feats, label in zip(item_ids, x, labels):
+            w.writerow([user_id, int(item), *(f"{v:.6f}" for v in feats), int(label), group, stamp])
+        self.rows[target] += len(labels)
+        self.positives[target] += int(np.sum(labels))
+        self.groups[target] += 1
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+    def summary(self, source: str, start: datetime, end: datetime) -> DatasetSummary:
+        return DatasetSummary(
+            path=str(self.cfg.output), rows=self.rows[0], positives=self.positives[0], groups=self.groups[0],
+            source=source, val_path=str(self.cfg.val_output) if self.cfg.val_output else None,
+            val_rows=self.rows[1], val_positives=self.positives[1], window_start=start.isoformat(),
+            window_end=end.isoformat())
+
+
+def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None = None,
+                  show_bar: bool = False, fitted_base=None) -> DatasetSummary:
+    """Write the training CSV described by ``cfg``; returns what was written.
+
+    ``fitted_base`` (feedback source): a ``cfg.base_model`` already fitted on the interactions
+    before the window starts, to reuse instead of fitting it again.
+
+    Raises
+    ------
+    ValueError
+        Nothing to build from (say which command fills the data).
+    """
+    if cfg.source == "feedback":
+        summary = _from_feedback(engine, cfg, progress, show_bar, fitted_base)
+    else:
+        summary = _from_impressions(engine, cfg, progress, show_bar)
+    with session_scope(engine) as s:
+        put_setting(s, "last_dataset", {**summary.as_dict(), "created_at": utcnow().isoformat()})
+    return summary
+
+
+# --- Feedback ---------------------------------------------------------------------
+
+
+def _sessions(user: np.ndarray, t_us: np.ndarray, gap_us: float) -> np.ndarray:
+    """Session number per row of interactions sorted by (user, time)."""
+    new = np.r_[True, (user[1:] != user[:-1]) | (np.diff(t_us) > gap_us)]
+    return np.cumsum(new) - 1
+
+
+def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
+                   show_bar: bool, base=None) -> DatasetSummary:
+    from ranker.base import make_base_model
+    from ranker.base.base import TrainingData
+
+    now = cfg.window_end or _clock(engine)
+    start = cfg.window_start or now - timedelta(days=cfg.window_days)
+    if start >= now:
+        raise ValueError(f"empty dataset window: {start} is not before {now}")
+    history = load_interactions(engine, until=now)
+    if len(history) == 0:
+        raise ValueError("the database has no interactions; run `ranker demo init` or import data first")
+    window = history[history["created_at"].to_numpy() >= np.datetime64(start, "us")]
+    if not window["kind"].isin(config.POSITIVE_KINDS).any():
+        raise ValueError(f"no explicit feedback ({', '.join(config.POSITIVE_KINDS)}) in the last "
+                         f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
+
+    if base is None:
+        if progress:
+            progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
+        base = make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
+    catalog = load_catalog(engine)
+    counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
+                        (history["kind"] == "view").to_numpy())
+    users = load_users(engine).set_index("id")
+
+    w = window.sort_values(["user_id", "created_at"], kind="stable")
+    user = w["user_id"].to_numpy()
+    item = w["item_id"].to_numpy()
+    kind = w["kind"].astype(str).to_numpy()
+    t_us = w["created_at"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    session = _sessions(user, t_us, cfg.session_gap_minutes * 60e6)
+    bounds = np.flatnonzero(np.r_[True, session[1:] != session[:-1], True])
+
+    rng = np.random.default_rng(cfg.seed)
+    val_from = _val_start(start, now, cfg)
+    writer = _Writer(cfg, val_from)
+    skipped_unknown = 0
+    n_sessions = len(bounds) - 1
+    bar = tqdm(total=n_sessions, desc="dataset", unit="list", disable=not show_bar)
+    try:
+        for s_i in range(n_sessions):
+            a, b = bounds[s_i], bounds[s_i + 1]
+            bar.update(1)
+            if progress and s_i % 2000 == 0:
+                progress(0.1 + 0.9 * s_i / n_sessions, f"list {s_i:,}/{n_sessions:,}")
+            k = kind[a:b]
+            views = k == "view"
+            shown = _unique_in_order(item[a:b][views])
+            positive_items = set(item[a:b][np.isin(k, config.POSITIVE_KINDS)].tolist())
+            engaged_items = set(item[a:b][np.isin(k, config.ENGAGED_KINDS)].tolist())
+            if not positive_items or len(shown) < 2:
+                continue
+            uid = int(user[a])
+            if not base.knows_user(uid):
+                skipped_unknown += 1  # served trending, never reranked: not ranker data
+                continue
+            when = _to_datetime(t_us[a])
+            labels = np.array([i in positive_items for i in shown], dtype=np.int8)
+            negatives = np.flatnonzero([i not in engaged_items for i in shown])
+            if labels.sum() == 0 or len(negatives) == 0:
+                continue
+            n_neg = min(len(negatives), int(np.ceil(cfg.neg_ratio * labels.sum())))
+            keep = np.sort(np.r_[np.flatnonzero(labels), rng.choice(negatives, n_neg, replace=False)])
+            x = features_at(catalog, counts, base.score(uid, shown), shown, when, uid, users)
+            writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when)
+    finally:
+        bar.close()
+        writer.close()
+    if skipped_unknown:
+        log.info("skipped %d lists of users the base model does not know (served trending)",
+                 skipped_unknown)
+    if sum(writer.positives) == 0:
+        raise ValueError("no list in the window holds both explicit feedback and an unengaged view; "
+                         "widen --window-days or collect more feedback")
+    return writer.summary("feedback", start, now)
+
+
+def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, item_ids: np.ndarray,
+                when: datetime, user_id: int, users=None) -> np.ndarray:
+    """(n, F) features of ``item_ids`` shown in this order at ``when`` (point in time)."""
+    rows = catalog.index(item_ids)
+    views, other = counts.counts(item_ids, np.full(len(item_ids), np.datetime64(when, "us")))
+    ucat = ufield = None
+    if users is not None and user_id in users.index:
+        ucat, ufield = users.at[user_id, "category"], users.at[user_id, "field"]
+    ctx = make_context(catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+    return list_features(ctx)
+
+
+def _unique_in_order(a: np.ndarray) -> np.ndarray:
+    _, first = np.unique(a, return_index=True)
+    return a[np.sort(first)]
+
+
+def _to_datetime(t_us: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=int(t_us))
+
+
+def _clock(engine: Engine) -> datetime:
+    with session_scope(engine) as s:
+        return serve_now(s)
+
+
+def _val_start(start: datetime, end: datetime, cfg: DatasetConfig) -> datetime | None:
+    if cfg.val_output is None:
+        return None
+    return end - (end - start) * cfg.val_fraction
+
+
+# --- Impressions ------------------------------------------------------------------
+
+
+def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
+                      show_bar: bool) -> DatasetSummary:
+    engaged = select(Outcome.impression_id).where(Outcome.kind.in_(config.ENGAGED_KINDS))
+    viewed = select(Outcome.impression_id).where(Outcome.kind == "view")
+    stmt = (
+        select(Impression.request_id, Impression.user_id, Impression.item_id, Impression.features,
+               Impression.served_at, Impression.id.in_(engaged).label("engaged"))
+        .order_by(Impression.request_id, Impression.position)
+    )
+    with engine.connect() as conn:
+        views_logged = conn.execute(select(Outcome.id).where(Outcome.kind == "view").limit(1)).first() is not None
+    if views_logged:
+        # Negatives are viewed-not-engaged, as in the feedback source: an impression nobody
+        # looked at says nothing about the item, only about its position.
+        stmt = stmt.where(or_(Impression.id.in_(viewed), Impression.id.in_(engaged)))
+    names = list(REGISTRY)
+    rng = np.random.default_rng(cfg.seed)
+    with engine.connect() as conn:
+        first, last = conn.execute(select(Impression.served_at).order_by(Impression.served_at).limit(1)
+                                   ).scalar(), None
+        if first is None:
+            raise ValueError("no impressions logged yet; serve traffic with `ranker simulate` first, "
+                             "or use --source feedback")
+        last = conn.execute(select(Impression.served_at).order_by(Impression.served_at.desc()).limit(1)
+                            ).scalar()
+    writer = _Writer(cfg, _val_start(first, last, cfg))
+    bar = tqdm(desc="dataset", unit="request", disable=not show_bar)
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(yield_per=5000).execute(stmt)
+            current, rows = None, []
+            for row in result:
+                if row.request_id != current and rows:
+                    _write_request(writer, rows, names, cfg, rng)
+                    bar.update(1)
+                    rows = []
+                current = row.request_id
+                rows.append(row)
+            if rows:
+                _write_request(writer, rows, names, cfg, rng)
+    finally:
+        bar.close()
+        writer.close()
+    if sum(writer.positives) == 0:
+        raise ValueError("no served list has an engaged item yet; simulate more traffic first")
+    return writer.summary("impressions", first, last)
+
+
+def _write_request(writer: _Writer, rows: list, names: list[str], cfg: DatasetConfig,
+                   rng: np.random.Generator) -> None:
+    labels = np.array([bool(r.engaged) for r in rows], dtype=np.int8)
+    if labels.sum() == 0 or labels.all():
+        return
+    missing = [n for n in names if n not in rows[0].features]
+    if missing:
+        raise ValueError(f"impressions of request {rows[0].request_id} lack logged feature(s) {missing}; "
+                         "they were served before those features existed: use --source feedback")
+    negatives = np.flatnonzero(labels == 0)
+    n_neg = min(len(negatives), int(np.ceil(cfg.neg_ratio * labels.sum())))
+    keep = np.sort(np.r_[np.flatnonzero(labels), rng.choice(negatives, n_neg, replace=False)])
+    x = np.array([[float(r.features[n]) for n in names] for r in rows])
+    items = np.array([r.item_id for r in rows])
+    writer.write(int(rows[0].user_id), items[keep], x[keep], labels[keep], str(rows[0].request_id),
+                 rows[0].served_at)

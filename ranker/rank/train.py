@@ -1,0 +1,406 @@
+"""Training the ranker: load and check a dataset CSV, fit with the pairwise loss, report.
+
+Reads in one sitting: :func:`load_dataset` refuses bad data with a message that says
+what to fix; :func:`train` runs the loop and returns a :class:`TrainResult`;
+:func:`write_checkpoints` saves ``ranker_v1.pth`` (and ``ranker_v1_best.pth``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ranker.clock import utcnow
+from ranker.evaluation.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
+from ranker.rank.features import feature_columns, feature_names
+from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
+from ranker.rank.model import ARCHS, RankerMLP, count_parameters
+from ranker.rank.rerank import RuleScorer
+
+#: The guide's CSV names the item column ``startup_id``; both are accepted.
+ITEM_COLUMN_ALIASES = ("item_id", "startup_id")
+GROUP_COLUMN = "group_id"
+MIN_POSITIVES = 100
+
+
+class DataError(ValueError):
+    """Training data that cannot be used, with what to do about it."""
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # (n, F) float32
+    y: np.ndarray  # (n,) float32, 0/1
+    groups: np.ndarray  # (n,) int64, contiguous codes
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.x = np.require(self.x, np.float32, ["C", "W"])
+        self.y = np.require(self.y, np.float32, ["C", "W"])
+        self.groups = np.require(self.groups, np.int64, ["C", "W"])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, mask: np.ndarray) -> Dataset:
+        return Dataset(self.x[mask], self.y[mask], self.groups[mask], self.user_ids[mask],
+                       self.item_ids[mask], self.source)
+
+
+def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Dataset:
+    """Read and validate a training CSV.
+
+    Columns: ``user_id, item_id`` (or ``startup_id``), one per registered feature
+    (``model_score, recency_score, ...``), ``label`` and optionally ``group_id``
+    (request or list). Without ``group_id``, pairs are formed within each user.
+
+    Raises
+    ------
+    DataError
+        Missing or misspelled columns, an empty file, text in a numeric column, NaN or
+        inf, a label other than 0/1, a feature outside [0, 1], fewer than
+        ``min_positives`` positives, or a single class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; generate it with `ranker dataset --output {path}`")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty; generate data with `ranker dataset`") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    df.columns = [c.strip() for c in df.columns]
+    item_col = next((c for c in ITEM_COLUMN_ALIASES if c in df.columns), "item_id")
+    required = ["user_id", item_col, *feature_columns(), "label"]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        hints = []
+        for c in missing:
+            close = difflib.get_close_matches(c, df.columns, n=1)
+            hints.append(f"{c} (found {close[0]!r}?)" if close else c)
+        raise DataError(f"{path}: missing column(s): {', '.join(hints)}. "
+                        f"Expected: {', '.join(required)}")
+    if df.empty:
+        raise DataError(f"{path} has a header but no rows; generate data with `ranker dataset`")
+
+    numeric = {c: _numeric_column(df, c, path) for c in [*feature_columns(), "label"]}
+    x = np.column_stack([numeric[c] for c in feature_columns()])
+    y = numeric["label"]
+    bad_label = ~np.isin(y, (0.0, 1.0))
+    if bad_label.any():
+        row = int(np.flatnonzero(bad_label)[0])
+        raise DataError(f"{path} line {row + 2}: label {y[row]:g} is not 0 or 1")
+    outside = (x < 0.0) | (x > 1.0)
+    if outside.any():
+        row, col = map(int, np.argwhere(outside)[0])
+        raise DataError(f"{path} line {row + 2}: {feature_columns()[col]}={x[row, col]:g} is "
+                        "outside [0, 1]; features must be normalised")
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        only = "positive" if positives else "negative"
+        raise DataError(f"{path}: every row is {only}; training needs both classes "
+                        "(explicit positives and viewed-not-engaged negatives)")
+    if positives < min_positives:
+        raise DataError(f"{path}: only {positives} positives; at least {min_positives} are needed "
+                        "(collect more feedback, or lower --min-positives)")
+    group_key = df[GROUP_COLUMN] if GROUP_COLUMN in df.columns else df["user_id"]
+    groups = pd.factorize(group_key)[0].astype(np.int64)
+    return Dataset(
+        x=x.astype(np.float32), y=y.astype(np.float32), groups=groups,
+        user_ids=df["user_id"].to_numpy(), item_ids=df[item_col].to_numpy(), source=str(path),
+    )
+
+
+def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    raw = df[col].str.strip()
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    text = np.isnan(values) & ~raw.str.lower().isin(["nan", "", "inf", "-inf"]).to_numpy()
+    if text.any():
+        row = int(np.flatnonzero(text)[0])
+        raise DataError(f"{path} line {row + 2}: {col}={raw.iloc[row]!r} is not a number")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: {col} has {int(bad.sum())} NaN/inf/empty value(s), "
+                        f"first at line {row + 2}; drop or fix those rows")
+    return values
+
+
+def split_by_group(data: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out ``val_fraction`` of the groups (whole groups, so no list is split)."""
+    rng = np.random.default_rng(seed)
+    n_groups = int(data.groups.max()) + 1
+    held = rng.random(n_groups) < val_fraction
+    mask = held[data.groups]
+    return data.subset(~mask), data.subset(mask)
+
+
+# --- Training -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # rows per batch; whole groups are kept together
+    lr: float = 1e-3
+    arch: str = "default"  # small 16/8, default 32/16, large 64/32
+    seed: int = 42
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+
+
+EpochCallback = Callable[[int, float, float | None], None]
+
+
+@dataclass
+class TrainResult:
+    model: RankerMLP
+    best_state: dict[str, torch.Tensor] | None
+    history: list[dict[str, float | None]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    best_epoch: int | None = None
+    eval_data: Dataset | None = None  # what ``metrics`` were computed on
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _group_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices in shuffled whole-group batches of about ``batch_size`` rows."""
+    n_groups = int(groups.max()) + 1
+    rank = rng.permutation(n_groups)
+    order = np.argsort(rank[groups], kind="stable")
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])  # first row of each group
+    cuts, next_cut = [], batch_size
+    for s in starts[1:]:
+        if s >= next_cut:
+            cuts.append(s)
+            next_cut = s + batch_size
+    return np.split(order, cuts)
+
+
+def _pair_loss(model: RankerMLP, data: Dataset, pairs: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean pairwise loss over all same-group pairs of ``data`` (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        s = model(torch.from_numpy(data.x))
+        loss = pairwise_logistic_loss_from_pairs(s, *(torch.from_numpy(p) for p in pairs))
+    return float(loss) if len(pairs[0]) else float("nan")
+
+
+def _batch_pairs(pairs: tuple[np.ndarray, np.ndarray], groups: np.ndarray,
+                 batches: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch's pairs, as indices local to that batch's rows."""
+    better, worse = pairs
+    batch_of_row = np.empty(len(groups), dtype=np.int64)
+    local = np.empty(len(groups), dtype=np.int64)
+    for b, idx in enumerate(batches):
+        batch_of_row[idx] = b
+        local[idx] = np.arange(len(idx))
+    pb = batch_of_row[better]
+    order = np.argsort(pb, kind="stable")
+    bounds = np.searchsorted(pb[order], np.arange(len(batches) + 1))
+    out = []
+    for b in range(len(batches)):
+        sel = order[bounds[b]:bounds[b + 1]]
+        out.append((torch.from_numpy(local[better[sel]]), torch.from_numpy(local[worse[sel]])))
+    return out
+
+
+def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:
+    """One training step's loss, with every parameter's ``.grad`` set, written out by hand.
+
+    The same maths as ``pairwise_logistic_loss_from_pairs(model(x), better, worse).backward()``
+    in train mode, with ``keep`` (B, hidden_dim1) as the dropout mask. For a 705-parameter
+    MLP, autograd's bookkeeping costs more than the arithmetic: this halves the time per
+    step (``tests/test_train.py`` checks the gradients against autograd).
+
+    ``z`` is the batch as the first layer sees it, ``model.standardise(x)``: the training
+    loop standardises the whole dataset once rather than every step.
+
+    Shapes: z (B, F); better, worse (P,) row indices; returns the mean loss, shape ().
+    """
+    lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
+    scale = keep / (1.0 - model.config.dropout)
+    with torch.no_grad():
+        z1 = torch.addmm(lin1.bias, z, lin1.weight.t())
+        h1 = z1.clamp_min(0.0) * scale
+        z2 = torch.addmm(lin2.bias, h1, lin2.weight.t())
+        h2 = z2.clamp_min(0.0)
+        s = torch.addmv(lin3.bias, h2, lin3.weight[0])
+        if better.numel() == 0:
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            return torch.zeros(())
+        d = s[better] - s[worse]
+        loss = F.softplus(-d).mean()
+        g_d = -torch.sigmoid(-d) / d.numel()  # d loss / d (s_better - s_worse)
+        g_s = torch.zeros_like(s).index_add_(0, better, g_d).index_add_(0, worse, -g_d)
+        lin3.weight.grad, lin3.bias.grad = (g_s @ h2)[None, :], g_s.sum().reshape(1)
+        g_z2 = torch.outer(g_s, lin3.weight[0]) * (z2 > 0)
+        lin2.weight.grad, lin2.bias.grad = g_z2.t() @ h1, g_z2.sum(0)
+        g_z1 = (g_z2 @ lin2.weight) * scale * (z1 > 0)
+        lin1.weight.grad, lin1.bias.grad = g_z1.t() @ z, g_z1.sum(0)
+    return loss
+
+
+def train(
+    data: Dataset,
+    cfg: TrainConfig | None = None,
+    val: Dataset | None = None,
+    on_epoch: EpochCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Fit a :class:`RankerMLP` with the pairwise logistic loss over same-group pairs.
+
+    ``on_epoch(epoch, train_loss, val_loss)`` is called after each epoch (1-based);
+    ``should_stop()`` lets a caller cancel between batches.
+
+    Raises
+    ------
+    TrainingError
+        The loss became NaN or inf (nothing is saved), or the run was cancelled.
+    """
+    cfg = cfg or TrainConfig()
+    seed_everything(cfg.seed)
+    torch.set_num_threads(1)  # tiny matrices: threads cost more than they save
+    model = RankerMLP.from_arch(data.x.shape[1], cfg.arch)
+    model.fit_input_scaling(data.x)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    rng = np.random.default_rng(cfg.seed)
+    with torch.no_grad():
+        z_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
+    pairs = same_group_pairs(data.y, data.groups)
+    if len(pairs[0]) == 0:
+        raise TrainingError("no group holds both a positive and a negative, so there is no pair "
+                            "to learn from; check the group_id column")
+    val_pairs = same_group_pairs(val.y, val.groups) if val is not None and len(val) else None
+    result = TrainResult(model=model, best_state=None, config=cfg)
+    best_val = math.inf
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = _group_batches(data.groups, cfg.batch_size, rng)
+        for idx, (better, worse) in zip(batches, _batch_pairs(pairs, data.groups, batches)):
+            if should_stop and should_stop():
+                raise TrainingError("training cancelled")
+            zb = z_all[torch.from_numpy(idx)]
+            keep = torch.rand(len(idx), model.config.hidden_dim1) >= model.config.dropout
+            loss = pairwise_step_grads(model, zb, better, worse, keep)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
+                                    "Lower --lr or check the data for extreme values")
+            opt.step()
+        train_loss = _pair_loss(model, data, pairs)
+        val_loss = _pair_loss(model, val, val_pairs) if val_pairs is not None else None
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"loss became NaN at epoch {epoch}; nothing was saved")
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss is not None and val_loss < best_val:
+            best_val = val_loss
+            result.best_epoch = epoch
+            result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch:
+            on_epoch(epoch, train_loss, val_loss)
+
+    model.eval()
+    has_val = val is not None and len(val) > 0
+    result.eval_data = val if has_val else data
+    result.metrics = evaluate(model, result.eval_data)
+    result.metrics["evaluated_on"] = "validation" if has_val else "training"
+    return result
+
+
+def evaluate(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
+    """NDCG@k, AUC and pairwise accuracy for the model, the rule and the base order."""
+    with torch.no_grad():
+        neural = model.eval()(torch.from_numpy(data.x)).numpy().astype(np.float64)
+    x = data.x.astype(np.float64)
+    scorers = {
+        "model": neural,
+        "rule": RuleScorer()(x),
+        "base": x[:, feature_names().index("model_score")],
+    }
+    out: dict[str, Any] = {"rows": len(data), "groups": int(len(np.unique(data.groups)))}
+    for name, s in scorers.items():
+        out[name] = {
+            f"ndcg@{k}": _finite(mean_ndcg_at_k(data.y, s, data.groups, k)),
+            "auc": _finite(auc(data.y, s)),
+            "pairwise_accuracy": _finite(pairwise_accuracy(data.y, s, data.groups)),
+        }
+    return out
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def checkpoint_meta(result: TrainResult, data_hash: str | None, data_path: str | None,
+                    best: bool = False) -> dict[str, Any]:
+    cfg = result.config
+    h1, h2 = ARCHS[cfg.arch]
+    return {
+        "feature_names": feature_names(),
+        "input_dim": len(feature_names()),
+        "arch": {"name": cfg.arch, "hidden_dim1": h1, "hidden_dim2": h2, "dropout": 0.2},
+        "params": count_parameters(result.model),
+        "data_hash": data_hash,
+        "data_path": data_path,
+        "metrics": result.metrics,
+        "history": result.history,
+        "best_epoch": result.best_epoch if best else None,
+        "train_params": asdict(cfg),
+        "created_at": utcnow().isoformat(),
+    }
+
+
+def write_checkpoints(result: TrainResult, output_dir: Path, data_hash: str | None = None,
+                      data_path: str | None = None) -> dict[str, Path]:
+    """Write ``ranker_v1.pth`` and, with a validation set, ``ranker_v1_best.pth``."""
+    from ranker.rank.registry import save_checkpoint
+
+    output_dir = Path(output_dir)
+    paths = {"final": output_dir / "ranker_v1.pth"}
+    save_checkpoint(paths["final"], result.model, checkpoint_meta(result, data_hash, data_path))
+    if result.best_state is not None:
+        best = RankerMLP.from_arch(result.model.config.input_dim, result.config.arch)
+        best.load_state_dict(result.best_state)
+        best.eval()
+        meta = checkpoint_meta(result, data_hash, data_path, best=True)
+        if result.eval_data is not None:
+            meta["metrics"] = {**evaluate(best, result.eval_data), "evaluated_on": "validation"}
+        paths["best"] = output_dir / "ranker_v1_best.pth"
+        save_checkpoint(paths["best"], best, meta)
+    return paths
+

@@ -1,0 +1,86 @@
+"""Offline previews for rule-weight tuning: NDCG on held-out data and rank agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy import stats
+from sqlalchemy import Engine
+
+from ranker.data.db import audit, get_setting, put_setting, session_scope
+from ranker.evaluation.metrics import mean_ndcg_at_k
+from ranker.rank.rerank import (
+    BOOST_SETTING,
+    RuleScorer,
+    saved_freshness_boost,
+    saved_weights,
+    validate_freshness_boost,
+    validate_weights,
+)
+from ranker.rank.train import Dataset
+
+SETTING = "rule_weights"
+
+
+def current_weights(engine: Engine) -> dict[str, float]:
+    with session_scope(engine) as s:
+        return saved_weights(get_setting(s, SETTING))
+
+
+def save_weights(engine: Engine, weights: Mapping[str, float], actor: str = "cli") -> dict[str, float]:
+    """Validate and persist the rule weights (each in [0, 1]); serving uses them on the next request."""
+    clean = validate_weights(weights)
+    with session_scope(engine) as s:
+        put_setting(s, SETTING, clean)
+        audit(s, "rule_weights", clean, actor)
+    return clean
+
+
+def freshness_boost(engine: Engine) -> float:
+    """The operator's freshness boost for the neural ranker (0: none, the default; also 0, with
+    a warning, when the saved value is not valid, as serving reads it)."""
+    with session_scope(engine) as s:
+        return saved_freshness_boost(get_setting(s, BOOST_SETTING))
+
+
+def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> float:
+    """Validate and persist the boost. This process serves with it from the next request;
+    other processes within ``serve.SETTINGS_TTL_S`` seconds."""
+    from ranker.serving.service import service
+
+    value = validate_freshness_boost(value)
+    with session_scope(engine) as s:
+        put_setting(s, BOOST_SETTING, value)
+        audit(s, BOOST_SETTING, {"value": value}, actor)
+    service(engine).forget_settings()
+    return value
+
+
+def offline_ndcg(weights: Mapping[str, float], data: Dataset, k: int = 10) -> float:
+    """Mean NDCG@k of the rule with ``weights`` over the lists in ``data``."""
+    scores = RuleScorer(weights)(data.x.astype(np.float64))
+    return float(mean_ndcg_at_k(data.y, scores, data.groups, k))
+
+
+def rank_correlation(a: Mapping[str, float], b: Mapping[str, float], data: Dataset,
+                     max_groups: int = 500, seed: int = 0) -> float:
+    """Mean Kendall tau, per list, between the orders the two weightings give (1 = same order)."""
+    x = data.x.astype(np.float64)
+    sa, sb = RuleScorer(a)(x), RuleScorer(b)(x)
+    groups = np.unique(data.groups)
+    rng = np.random.default_rng(seed)
+    if len(groups) > max_groups:
+        groups = rng.choice(groups, max_groups, replace=False)
+    order = np.argsort(data.groups, kind="stable")
+    g_sorted = data.groups[order]
+    taus = []
+    for g in groups:
+        lo, hi = np.searchsorted(g_sorted, g), np.searchsorted(g_sorted, g, side="right")
+        idx = order[lo:hi]
+        if len(idx) < 2:
+            continue
+        tau = stats.kendalltau(sa[idx], sb[idx]).statistic
+        if np.isfinite(tau):
+            taus.append(tau)
+    return float(np.mean(taus)) if taus else float("nan")

@@ -1,0 +1,275 @@
+"""A/B serving: experiment config, deterministic assignment, impression and outcome logs.
+
+Users (not requests) are randomised: ``sha256(salt:user_id)`` maps each user to a
+number in [0, 100); those below the rollout % get the treatment (the reranked list),
+the rest the control (the base order truncated to k). When the experiment is
+stopped, everyone gets the treatment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, insert, select
+
+from ranker import config
+from ranker.clock import utcnow
+from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
+from ranker.data.schema import Impression, Interaction, Outcome, ServedList
+from ranker.evaluation.metrics import category_entropy, intra_list_diversity
+
+log = logging.getLogger(__name__)
+SETTING = "experiment"
+
+
+class UnknownImpressionError(ValueError):
+    pass
+
+
+@dataclass
+class Experiment:
+    rollout: float = config.DEFAULT_ROLLOUT_PERCENT  # % of users in treatment
+    salt: str = config.DEFAULT_EXPERIMENT_SALT
+    running: bool = True
+    started_at: str | None = None
+    stopped_at: str | None = None
+
+
+def validate_rollout(rollout: float) -> float:
+    rollout = float(rollout)
+    if not (0.0 <= rollout <= 100.0) or not np.isfinite(rollout):
+        raise ValueError(f"rollout must be between 0 and 100 (percent of users), got {rollout:g}")
+    return rollout
+
+
+def get_experiment(engine: Engine) -> Experiment:
+    with session_scope(engine) as s:
+        raw = get_setting(s, SETTING)
+    return Experiment(**raw) if raw else Experiment()
+
+
+def update_experiment(engine: Engine, *, rollout: float | None = None, running: bool | None = None,
+                      salt: str | None = None, actor: str = "cli") -> Experiment:
+    exp = get_experiment(engine)
+    if rollout is not None:
+        exp.rollout = validate_rollout(rollout)
+    if salt is not None:
+        exp.salt = salt
+    if running is not None and running != exp.running:
+        exp.running = running
+        if running:
+            exp.started_at, exp.stopped_at = utcnow().isoformat(), None
+        else:
+            exp.stopped_at = utcnow().isoformat()
+    with session_scope(engine) as s:
+        put_setting(s, SETTING, asdict(exp))
+        audit(s, "experiment_update", asdict(exp), actor)
+    return exp
+
+
+def bucket(user_id: int, salt: str) -> float:
+    """The user's position in [0, 100), stable for a given salt."""
+    digest = hashlib.sha256(f"{salt}:{int(user_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100.0
+
+
+def assign_arm(user_id: int, exp: Experiment) -> str:
+    if not exp.running:
+        return "treatment"
+    return "treatment" if bucket(user_id, exp.salt) < exp.rollout else "control"
+
+
+# --- Logging ------------------------------------------------------------------------
+
+
+def list_metrics(categories: list[str], fields: list[str], types: list[str], ages: list[float]) -> dict:
+    """Per-list diversity and freshness, stored once per served list."""
+    n = len(categories)
+    return {
+        "ild": intra_list_diversity(np.array(categories, dtype=object), np.array(fields, dtype=object),
+                                    np.array(types, dtype=object)),
+        "category_coverage": len(set(categories)) / n if n else 0.0,
+        "category_entropy": category_entropy(np.array(categories, dtype=object)) if n else 0.0,
+        "mean_age_days": float(np.mean(ages)) if n else 0.0,
+    }
+
+
+def log_served(engine: Engine, rec: Any, attrs: dict[str, list], source: str | None = None,
+               context: dict[str, Any] | None = None) -> list[int]:
+    """Write one served list (its impressions and its list-level metrics); returns impression ids.
+
+    ``rec`` is a :class:`ranker.serving.service.Recommendation`; ``attrs`` holds the items'
+    ``category``, ``field``, ``type`` and ``age_days`` lists in served order. ``source``
+    (``api``, ``sim``, ...) and the caller's ``context`` are kept with the list.
+    """
+    rows = [
+        {"request_id": rec.request_id, "user_id": rec.user_id, "item_id": it.item_id, "flow": rec.flow,
+         "arm": rec.arm, "position": it.position, "score": it.score, "features": it.features,
+         "model_version": rec.model_version, "served_at": rec.served_at}
+        for it in rec.items
+    ]
+    summary = {"request_id": rec.request_id, "user_id": rec.user_id, "flow": rec.flow, "arm": rec.arm,
+               "k": len(rec.items), "reranked": rec.reranked, "model_version": rec.model_version,
+               "served_at": rec.served_at, "source": source, "context": context or None,
+               **list_metrics(attrs["category"], attrs["field"], attrs["type"], attrs["age_days"])}
+
+    def write() -> list[int]:  # one short transaction, in SQLAlchemy Core (the ORM costs more than the insert)
+        with engine.begin() as conn:
+            if rows:
+                conn.execute(insert(Impression.__table__), rows)
+            conn.execute(insert(ServedList.__table__), [summary])
+            return list(conn.scalars(select(Impression.id).where(Impression.request_id == rec.request_id)
+                                     .order_by(Impression.position)))
+
+    with write_lock(engine):
+        return with_retries(write)
+
+
+def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
+                 as_interactions: bool = True) -> None:
+    """Log (impression_id, kind, time) outcomes in one short transaction.
+
+    Each outcome is also written as a platform interaction (so popularity and the
+    base models see it) unless ``as_interactions`` is False.
+
+    Raises
+    ------
+    UnknownImpressionError
+        An impression id that does not exist (nothing is written; the error is logged).
+    """
+    if not events:
+        return
+    bad_kinds = {k for _, k, _ in events} - set(config.INTERACTION_KINDS)
+    if bad_kinds:
+        raise ValueError(f"unknown outcome kind(s) {sorted(bad_kinds)}; use {config.INTERACTION_KINDS}")
+
+    def write() -> None:
+        with session_scope(engine) as s:
+            ids = sorted({i for i, _, _ in events})
+            found = dict(s.execute(select(Impression.id, Impression.user_id).where(Impression.id.in_(ids))).all())
+            items = dict(s.execute(select(Impression.id, Impression.item_id).where(Impression.id.in_(ids))).all())
+            missing = [i for i in ids if i not in found]
+            if missing:
+                log.error("rejected outcomes for unknown impression id(s) %s", missing[:10])
+                raise UnknownImpressionError(f"unknown impression id(s) {missing[:10]}; outcomes must refer "
+                                             "to a logged impression")
+            s.execute(insert(Outcome), [{"impression_id": i, "kind": k, "created_at": t} for i, k, t in events])
+            if as_interactions:
+                s.execute(insert(Interaction), [
+                    {"user_id": found[i], "item_id": items[i], "kind": k, "created_at": t, "rating": None}
+                    for i, k, t in events])
+
+    with write_lock(engine):
+        with_retries(write)
+
+
+# --- Feedback from clients ------------------------------------------------------------
+
+
+@dataclass
+class FeedbackEvent:
+    """One event a client reports about an item it was served: ``kind`` is one of
+    ``config.INTERACTION_KINDS``; ``ts`` is naive UTC (default: the serve clock's now)."""
+
+    request_id: str
+    item_id: int
+    kind: str
+    ts: datetime | None = None
+
+
+@dataclass
+class FeedbackResult:
+    """What happened to one event: ``stored``, ``duplicate`` (already stored; not stored
+    again) or ``rejected`` (with the reason)."""
+
+    index: int
+    status: str
+    error: str | None = None
+
+
+def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[FeedbackResult]:
+    """Store client feedback against the impressions it refers to, idempotently.
+
+    Each event is matched to the impression of ``item_id`` in the list served as
+    ``request_id``. An event for an unknown request, an item that was not shown in it,
+    an unknown kind or a time before the list was served is rejected on its own; the
+    valid events of the batch are stored in one short transaction, each as an outcome
+    and as a platform interaction. The same (impression, kind) is stored once, however
+    often or concurrently it is sent: the database's unique index decides.
+    """
+    from ranker.clock import serve_now
+
+    def write() -> list[FeedbackResult]:
+        with session_scope(engine) as s:
+            now = serve_now(s)
+            request_ids = sorted({e.request_id for e in events})
+            shown = {(r, i): (imp, u, at) for imp, r, i, u, at in s.execute(
+                select(Impression.id, Impression.request_id, Impression.item_id, Impression.user_id,
+                       Impression.served_at).where(Impression.request_id.in_(request_ids))).all()}
+            served_requests = {r for r, _ in shown}
+            results: list[FeedbackResult] = []
+            valid: dict[tuple[int, str], tuple[int, int, datetime]] = {}  # (impression, kind) -> (index, user, ts)
+            for n, e in enumerate(events):
+                error = _feedback_error(e, shown, served_requests)
+                if error is None:
+                    imp, user, served_at = shown[(e.request_id, e.item_id)]
+                    ts = e.ts or max(now, served_at)
+                    if ts < served_at:
+                        error = (f"ts {ts.isoformat()} is before the list was served ({served_at.isoformat()}); "
+                                 "send the time of the event, in UTC")
+                    elif (imp, e.kind) in valid:
+                        results.append(FeedbackResult(n, "duplicate"))
+                        continue
+                    else:
+                        valid[(imp, e.kind)] = (n, user, ts)
+                        continue
+                results.append(FeedbackResult(n, "rejected", error))
+            stored = _insert_outcomes(s, valid)
+            if stored:
+                s.execute(insert(Interaction), [
+                    {"user_id": valid[key][1], "item_id": shown_item, "kind": key[1], "created_at": valid[key][2],
+                     "rating": None}
+                    for key, shown_item in stored.items()])
+            for key, (n, _, _) in valid.items():
+                results.append(FeedbackResult(n, "stored" if key in stored else "duplicate"))
+            return sorted(results, key=lambda r: r.index)
+
+    with write_lock(engine):
+        return with_retries(write)
+
+
+def _feedback_error(e: FeedbackEvent, shown: dict, served_requests: set[str]) -> str | None:
+    if e.kind not in config.INTERACTION_KINDS:
+        return f"unknown type {e.kind!r}; use one of: {', '.join(config.INTERACTION_KINDS)}"
+    if e.request_id not in served_requests:
+        return (f"unknown request_id {e.request_id!r}: no list was served with this id "
+                "(use the request_id of a /v1/recommend or /v1/rank response)")
+    if (e.request_id, e.item_id) not in shown:
+        return f"item {e.item_id} was not shown in request {e.request_id}"
+    return None
+
+
+def _insert_outcomes(s: Any, valid: dict[tuple[int, str], tuple[int, int, datetime]]) -> dict[tuple[int, str], int]:
+    """Insert outcomes, skipping any (impression, kind) already stored; returns the new ones
+    as (impression, kind) -> item id."""
+    if not valid:
+        return {}
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    rows = [{"impression_id": imp, "kind": kind, "created_at": ts} for (imp, kind), (_, _, ts) in valid.items()]
+    stmt = (dialect_insert(Outcome).on_conflict_do_nothing(index_elements=["impression_id", "kind"])
+            .returning(Outcome.impression_id, Outcome.kind))
+    inserted = {(imp, kind) for imp, kind in s.execute(stmt, rows).all()}
+    if not inserted:
+        return {}
+    items = dict(s.execute(select(Impression.id, Impression.item_id)
+                           .where(Impression.id.in_(sorted({imp for imp, _ in inserted})))).all())
+    return {key: items[key[0]] for key in inserted}

@@ -1,0 +1,221 @@
+"""Flow routing and candidate generation.
+
+A flow maps a user role to the item type it receives (``config.FLOWS``):
+``developer-startup``, ``investor-startup``, ``founder-developer``,
+``founder-investor``, plus the generic ``user-item``, open to any role and any
+item type (imported data such as MovieLens).
+
+:func:`candidates` is the base stage of serving: it checks the request, asks a
+base model (default: the ensemble) for ``n`` items of the flow's item type
+created at or before ``as_of``, minus every item the user engaged with before
+``as_of`` (a click or an explicit positive; plain views are not excluded).
+A user the model does not know (no engagement before its cutoff, including a
+brand-new user) gets the trending list instead, with ``fallback=True``.
+
+Models come from the serving store (:mod:`ranker.base.store`). On a fresh
+database with no saved model the first call fits and saves all base models
+(seconds on the demo world); ``ranker base fit`` does it ahead of time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from ranker import config
+from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL, MODEL_NAMES, BaseRecommender
+from ranker.base.ensemble import EnsembleRecommender
+from ranker.base.popularity import PopularityRecommender
+from ranker.clock import serve_now
+from ranker.data.db import get_engine, session_scope
+from ranker.data.interactions import engaged_item_ids, user_role
+
+GENERIC_FLOW = "user-item"
+
+
+class FlowError(ValueError):
+    """A request that names an unknown user or flow, or a flow the user's role cannot use."""
+
+
+class UnknownUserError(FlowError):
+    """A request for a user id that is not in the database."""
+
+
+def flow_item_type(flow: str) -> str | None:
+    """The item type a flow receives (None: any type).
+
+    Raises
+    ------
+    FlowError
+        Unknown flow.
+    """
+    if flow not in config.FLOWS:
+        raise FlowError(f"unknown flow {flow!r}; flows: {', '.join(config.FLOWS)}")
+    return config.FLOWS[flow][1]
+
+
+def valid_flows(role: str) -> list[str]:
+    """Flows a user of ``role`` may request: their role's flows, then ``user-item``."""
+    own = [f for f, (r, _) in config.FLOWS.items() if r == role]
+    generic = [f for f, (r, _) in config.FLOWS.items() if r is None]
+    return own + generic
+
+
+def check_flow(role: str, flow: str, user_id: int | None = None) -> str | None:
+    """The flow's item type, after checking that a user of ``role`` may request it.
+
+    Raises
+    ------
+    FlowError
+        Unknown flow, or one meant for another role; the message lists the valid flows.
+    """
+    who = f"user {user_id} ({role})" if user_id is not None else f"a {role}"
+    valid = valid_flows(role)
+    if flow not in config.FLOWS:
+        raise FlowError(f"unknown flow {flow!r}; valid flows for {who}: {', '.join(valid)}")
+    if flow not in valid:
+        flow_role = config.FLOWS[flow][0]
+        raise FlowError(
+            f"flow {flow!r} is for {flow_role}s, but {who} is not one; "
+            f"valid flows for {who}: {', '.join(valid)}"
+        )
+    return config.FLOWS[flow][1]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Base candidates for one request.
+
+    Attributes
+    ----------
+    user_id : int
+    flow : str
+    item_ids : ndarray of int64, shape (m,)
+        Best first; m <= n when the pool is small.
+    scores : ndarray of float32, shape (m,)
+        The base model's scores (its own scale; the ensemble's lie in [0, 1]).
+    source : str
+        Name of the model that produced the list ("popularity" on fallback).
+    fallback : bool
+        True when the requested model could not personalise for the user (no
+        engagement before its cutoff) and the trending list was served instead.
+    model_version : str
+        ``version_`` of the model that produced the list.
+    as_of : datetime
+        The serve time: only items created at or before it, minus engagements before it.
+    """
+
+    user_id: int
+    flow: str
+    item_ids: np.ndarray
+    scores: np.ndarray
+    source: str
+    fallback: bool
+    model_version: str
+    as_of: datetime
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "flow": self.flow,
+            "item_ids": [int(i) for i in self.item_ids],
+            "scores": [float(s) for s in self.scores],
+            "source": self.source,
+            "fallback": self.fallback,
+            "model_version": self.model_version,
+            "as_of": self.as_of.isoformat(),
+        }
+
+
+def _fallback_for(model: BaseRecommender, engine: Engine) -> BaseRecommender:
+    if isinstance(model, PopularityRecommender):
+        return model
+    if isinstance(model, EnsembleRecommender) and FALLBACK_MODEL in model.models_:
+        return model.models_[FALLBACK_MODEL]
+    from ranker.base.store import serving_models
+
+    return serving_models(engine, [FALLBACK_MODEL])[FALLBACK_MODEL]
+
+
+def candidates(
+    user_id: int,
+    flow: str,
+    n: int = config.FETCH_MULTIPLIER * config.DEFAULT_K,
+    *,
+    engine: Engine | None = None,
+    model: str | BaseRecommender | None = None,
+    as_of: datetime | None = None,
+) -> Candidates:
+    """The ``n`` best unseen items of the flow's item type for ``user_id``.
+
+    Parameters
+    ----------
+    user_id : int
+    flow : str
+        A flow id from ``config.FLOWS`` that the user's role may request.
+    n : int
+        How many candidates (the ranker asks for ``FETCH_MULTIPLIER * k``).
+    engine : Engine, optional
+        Default: ``ranker.data.db.get_engine()``.
+    model : str or BaseRecommender, optional
+        A model name from the serving store (default ``"ensemble"``), or a fitted model.
+    as_of : datetime, optional
+        Serve time; default the world clock (``ranker.clock.serve_now``).
+
+    Raises
+    ------
+    FlowError
+        Unknown user, unknown flow, or a flow for another role; the message lists
+        the user's valid flows.
+    ValueError
+        ``n`` < 1 or an unknown model name.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    engine = engine or get_engine()
+    role = user_role(engine, user_id)
+    if role is None:
+        raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
+    item_type = check_flow(role, flow, user_id)
+
+    if model is None or isinstance(model, str):
+        from ranker.base.store import serving_models
+
+        name = model or DEFAULT_MODEL
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown base model {name!r}; valid: {', '.join(MODEL_NAMES)}")
+        models = serving_models(engine, [name, FALLBACK_MODEL])
+        chosen, fallback_model = models[name], models[FALLBACK_MODEL]
+    else:
+        chosen, fallback_model = model, None
+
+    if as_of is None:
+        with session_scope(engine) as s:
+            as_of = serve_now(s)
+    engaged = engaged_item_ids(engine, user_id, until=as_of)
+
+    fallback = not chosen.knows_user(user_id)
+    if fallback:
+        chosen = fallback_model or _fallback_for(chosen, engine)
+    ids, scores = chosen.recommend(user_id, n, item_type=item_type, as_of=as_of, exclude=engaged)
+    return Candidates(
+        user_id=int(user_id),
+        flow=flow,
+        item_ids=ids,
+        scores=scores,
+        source=chosen.name,
+        fallback=fallback,
+        model_version=chosen.version_,
+        as_of=as_of,
+    )
+
+
+__all__ = ["Candidates", "FlowError", "UnknownUserError", "GENERIC_FLOW", "candidates", "check_flow", "flow_item_type",
+           "valid_flows"]

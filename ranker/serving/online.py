@@ -1,0 +1,229 @@
+"""Online metrics from the serving logs, aggregated in SQL per arm, flow and day.
+
+- CTR: impressions with a click (or any engagement) / impressions.
+- Explicit feedback rate: impressions with like/favorite/apply/interest / impressions.
+- Diversity: mean intra-list diversity, category coverage and entropy of served lists.
+- Freshness: mean age in days of served items.
+- Traffic by source: served lists per day from HTTP (``api``), the simulator (``sim``), the CLI.
+
+Every function takes optional ``flow``, ``start`` and ``end`` filters, and the metrics also a
+``source`` filter (``api``, ``sim``, ``cli``, or :data:`EARLIER`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, and_, cast, distinct, func, select
+from sqlalchemy.types import Date
+
+from ranker import config
+from ranker.data.schema import Impression, Outcome, ServedList
+from ranker.evaluation.abtest import ABResult, analyse, arm_stats
+
+ENGAGED = config.ENGAGED_KINDS
+#: The source shown for lists logged before ``served_lists.source`` existed (NULL in the table),
+#: and for impressions older still, which have no served list at all.
+EARLIER = "earlier"
+
+
+def _day(col, engine: Engine):
+    return func.date(col) if engine.dialect.name == "sqlite" else cast(col, Date)
+
+
+def _flag(kinds) -> select:
+    return select(Outcome.impression_id).where(Outcome.kind.in_(kinds)).distinct()
+
+
+def _from_source(model, source: str):
+    """Rows of ``model`` (``ServedList`` or ``Impression``) served to requests from ``source``."""
+    if model is ServedList:
+        return ServedList.source.is_(None) if source == EARLIER else ServedList.source == source
+    if source == EARLIER:  # includes impressions logged before served_lists existed
+        return Impression.request_id.not_in(select(ServedList.request_id).where(ServedList.source.is_not(None)))
+    return Impression.request_id.in_(select(ServedList.request_id).where(ServedList.source == source))
+
+
+def _filters(model, flow: str | None, start: date | datetime | None, end: date | datetime | None,
+             source: str | None = None):
+    conds = []
+    if flow:
+        conds.append(model.flow == flow)
+    if start:
+        conds.append(model.served_at >= start)
+    if end:
+        conds.append(model.served_at < end)
+    if source:
+        conds.append(_from_source(model, source))
+    return and_(*conds) if conds else True
+
+
+def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None,
+                  source: str | None = None) -> pd.DataFrame:
+    """One row per (day, arm, flow): impressions, clicks, CTR, feedback rate, ILD, coverage,
+    entropy, mean age. Aggregated in SQL; empty frame without traffic."""
+    clicked = _flag(ENGAGED).subquery()
+    liked = _flag(config.POSITIVE_KINDS).subquery()
+    day = _day(Impression.served_at, engine)
+    imp = (
+        select(day.label("day"), Impression.arm, Impression.flow,
+               func.count().label("impressions"),
+               func.count(clicked.c.impression_id).label("clicks"),
+               func.count(liked.c.impression_id).label("feedback"),
+               func.count(distinct(Impression.user_id)).label("users"))
+        .select_from(Impression)
+        .outerjoin(clicked, clicked.c.impression_id == Impression.id)
+        .outerjoin(liked, liked.c.impression_id == Impression.id)
+        .where(_filters(Impression, flow, start, end, source))
+        .group_by(day, Impression.arm, Impression.flow)
+    )
+    lday = _day(ServedList.served_at, engine)
+    lists = (
+        select(lday.label("day"), ServedList.arm, ServedList.flow, func.count().label("lists"),
+               func.avg(ServedList.ild).label("ild"),
+               func.avg(ServedList.category_coverage).label("category_coverage"),
+               func.avg(ServedList.category_entropy).label("category_entropy"),
+               func.avg(ServedList.mean_age_days).label("mean_age_days"))
+        .where(_filters(ServedList, flow, start, end, source))
+        .group_by(lday, ServedList.arm, ServedList.flow)
+    )
+    with engine.connect() as conn:
+        a = pd.DataFrame(conn.execute(imp).mappings().all())
+        b = pd.DataFrame(conn.execute(lists).mappings().all())
+    if a.empty:
+        return pd.DataFrame(columns=["day", "arm", "flow", "impressions", "clicks", "feedback", "users", "lists",
+                                     "ctr", "feedback_rate", "ild", "category_coverage", "category_entropy",
+                                     "mean_age_days"])
+    for df in (a, b):
+        if not df.empty:
+            df["day"] = pd.to_datetime(df["day"]).dt.date
+    out = a.merge(b, on=["day", "arm", "flow"], how="left") if not b.empty else a
+    out["ctr"] = out["clicks"] / out["impressions"]
+    out["feedback_rate"] = out["feedback"] / out["impressions"]
+    return out.sort_values(["day", "arm", "flow"]).reset_index(drop=True)
+
+
+def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None,
+                   source: str | None = None) -> pd.DataFrame:
+    """Headline metrics per arm over the whole period (SQL aggregates)."""
+    clicked = _flag(ENGAGED).subquery()
+    liked = _flag(config.POSITIVE_KINDS).subquery()
+    imp = (
+        select(Impression.arm, func.count().label("impressions"),
+               func.count(clicked.c.impression_id).label("clicks"),
+               func.count(liked.c.impression_id).label("feedback"),
+               func.count(distinct(Impression.user_id)).label("users"))
+        .outerjoin(clicked, clicked.c.impression_id == Impression.id)
+        .outerjoin(liked, liked.c.impression_id == Impression.id)
+        .where(_filters(Impression, flow, start, end, source))
+        .group_by(Impression.arm)
+    )
+    lists = (
+        select(ServedList.arm, func.count().label("lists"), func.avg(ServedList.ild).label("ild"),
+               func.avg(ServedList.category_coverage).label("category_coverage"),
+               func.avg(ServedList.category_entropy).label("category_entropy"),
+               func.avg(ServedList.mean_age_days).label("mean_age_days"))
+        .where(_filters(ServedList, flow, start, end, source))
+        .group_by(ServedList.arm)
+    )
+    with engine.connect() as conn:
+        a = pd.DataFrame(conn.execute(imp).mappings().all())
+        b = pd.DataFrame(conn.execute(lists).mappings().all())
+    if a.empty:
+        return pd.DataFrame(columns=["arm", "impressions", "clicks", "ctr"])
+    out = a.merge(b, on="arm", how="left") if not b.empty else a
+    out["ctr"] = out["clicks"] / out["impressions"]
+    out["feedback_rate"] = out["feedback"] / out["impressions"]
+    return out.set_index("arm")
+
+
+def _per_user(engine: Engine, stmt) -> dict[str, np.ndarray]:
+    """Run ``stmt`` (one row per arm and user: arm, then sums) → arm → array of shape (users, sums)."""
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    out: dict[str, list] = {}
+    for arm, *sums in rows:
+        out.setdefault(arm, []).append(sums)
+    return {arm: np.array(v, dtype=float) for arm, v in out.items()}
+
+
+def _compare_arms(per_arm: dict[str, np.ndarray], num: int, den: int, mde: float, metric: str) -> ABResult:
+    """Treatment against control for Σ column ``num`` / Σ column ``den`` (per-user delta method)."""
+    stats = {arm: arm_stats(per_arm[arm][:, num], per_arm[arm][:, den]) if arm in per_arm else None
+             for arm in config.ARMS}
+    return analyse(stats["control"], stats["treatment"], mde=mde, metric=metric)
+
+
+def _clicks_per_user(flow, start, end, source):
+    """Per arm and user: engaged impressions, impressions."""
+    clicked = _flag(ENGAGED).subquery()
+    return (
+        select(Impression.arm, func.count(clicked.c.impression_id), func.count())
+        .outerjoin(clicked, clicked.c.impression_id == Impression.id)
+        .where(_filters(Impression, flow, start, end, source))
+        .group_by(Impression.arm, Impression.user_id)
+    )
+
+
+def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: float = 0.05,
+            source: str | None = None) -> ABResult:
+    """CTR lift of treatment over control, per-user delta method."""
+    return _compare_arms(_per_user(engine, _clicks_per_user(flow, start, end, source)), 0, 1, mde, "CTR")
+
+
+#: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
+GUARDRAILS = {"ild": "diversity (ILD)", "mean_age_days": "mean age of served items"}
+
+
+def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=None,
+                    mde: float = 0.05, source: str | None = None) -> dict[str, ABResult]:
+    """Diversity and freshness of treatment against control, with the same per-user delta method
+    as CTR: each metric is a mean over lists, Σ per-user metric / Σ per-user lists.
+
+    Ages spread over hundreds of days, so a difference between two independent arms needs a
+    confidence interval before it means "fresher" or "staler". A lower age is fresher.
+    """
+    stmt = (select(ServedList.arm, func.count(), *(func.sum(getattr(ServedList, c)) for c in GUARDRAILS))
+            .where(_filters(ServedList, flow, start, end, source))
+            .group_by(ServedList.arm, ServedList.user_id))
+    per_arm = _per_user(engine, stmt)  # one query for every metric
+    return {column: _compare_arms(per_arm, j + 1, 0, mde, label)
+            for j, (column, label) in enumerate(GUARDRAILS.items())}
+
+
+def daily_requests_by_source(engine: Engine, flow: str | None = None, start=None, end=None) -> pd.DataFrame:
+    """One row per (day, source): served ``lists``, their ``impressions`` and engaged impressions
+    (``clicks``). Aggregated in SQL; a NULL source is shown as :data:`EARLIER`, as are impressions
+    with no served list. Empty frame without traffic."""
+    clicked = _flag(ENGAGED).subquery()
+    day = _day(Impression.served_at, engine)
+    imp = (
+        select(day.label("day"), ServedList.source, func.count().label("impressions"),
+               func.count(clicked.c.impression_id).label("clicks"))
+        .select_from(Impression)
+        .outerjoin(ServedList, ServedList.request_id == Impression.request_id)
+        .outerjoin(clicked, clicked.c.impression_id == Impression.id)
+        .where(_filters(Impression, flow, start, end))
+        .group_by(day, ServedList.source)
+    )
+    lday = _day(ServedList.served_at, engine)
+    lists = (
+        select(lday.label("day"), ServedList.source, func.count().label("lists"))
+        .where(_filters(ServedList, flow, start, end))
+        .group_by(lday, ServedList.source)
+    )
+    with engine.connect() as conn:
+        a = pd.DataFrame(conn.execute(imp).all(), columns=["day", "source", "impressions", "clicks"])
+        b = pd.DataFrame(conn.execute(lists).all(), columns=["day", "source", "lists"])
+    for df in (a, b):
+        df["day"] = pd.to_datetime(df["day"]).dt.date
+        df["source"] = df["source"].fillna(EARLIER)
+    counts = ["lists", "impressions", "clicks"]
+    out = b.merge(a, on=["day", "source"], how="outer")
+    out[counts] = out[counts].fillna(0).astype(int)
+    return out[["day", "source", *counts]].sort_values(["day", "source"]).reset_index(drop=True)
+
+
+__all__ = ["EARLIER", "daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source"]

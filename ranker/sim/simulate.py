@@ -1,0 +1,189 @@
+"""Simulated traffic: synthetic users served by ``recommend()`` on a simulated clock.
+
+Each simulated day new items arrive, the base models are refitted on the history so
+far (a nightly job), and requests are served through the real serving path with the
+A/B assignment and impression logging. Clicks and explicit feedback are sampled from
+the hidden ground truth with the position-based click model and logged as outcomes
+(and as platform interactions, so popularity moves). Deterministic under a seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import Engine, func, insert, select
+
+from ranker import config
+from ranker.clock import serve_now, set_clock
+from ranker.data.db import audit, session_scope
+from ranker.data.schema import Item, User
+from ranker.rank.features import age_days
+from ranker.serving.experiments import log_outcomes
+from ranker.sim.truth import GroundTruth, attraction_logits, examination_probability, load_truth, save_truth
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class SimulationSummary:
+    days: int
+    requests: int
+    impressions: int
+    clicks: int
+    positives: int
+    new_items: int
+    start: str
+    end: str
+    by_arm: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _require_world(engine: Engine) -> GroundTruth:
+    with session_scope(engine) as s:
+        n_users = s.scalar(select(func.count()).select_from(User))
+        truth = load_truth(s)
+    if not n_users:
+        raise ValueError("the database is empty; run `ranker demo init` first")
+    if truth is None:
+        raise ValueError("this database has no synthetic ground truth (imported data?); simulated traffic "
+                         "needs the demo world: `ranker demo init`")
+    return truth
+
+
+def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: int = 0,
+             k: int = config.DEFAULT_K, refit_base: bool = True, new_items_per_day: float = 0.01,
+             progress: Progress | None = None, show_bar: bool = False,
+             should_stop: Callable[[], bool] | None = None, actor: str = "cli") -> SimulationSummary:
+    """Serve ``days × requests_per_day`` simulated requests and log what users do.
+
+    ``new_items_per_day`` is a fraction of each item type's catalogue added per day.
+    """
+    from tqdm import tqdm
+
+    from ranker.base.store import fit_base_models
+    from ranker.serving.service import recommend, service
+    from ranker.sim.synth import POSITIVE_KIND, role_flows
+
+    if days <= 0 or requests_per_day <= 0:
+        raise ValueError("--days and --requests-per-day must be positive")
+    truth = _require_world(engine)
+    rng = np.random.default_rng(seed)
+    with session_scope(engine) as s:
+        start = serve_now(s)
+        users = s.execute(select(User.id, User.role).order_by(User.id)).all()
+        type_counts = dict(s.execute(select(Item.item_type, func.count()).group_by(Item.item_type)).all())
+    user_ids = np.array([u for u, _ in users])
+    roles = {u: r for u, r in users}
+    summary = SimulationSummary(days, 0, 0, 0, 0, 0, start.isoformat(), start.isoformat())
+    svc = service(engine)
+    exam_p = examination_probability(truth.params, k)
+    bar = tqdm(total=days * requests_per_day, desc="simulate", unit="req", disable=not show_bar)
+
+    try:
+        for day in range(days):
+            day_start = start + timedelta(days=day)
+            truth = _add_items(engine, rng, truth, type_counts, new_items_per_day, day_start, summary)
+            if refit_base:
+                fit_base_models(engine, cutoff=day_start)
+            svc.invalidate()
+            times = np.sort(rng.uniform(0, 86400, size=requests_per_day))
+            picks = rng.choice(user_ids, size=requests_per_day)
+            for i, (secs, uid) in enumerate(zip(times, picks)):
+                if should_stop and should_stop():
+                    raise RuntimeError("simulation cancelled")
+                flows = role_flows(roles[int(uid)])
+                flow = flows[int(rng.integers(len(flows)))]
+                t = day_start + timedelta(seconds=float(secs))
+                rec = recommend(int(uid), flow, k, engine=engine, as_of=t, source="sim",
+                                request_id=f"sim{seed}-{day_start:%Y%m%d}-{i}-{rng.integers(1 << 30):x}")
+                bar.update(1)
+                summary.requests += 1
+                if not rec.items:
+                    continue
+                events = _user_response(rng, truth, svc, rec, t, exam_p, POSITIVE_KIND)
+                _write_response(engine, rec, events)
+                arm = summary.by_arm.setdefault(rec.arm, {"requests": 0, "impressions": 0, "clicks": 0})
+                arm["requests"] += 1
+                arm["impressions"] += len(rec.items)
+                clicks = sum(1 for _, kind, _ in events if kind == "click")
+                arm["clicks"] += clicks
+                summary.impressions += len(rec.items)
+                summary.clicks += clicks
+                summary.positives += sum(1 for _, kind, _ in events if kind in config.POSITIVE_KINDS)
+                if progress and i % 50 == 0:
+                    progress((day + (i + 1) / requests_per_day) / days, f"day {day + 1}/{days}")
+            day_end = day_start + timedelta(days=1)
+            with session_scope(engine) as s:
+                set_clock(s, day_end)
+            summary.end = day_end.isoformat()
+    finally:
+        bar.close()
+    with session_scope(engine) as s:
+        audit(s, "simulate", {"days": days, "requests_per_day": requests_per_day, "seed": seed,
+                              "requests": summary.requests}, actor)
+    return summary
+
+
+def _add_items(engine, rng, truth, type_counts, rate, when, summary) -> GroundTruth:
+    from ranker.sim.synth import new_items
+
+    counts = {t: int(rng.poisson(rate * n)) for t, n in sorted(type_counts.items())}
+    rows, vecs, quality = new_items(rng, truth, counts, when)
+    if not rows:
+        return truth
+    with session_scope(engine) as s:
+        s.execute(insert(Item), rows)
+        ids = np.array(s.scalars(select(Item.id).order_by(Item.id.desc()).limit(len(rows))).all()[::-1])
+        truth = GroundTruth(
+            params=truth.params,
+            user_ids=truth.user_ids, user_vecs=truth.user_vecs,
+            item_ids=np.concatenate([truth.item_ids, ids]).astype(np.int64),
+            item_vecs=np.concatenate([truth.item_vecs, vecs]),
+            item_quality=np.concatenate([truth.item_quality, quality]),
+            extra=truth.extra,
+        )
+        save_truth(s, truth)
+    summary.new_items += len(rows)
+    return truth
+
+
+def _user_response(rng, truth, svc, rec, t: datetime, exam_p, positive_kind) -> list[tuple[int, str, datetime]]:
+    """(position, kind, time) events for one served list, sampled from the ground truth."""
+    catalog = svc.catalog()
+    rows = catalog.index(np.array(rec.item_ids))
+    ages = age_days(t, catalog.created[rows], catalog.updated[rows])
+    logits = attraction_logits(truth, rec.user_id, catalog.ids[rows], ages, catalog.category[rows])
+    n = len(rows)
+    examined = rng.random(n) < exam_p[:n]
+    clicked = examined & (rng.random(n) < _sigmoid(logits))
+    positive = clicked & (rng.random(n) < truth.params.positive_given_click)
+    events = []
+    for pos in range(n):
+        ts = t + timedelta(seconds=5 * pos)
+        if examined[pos]:
+            events.append((pos, "view", ts))
+        if clicked[pos]:
+            events.append((pos, "click", ts + timedelta(seconds=2)))
+        if positive[pos]:
+            kinds = positive_kind[catalog.item_type[rows[pos]]]
+            events.append((pos, kinds[int(rng.integers(len(kinds)))], ts + timedelta(seconds=30)))
+    return events
+
+
+def _write_response(engine: Engine, rec, events) -> None:
+    """Every event (view, click, feedback) is an outcome of its impression and a platform interaction.
+
+    A ``view`` outcome says the user examined the item, as a client's viewport logging would.
+    """
+    log_outcomes(engine, [(rec.impression_ids[p], kind, ts) for p, kind, ts in events])
+
+
+__all__ = ["simulate", "SimulationSummary"]

@@ -1,0 +1,405 @@
+"""The synthetic world: a realistic demo platform, deterministic by seed.
+
+Users of every role, startups plus developer and investor profiles as items, and
+90 days of views, clicks and explicit feedback. The history comes from a hidden
+ground-truth model (:mod:`ranker.sim.truth`): a user's attraction to an item is true
+affinity + freshness + quality - satiation with categories shown higher in the
+same list, and positions are examined with decreasing probability.
+
+The lists in the history were served by a plain "legacy" policy (declared-category
+match, a new-arrivals boost and a little popularity, with noise), as a platform would
+have run before any learned ranker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, insert, select, update
+from tqdm import tqdm
+
+from ranker import config
+from ranker.clock import set_clock
+from ranker.data.db import audit, ensure_schema, put_setting, session_scope
+from ranker.data.schema import (
+    Impression,
+    Interaction,
+    Item,
+    Job,
+    ModelVersion,
+    Outcome,
+    ServedList,
+    Setting,
+    User,
+)
+from ranker.sim.truth import (
+    GroundTruth,
+    WorldParams,
+    WorldTruth,
+    attraction_logits,
+    examination_probability,
+    save_truth,
+)
+
+#: The demo history ends here. Fixed, so a seed always gives the same rows.
+WORLD_END = datetime(2026, 1, 1)
+HISTORY_DAYS = 90
+LIST_LENGTH = 10
+LATENT_DIM = 8
+INSERT_BATCH = 20_000
+#: How much of an item's and a user's taste is idiosyncratic (not explained by category/field).
+ITEM_TASTE_NOISE = 0.45
+USER_TASTE_NOISE = 0.5
+#: Share of the catalogue that predates the 90 days of history.
+OLD_ITEM_SHARE = 0.3
+#: The legacy policy's weights: popularity (log views), declared-category match, editorial quality.
+LEGACY_WEIGHTS = (0.1, 1.0, 0.0)
+#: The legacy policy's "new arrivals" boost: weight of exp(-age_days / LEGACY_FRESH_DAYS).
+#: Without it new items were almost never shown, so the base models never learnt them and
+#: under 1 % of their candidates were under 30 days old. Much stronger (3.0) and the feed is
+#: all new arrivals: trending then beats every personalised base model.
+LEGACY_FRESH_WEIGHT = 1.0
+LEGACY_FRESH_DAYS = 14.0
+
+CATEGORIES = (
+    "ai", "fintech", "health", "climate", "edtech",
+    "ecommerce", "security", "gaming", "biotech", "mobility",
+)
+#: item type -> (field vocabulary, type vocabulary)
+VOCAB = {
+    "startup": (
+        ("b2b-saas", "marketplace", "consumer", "deeptech", "hardware", "services"),
+        ("pre-seed", "seed", "series-a", "series-b"),
+    ),
+    "developer": (
+        ("backend", "frontend", "ml", "mobile", "devops", "data"),
+        ("junior", "mid", "senior", "lead"),
+    ),
+    "investor": (
+        ("pre-seed", "seed", "series-a", "growth"),
+        ("angel", "vc", "corporate", "accelerator"),
+    ),
+}
+#: The field a user of each role declares is drawn from this item type's vocabulary.
+ROLE_FIELD_VOCAB = {"developer": "developer", "investor": "investor", "founder": "startup"}
+#: Explicit feedback kinds by item type received.
+POSITIVE_KIND = {"startup": ("apply", "interest", "favorite"), "developer": ("like", "favorite"),
+                 "investor": ("interest", "like")}
+
+
+@dataclass(frozen=True)
+class Scale:
+    users: dict[str, int]
+    items: dict[str, int]
+    sessions_per_user_day: float
+
+
+SCALES = {
+    "small": Scale({"developer": 60, "investor": 40, "founder": 60},
+                   {"startup": 240, "developer": 120, "investor": 80}, 0.25),
+    "default": Scale({"developer": 800, "investor": 500, "founder": 700},
+                     {"startup": 1500, "developer": 800, "investor": 400}, 0.11),
+    "large": Scale({"developer": 8000, "investor": 5000, "founder": 7000},
+                   {"startup": 12000, "developer": 5000, "investor": 3000}, 0.16),
+}
+
+
+class WorldExistsError(RuntimeError):
+    pass
+
+
+def role_flows(role: str) -> list[str]:
+    return [f for f, (r, _) in config.FLOWS.items() if r == role]
+
+
+def is_empty(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return all(
+            conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
+            for t in (User.__table__, Item.__table__, Interaction.__table__)
+        )
+
+
+def wipe(engine: Engine) -> None:
+    """Delete every world table (children first). The audit log is kept."""
+    with session_scope(engine) as s:
+        for model in (Outcome, Impression, ServedList, Interaction, WorldTruth, Item, User,
+                      ModelVersion, Job, Setting):
+            s.execute(delete(model))
+
+
+def build_world(
+    engine: Engine,
+    seed: int = 42,
+    preset: str = "default",
+    scale: str = "default",
+    force: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    show_bar: bool = False,
+) -> dict[str, int]:
+    """Build the demo world into ``engine``; returns table counts.
+
+    Raises
+    ------
+    WorldExistsError
+        The database already holds data and ``force`` is False.
+    ValueError
+        Unknown preset or scale.
+    """
+    params = WorldParams.preset(preset)
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
+    ensure_schema(engine)
+    if not is_empty(engine):
+        if not force:
+            raise WorldExistsError(
+                "the database already holds users, items or interactions; "
+                "refusing to mix two worlds. Re-run with --force to replace it."
+            )
+        wipe(engine)
+
+    rng = np.random.default_rng(seed)
+    sc = SCALES[scale]
+    start = WORLD_END - timedelta(days=HISTORY_DAYS)
+
+    users = _make_users(rng, sc, start)
+    items = _make_items(rng, sc, start)
+    with session_scope(engine) as s:
+        s.execute(insert(User), users["rows"])
+        s.execute(insert(Item), items["rows"])
+    with engine.connect() as conn:
+        user_ids = np.array(conn.execute(select(User.id).order_by(User.id)).scalars().all())
+        item_ids = np.array(conn.execute(select(Item.id).order_by(Item.id)).scalars().all())
+
+    truth = _make_truth(rng, params, users, items, user_ids, item_ids)
+    with session_scope(engine) as s:
+        save_truth(s, truth)
+
+    views, engaged = _simulate_history(
+        engine, rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
+    )
+
+    with session_scope(engine) as s:
+        s.execute(update(Item), [{"id": int(i), "views": int(v)} for i, v in zip(item_ids, views)])
+        peak = float((views + config.INTERACTION_POPULARITY_WEIGHT * engaged + 1).max())
+        put_setting(s, "popularity_max_views", int(np.ceil(peak / 100.0) * 100))
+        put_setting(s, "world", {"seed": seed, "preset": preset, "scale": scale,
+                                 "start": start.isoformat(), "end": WORLD_END.isoformat()})
+        set_clock(s, WORLD_END)
+        audit(s, "demo_init", {"seed": seed, "preset": preset, "scale": scale, "force": force})
+
+    from ranker.data.db import table_counts
+
+    return table_counts(engine)
+
+
+# --- Entities -------------------------------------------------------------------
+
+
+def _make_users(rng: np.random.Generator, sc: Scale, start: datetime) -> dict:
+    roles, cats, fields = [], [], []
+    for role, n in sc.users.items():
+        vocab = VOCAB[ROLE_FIELD_VOCAB[role]][0]
+        roles += [role] * n
+        cats += list(rng.choice(CATEGORIES, size=n))
+        fields += list(rng.choice(vocab, size=n))
+    n = len(roles)
+    joined = [start - timedelta(days=int(d)) for d in rng.integers(1, 400, size=n)]
+    rows = [
+        {"name": f"{r}-{i + 1:05d}", "role": r, "category": c, "field": f, "created_at": t}
+        for i, (r, c, f, t) in enumerate(zip(roles, cats, fields, joined))
+    ]
+    activity = rng.lognormal(mean=0.0, sigma=0.6, size=n)
+    return {"rows": rows, "role": np.array(roles), "category": np.array(cats),
+            "field": np.array(fields), "activity": activity / activity.mean()}
+
+
+def _make_items(rng: np.random.Generator, sc: Scale, start: datetime) -> dict:
+    kinds, cats, fields, types, created, updated = [], [], [], [], [], []
+    span = HISTORY_DAYS * 86400
+    for item_type, n in sc.items.items():
+        fvocab, tvocab = VOCAB[item_type]
+        kinds += [item_type] * n
+        cats += list(rng.choice(CATEGORIES, size=n, p=_zipf(len(CATEGORIES), 0.6)))
+        fields += list(rng.choice(fvocab, size=n))
+        types += list(rng.choice(tvocab, size=n))
+        # 30% of the catalogue predates the history; the rest arrives during it.
+        old = rng.random(n) < OLD_ITEM_SHARE
+        offset = np.where(old, -rng.integers(86400, 365 * 86400, size=n),
+                          rng.integers(0, span, size=n))
+        c = [start + timedelta(seconds=int(o)) for o in offset]
+        # A quarter of the items are edited later (a profile refresh).
+        refresh = rng.random(n) < 0.25
+        lag = rng.integers(3600, 40 * 86400, size=n)
+        u = [ci + timedelta(seconds=int(lg)) if r else ci for ci, r, lg in zip(c, refresh, lag)]
+        u = [min(x, WORLD_END) for x in u]
+        created += c
+        updated += u
+    rows = [
+        {"item_type": k, "name": f"{k}-{i + 1:05d}", "category": c, "field": f, "type": t,
+         "created_at": cr, "updated_at": up, "views": 0}
+        for i, (k, c, f, t, cr, up) in enumerate(zip(kinds, cats, fields, types, created, updated))
+    ]
+    return {"rows": rows, "item_type": np.array(kinds), "category": np.array(cats),
+            "field": np.array(fields), "type": np.array(types),
+            "created": np.array(created, dtype="datetime64[s]"),
+            "updated": np.array(updated, dtype="datetime64[s]")}
+
+
+def _zipf(n: int, s: float) -> np.ndarray:
+    w = 1.0 / np.arange(1, n + 1) ** s
+    return w / w.sum()
+
+
+def _make_truth(rng, params, users, items, user_ids, item_ids) -> GroundTruth:
+    cat_vec = {c: _unit(rng.normal(size=LATENT_DIM)) for c in CATEGORIES}
+    all_fields = sorted({f for fv, _ in VOCAB.values() for f in fv})
+    field_vec = {f: _unit(rng.normal(size=LATENT_DIM)) for f in all_fields}
+
+    iv = np.stack([cat_vec[c] + 0.5 * field_vec[f] for c, f in zip(items["category"], items["field"])])
+    iv = _unit_rows(iv + ITEM_TASTE_NOISE * rng.normal(size=iv.shape))
+    # A user likes their declared category, a hidden second one, and some noise.
+    hidden = rng.choice(CATEGORIES, size=len(user_ids))
+    uv = np.stack([cat_vec[c] + 0.7 * cat_vec[h] + 0.3 * field_vec[f]
+                   for c, h, f in zip(users["category"], hidden, users["field"])])
+    uv = _unit_rows(uv + USER_TASTE_NOISE * rng.normal(size=uv.shape))
+    return GroundTruth(
+        params=params,
+        user_ids=user_ids.astype(np.int64),
+        user_vecs=uv.astype(np.float32),
+        item_ids=item_ids.astype(np.int64),
+        item_vecs=iv.astype(np.float32),
+        item_quality=rng.normal(size=len(item_ids)).astype(np.float32),
+        extra={"category_vecs": {c: v.tolist() for c, v in cat_vec.items()},
+               "field_vecs": {f: v.tolist() for f, v in field_vec.items()}},
+    )
+
+
+def new_items(rng: np.random.Generator, truth: GroundTruth, counts: dict[str, int],
+              created_at: datetime) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Rows for new items arriving at ``created_at``, with their latent vectors and quality.
+
+    Drawn exactly as the original catalogue was (used by the traffic simulator).
+    """
+    cat_vec = {c: np.array(v) for c, v in truth.extra["category_vecs"].items()}
+    field_vec = {f: np.array(v) for f, v in truth.extra["field_vecs"].items()}
+    rows, vecs = [], []
+    for item_type, n in counts.items():
+        fvocab, tvocab = VOCAB[item_type]
+        for _ in range(n):
+            c = str(rng.choice(CATEGORIES, p=_zipf(len(CATEGORIES), 0.6)))
+            f, t = str(rng.choice(fvocab)), str(rng.choice(tvocab))
+            rows.append({"item_type": item_type, "name": f"{item_type}-new", "category": c, "field": f,
+                         "type": t, "created_at": created_at, "updated_at": created_at, "views": 0})
+            vecs.append(cat_vec[c] + 0.5 * field_vec[f] + ITEM_TASTE_NOISE * rng.normal(size=LATENT_DIM))
+    vecs_arr = _unit_rows(np.array(vecs)).astype(np.float32) if vecs else np.zeros((0, LATENT_DIM), np.float32)
+    return rows, vecs_arr, rng.normal(size=len(rows)).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+# --- History --------------------------------------------------------------------
+
+
+def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, start,
+                      progress, show_bar) -> tuple[np.ndarray, np.ndarray]:
+    """Serve legacy lists day by day and write the resulting interactions in batches.
+
+    Returns per-item totals (views, engaged interactions), aligned with ``item_ids``.
+    """
+    n_items = len(item_ids)
+    views = np.zeros(n_items, dtype=np.int64)
+    engaged = np.zeros(n_items, dtype=np.int64)
+    item_age_ref = np.where(items["updated"] > items["created"], items["updated"], items["created"])
+    by_type = {t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES}
+    role_of = users["role"]
+    buffer: list[dict] = []
+
+    def flush() -> None:
+        if buffer:
+            with session_scope(engine) as s:
+                s.execute(insert(Interaction), buffer)
+            buffer.clear()
+
+    days = range(HISTORY_DAYS)
+    bar = tqdm(days, desc="demo history", unit="day", disable=not show_bar)
+    for day in bar:
+        day_start = start + timedelta(days=day)
+        day64 = np.datetime64(day_start, "s")
+        n_sessions = rng.poisson(sc.sessions_per_user_day * users["activity"])
+        session_users = np.repeat(np.arange(len(user_ids)), n_sessions)
+        rng.shuffle(session_users)
+        for u in session_users:
+            role = role_of[u]
+            flows = role_flows(role)
+            item_type = config.FLOWS[flows[rng.integers(len(flows))]][1]
+            secs = int(rng.integers(0, 86400))
+            t = day_start + timedelta(seconds=secs)
+            t64 = day64 + np.timedelta64(secs, "s")
+            pool = by_type[item_type]
+            pool = pool[items["created"][pool] <= t64]
+            if len(pool) < LIST_LENGTH:
+                continue
+            shown = _legacy_list(rng, pool, users["category"][u], items, views, truth.item_quality, t64)
+            # The item's age as of t: the last edit only counts once it has happened.
+            ref = np.where(items["updated"][shown] <= t64, item_age_ref[shown], items["created"][shown])
+            age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
+            logits = attraction_logits(truth, int(user_ids[u]), item_ids[shown], age_days,
+                                       items["category"][shown])
+            exam = rng.random(LIST_LENGTH) < examination_probability(truth.params, LIST_LENGTH)
+            click = exam & (rng.random(LIST_LENGTH) < _sigmoid(logits))
+            positive = click & (rng.random(LIST_LENGTH) < truth.params.positive_given_click)
+            uid = int(user_ids[u])
+            for pos in np.flatnonzero(exam):
+                i = shown[pos]
+                iid = int(item_ids[i])
+                ts = t + timedelta(seconds=int(5 * pos))
+                buffer.append({"user_id": uid, "item_id": iid, "kind": "view", "created_at": ts,
+                               "rating": None})
+                views[i] += 1
+                if click[pos]:
+                    buffer.append({"user_id": uid, "item_id": iid, "kind": "click",
+                                   "created_at": ts + timedelta(seconds=2), "rating": None})
+                    engaged[i] += 1
+                if positive[pos]:
+                    kinds = POSITIVE_KIND[item_type]
+                    buffer.append({"user_id": uid, "item_id": iid,
+                                   "kind": kinds[rng.integers(len(kinds))],
+                                   "created_at": ts + timedelta(seconds=30), "rating": None})
+                    engaged[i] += 1
+        if len(buffer) >= INSERT_BATCH:
+            flush()
+        if progress:
+            progress((day + 1) / HISTORY_DAYS, f"day {day + 1}/{HISTORY_DAYS}")
+    flush()
+    return views, engaged
+
+
+def _legacy_list(rng, pool, user_category, items, views, quality, t64) -> np.ndarray:
+    """The legacy policy: 50 random eligible items, ordered by popularity, declared-category
+    match, an editorial quality grade (curators spot good items) and a new-arrivals boost
+    (age since creation at ``t64``), plus noise."""
+    cand = np.unique(pool[rng.integers(0, len(pool), size=min(50, len(pool) * 2))])
+    age_days = (t64 - items["created"][cand]).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    w_pop, w_cat, w_quality = LEGACY_WEIGHTS
+    score = (w_pop * np.log1p(views[cand]) + w_cat * (items["category"][cand] == user_category)
+             + w_quality * quality[cand] + LEGACY_FRESH_WEIGHT * np.exp(-age_days / LEGACY_FRESH_DAYS)
+             + rng.gumbel(size=len(cand)))
+    top = np.argsort(-score, kind="stable")[:LIST_LENGTH]
+    return cand[top]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+__all__ = ["build_world", "new_items", "WorldExistsError", "SCALES", "WORLD_END"]

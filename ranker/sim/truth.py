@@ -1,0 +1,144 @@
+"""The synthetic world's hidden ground truth.
+
+Stored apart from the platform's data, in its own table. Only the world builder
+(:mod:`ranker.sim.synth`), the click simulator and the oracle may import this module;
+``tests/test_truth_hidden.py`` fails if feature, dataset or model code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import JSON, Integer, LargeBinary, String, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from ranker.data.schema import Base
+
+
+class WorldTruth(Base):
+    __tablename__ = "world_truth"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(Integer)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+@dataclass
+class WorldParams:
+    """How a user's attraction to an item is made. Logit scale throughout."""
+
+    affinity: float = 2.2  # weight of the true user-item affinity (dot product)
+    freshness: float = 1.5  # weight of exp(-age_days / freshness_days)
+    freshness_days: float = 30.0
+    quality: float = 1.2  # weight of the item's latent quality
+    satiation: float = 1.2  # penalty per earlier same-category item in the list
+    bias: float = -2.6
+    examination_decay: float = 0.75  # P(examine position p) = 1 / (p + 1) ** decay
+    positive_given_click: float = 0.35  # chance a click turns into explicit feedback
+
+    @classmethod
+    def preset(cls, name: str) -> WorldParams:
+        if name == "default":
+            return cls()
+        if name == "no-context":
+            # Only affinity matters: recency, popularity and diversity carry no signal.
+            return cls(freshness=0.0, quality=0.0, satiation=0.0, bias=-2.3)
+        raise ValueError(f"unknown preset {name!r}; choose one of: default, no-context")
+
+
+@dataclass
+class GroundTruth:
+    """Latent vectors per user and item (row i = the i-th id in ``user_ids``)."""
+
+    params: WorldParams
+    user_ids: np.ndarray  # (U,) int64
+    user_vecs: np.ndarray  # (U, d) float32
+    item_ids: np.ndarray  # (I,) int64
+    item_vecs: np.ndarray  # (I, d) float32
+    item_quality: np.ndarray  # (I,) float32, roughly N(0, 1)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def user_index(self, user_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.user_ids, user_ids)
+
+    def item_index(self, item_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.item_ids, item_ids)
+
+
+def attraction_logits(
+    truth: GroundTruth,
+    user_id: int,
+    item_ids: np.ndarray,
+    item_age_days: np.ndarray,
+    item_categories: np.ndarray,
+) -> np.ndarray:
+    """True attraction logit of each item *in the order shown*, shape (n,).
+
+    Satiation counts earlier items of the same category in the same list, so the
+    order matters: this is what makes diversity worth something.
+    """
+    p = truth.params
+    u = truth.user_vecs[truth.user_index(np.array([user_id]))[0]]
+    idx = truth.item_index(np.asarray(item_ids))
+    affinity = truth.item_vecs[idx] @ u
+    fresh = np.exp(-np.maximum(item_age_days, 0.0) / p.freshness_days)
+    seen_before = _earlier_same(item_categories)
+    return (
+        p.bias
+        + p.affinity * affinity
+        + p.freshness * fresh
+        + p.quality * truth.item_quality[idx]
+        - p.satiation * seen_before
+    )
+
+
+def examination_probability(params: WorldParams, n: int) -> np.ndarray:
+    return 1.0 / np.arange(1, n + 1) ** params.examination_decay
+
+
+def _earlier_same(categories: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions share its category."""
+    cats = np.asarray(categories)
+    same = cats[:, None] == cats[None, :]
+    return np.tril(same, k=-1).sum(axis=1).astype(np.float64)
+
+
+def save_truth(session: Session, truth: GroundTruth) -> None:
+    session.execute(delete(WorldTruth))
+    arrays = {
+        "user_ids": truth.user_ids,
+        "user_vecs": truth.user_vecs,
+        "item_ids": truth.item_ids,
+        "item_vecs": truth.item_vecs,
+        "item_quality": truth.item_quality,
+    }
+    for key, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        session.add(
+            WorldTruth(
+                key=key,
+                meta={"dtype": str(arr.dtype), "shape": list(arr.shape)},
+                rows=int(arr.shape[0]),
+                blob=arr.tobytes(),
+            )
+        )
+    session.add(WorldTruth(key="params", meta={**asdict(truth.params), **truth.extra}, rows=0, blob=b""))
+
+
+def load_truth(session: Session) -> GroundTruth | None:
+    """The stored ground truth, or None when the database holds no synthetic world."""
+    rows = {r.key: r for r in session.scalars(select(WorldTruth))}
+    if "params" not in rows:
+        return None
+    arrays = {
+        k: np.frombuffer(r.blob, dtype=r.meta["dtype"]).reshape(r.meta["shape"])
+        for k, r in rows.items()
+        if k != "params"
+    }
+    meta = dict(rows["params"].meta)
+    param_names = WorldParams.__dataclass_fields__.keys()
+    params = WorldParams(**{k: meta.pop(k) for k in list(meta) if k in param_names})
+    return GroundTruth(params=params, extra=meta, **arrays)
