@@ -45,7 +45,7 @@ def fit_rows(folder: Path) -> list[dict]:
     """Fit time per model on the default demo world."""
     from ranker.base import MODEL_NAMES, TrainingData
     from ranker.base.store import fit_models
-    from ranker.clock import serve_now
+    from ranker.data.clock import serve_now
     from ranker.data.db import session_scope
 
     engine = _default_world(folder)
@@ -72,7 +72,7 @@ def _synthetic_catalogue(folder: Path, n_engaged: int = 200_000, seed: int = 0):
     """A 20k-item, 20k-user database with random, popularity-skewed engagements."""
     from sqlalchemy import insert
 
-    from ranker.clock import set_clock
+    from ranker.data.clock import set_clock
     from ranker.data.db import ensure_schema, make_engine, put_setting, session_scope
     from ranker.data.schema import Interaction, Item, User
 

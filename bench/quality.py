@@ -35,10 +35,10 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     from ranker import config
     from ranker.base import store
     from ranker.data.db import make_engine
-    from ranker.evaluation.metrics import mean_ndcg_at_k
-    from ranker.evaluation.report import paired_simulation, train_lightgbm
     from ranker.ops.pipeline import train_and_register
+    from ranker.ops.report import paired_simulation, train_lightgbm
     from ranker.rank.dataset import DatasetConfig, build_dataset
+    from ranker.rank.metrics import mean_ndcg_at_k
     from ranker.rank.train import TrainConfig, load_dataset
     from ranker.serving.online import ab_test, guardrail_tests, summary_by_arm
     from ranker.serving.service import _SERVICES, service
@@ -101,7 +101,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
 
 
 def svc_clock(engine):
-    from ranker.clock import serve_now
+    from ranker.data.clock import serve_now
     from ranker.data.db import session_scope
 
     with session_scope(engine) as s:

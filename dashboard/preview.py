@@ -17,8 +17,8 @@ from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL
 from ranker.base.store import fit_base_models, load_base_models
 from ranker.data.db import get_engine
 from ranker.data.schema import Interaction, Item, User
-from ranker.evaluation.metrics import intra_list_diversity
 from ranker.rank.features import age_days
+from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import Scorer
 from ranker.rank.train import DataError, load_dataset
 from ranker.serving.service import Recommendation, service

@@ -26,7 +26,7 @@ from ranker.base import (
     store,
 )
 from ranker.base.store import fit_models
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import make_engine, put_setting, session_scope
 from ranker.data.schema import Interaction, User
 from ranker.evaluation.evaluate_base import BaseEvaluation, evaluate_base, score_models

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from ranker import config
-from ranker.evaluation.metrics import auc
 from ranker.rank.dataset import DatasetConfig, build_dataset
 from ranker.rank.features import feature_columns
+from ranker.rank.metrics import auc
 from ranker.rank.train import Dataset, TrainConfig, load_dataset, train
 
 

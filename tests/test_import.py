@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from ranker.cli import main
-from ranker.data.db import ensure_schema, get_setting, make_engine, session_scope, table_counts
+from ranker.data.db import WorldExistsError, ensure_schema, get_setting, make_engine, session_scope, table_counts
 from ranker.data.importing import (
     ImportDataError,
     age_band,
@@ -30,7 +30,6 @@ from ranker.data.importing import (
     write_import,
 )
 from ranker.data.schema import AuditLog, Interaction, Item, User
-from ranker.sim.synth import WorldExistsError
 
 ML100K_GENRES = 19
 T0 = 881_250_949  # 1997-12-04 15:55:49 UTC, a real u.data timestamp

@@ -14,20 +14,12 @@ import ranker
 
 PACKAGE = Path(ranker.__file__).parent
 
-#: Bottom first. Modules at the top of ``ranker/`` (config, clock) are the foundation.
-LAYERS = ["config", "clock", "data", "base", "rank", "evaluation", "serving", "sim", "ops", "api", "cli"]
+#: Bottom first. ``ranker/config.py`` is the foundation.
+LAYERS = ["config", "data", "base", "rank", "evaluation", "serving", "sim", "ops", "api", "cli"]
 
 #: (file, imported layer): upward imports to remove, not to add to.
 KNOWN_BREAKS = {
-    ("clock.py", "data"),  # the serve clock is a setting: clock belongs in data
-    ("data/catalog.py", "rank"),  # age_days is a feature helper used to build the catalogue's context
-    ("data/importing/writer.py", "sim"),  # the importer recomputes what the synthetic world also computes
     ("data/migrations/env.py", "sim"),  # registers the world_truth table with the schema's metadata
-    ("evaluation/report.py", "serving"),  # the report is an orchestrator above the leaves metrics and abtest,
-    ("evaluation/report.py", "sim"),  # which serving and rank import: split it from them
-    ("rank/train.py", "evaluation"),  # offline metrics (a leaf) live in evaluation
-    ("rank/tuning.py", "evaluation"),
-    ("rank/tuning.py", "serving"),  # saving weights tells the serving process to re-read them
 }
 
 

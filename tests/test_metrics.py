@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from ranker.evaluation.metrics import (
+from ranker.rank.metrics import (
     auc,
     category_entropy,
     coverage,

@@ -259,7 +259,6 @@ def test_freshness_boost_adds_recency_to_the_neural_score_and_serves_younger_lis
 
     with session_scope(served) as s:  # a hand-edited, invalid setting is ignored, not fatal
         put_setting(s, "freshness_boost", "lots")
-    service(served).forget_settings()
     caplog.set_level(logging.WARNING)
     rerank._warned.clear()
     assert service(served).scorer()[0].version == "v1"

@@ -9,7 +9,8 @@ from sqlalchemy import Engine, func, select, text
 
 from ranker import config
 from ranker.data import db
-from ranker.sim.synth import HISTORY_DAYS, WorldExistsError, build_world
+from ranker.data.db import WorldExistsError
+from ranker.sim.synth import HISTORY_DAYS, build_world
 from ranker.sim.truth import load_truth
 
 

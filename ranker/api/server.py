@@ -95,7 +95,7 @@ def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: s
     import uvicorn
 
     from ranker.api import metrics
-    from ranker.clock import utcnow
+    from ranker.data.clock import utcnow
     from ranker.data.db import ensure_schema, get_engine, mask_url
 
     warning = check_bind(host, Keys.from_env())

@@ -45,7 +45,7 @@ from sqlalchemy import Engine
 
 import ranker
 from ranker import config
-from ranker.clock import utcnow
+from ranker.data.clock import utcnow
 from ranker.data.interactions import load_interactions, load_items, load_users
 
 #: Bumped when the file layout changes; older files are refused with a message.

@@ -4,7 +4,7 @@ One file per model, ``<name>.npz`` (see :meth:`BaseRecommender.save`), written t
 temporary file and then ``os.replace``\\ d, so a reader never sees half a file.
 
 - :func:`fit_base_models` fits on the interactions before a cutoff (default:
-  the world clock, ``ranker.clock.serve_now``) and saves.
+  the world clock, ``ranker.data.clock.serve_now``) and saves.
 - :func:`load_base_models` loads them once per process and reloads a file when
   its mtime changes. Files fitted on other data (another demo world, another
   import) are skipped with a warning; a copy of the same database is fine.
@@ -30,7 +30,7 @@ from ranker import config
 from ranker.base import FALLBACK_MODEL, MODEL_NAMES, BaseRecommender, make_base_model
 from ranker.base.base import TrainingData
 from ranker.base.ensemble import DEFAULT_ENSEMBLE_WEIGHTS, EnsembleRecommender
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import get_setting, session_scope
 from ranker.data.schema import Item, User
 

@@ -30,7 +30,7 @@ def _fmt(v, pct=False) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
-    from ranker.evaluation.report import build_report
+    from ranker.ops.report import build_report
 
     report = build_report(ensure_schema(get_engine()), requests=args.requests, seed=args.seed, show_bar=True,
                           compare=args.compare)

@@ -55,8 +55,7 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
 
     engine = get_engine()
     if args.if_empty:
-        from ranker.data.db import ensure_schema
-        from ranker.sim.synth import is_empty
+        from ranker.data.db import ensure_schema, is_empty
 
         if not is_empty(ensure_schema(engine)):
             print(f"{mask_url(str(engine.url))} already holds data; keeping it")
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ranker.data.db import DatabaseError
-    from ranker.sim.synth import WorldExistsError
+    from ranker.data.db import DatabaseError, WorldExistsError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -20,7 +20,6 @@ from sqlalchemy import Engine, case, func, select
 
 from ranker import config
 from ranker.data.db import get_setting, session_scope
-from ranker.rank.features import ListContext, age_days
 from ranker.data.schema import Interaction, Item
 
 
@@ -137,35 +136,3 @@ class CountIndex:
         items = np.asarray(item_ids, dtype=np.int64)
         t = np.asarray(as_of).astype("datetime64[us]").astype(np.int64)
         return self._count(self._view_keys, items, t), self._count(self._other_keys, items, t)
-
-
-def make_context(
-    catalog: Catalog,
-    rows: np.ndarray,
-    views: np.ndarray,
-    interactions: np.ndarray,
-    base_scores: np.ndarray,
-    as_of: datetime,
-    user_id: int,
-    user_category: str | None = None,
-    user_field: str | None = None,
-) -> ListContext:
-    """A :class:`ListContext` for catalogue ``rows`` (positions, in list order).
-
-    ``views`` and ``interactions`` are aligned with ``rows``.
-    """
-    return ListContext(
-        as_of=as_of,
-        user_id=int(user_id),
-        user_category=user_category,
-        user_field=user_field,
-        item_ids=catalog.ids[rows],
-        base_scores=np.asarray(base_scores, dtype=np.float64),
-        age_days=age_days(as_of, catalog.created[rows], catalog.updated[rows]),
-        views=np.asarray(views, dtype=np.float64),
-        interactions=np.asarray(interactions, dtype=np.float64),
-        category=catalog.category[rows],
-        field=catalog.field[rows],
-        type=catalog.type[rows],
-        max_views=catalog.max_views,
-    )

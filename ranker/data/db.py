@@ -22,8 +22,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ranker import config
-from ranker.clock import utcnow
-from ranker.data.schema import COUNTED_TABLES, AuditLog, Base, Setting
+from ranker.data.clock import utcnow
+from ranker.data.schema import COUNTED_TABLES, AuditLog, Base, Interaction, Item, Setting, User
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -32,6 +32,10 @@ T = TypeVar("T")
 
 class DatabaseError(RuntimeError):
     """A database problem explained for the operator (URL shown with password masked)."""
+
+
+class WorldExistsError(RuntimeError):
+    """The database already holds data that a new world or an import would mix with."""
 
 
 def database_url() -> str:
@@ -226,6 +230,13 @@ def ensure_schema(engine: Engine | None = None) -> Engine:
     if schema_revision(engine) != head_revision():
         upgrade(engine)
     return engine
+
+
+def is_empty(engine: Engine) -> bool:
+    """True when the database holds no users, items or interactions."""
+    with engine.connect() as conn:
+        return all(conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
+                   for t in (User.__table__, Item.__table__, Interaction.__table__))
 
 
 def table_counts(engine: Engine | None = None) -> dict[str, int]:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import session_scope, with_retries
 from ranker.data.schema import Item, User
 

@@ -41,13 +41,13 @@ from tqdm import tqdm
 
 from ranker import config
 from ranker.base import BaseRecommender, TrainingData, make_base_model
-from ranker.data.catalog import Catalog, counts_as_of, load_catalog, make_context
+from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.db import get_setting, put_setting, session_scope
 from ranker.data.interactions import load_interactions, load_users
 from ranker.data.schema import Setting
-from ranker.evaluation.metrics import intra_list_diversity, ndcg_at_k
 from ranker.rank.dataset import DatasetConfig, build_dataset
-from ranker.rank.features import age_days
+from ranker.rank.features import age_days, make_context
+from ranker.rank.metrics import intra_list_diversity, ndcg_at_k
 from ranker.rank.rerank import NeuralScorer, RuleScorer, Scorer, greedy_rerank
 from ranker.rank.train import DataError, TrainConfig, load_dataset, train
 

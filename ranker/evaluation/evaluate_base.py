@@ -30,10 +30,10 @@ from sqlalchemy import Engine
 from ranker import config
 from ranker.base import MODEL_NAMES, BaseRecommender, TrainingData
 from ranker.base.store import fit_models
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.interactions import load_interactions
-from ranker.evaluation.metrics import mean_ndcg_at_k
+from ranker.rank.metrics import mean_ndcg_at_k
 
 OVERALL = "overall"
 BASELINE = "popularity"
@@ -190,7 +190,7 @@ def score_models(
 
 def _ndcg_per_group(y_true: np.ndarray, y_score: np.ndarray, gid: np.ndarray, k: int,
                     n_groups: int) -> np.ndarray:
-    """NDCG@k of each group, through :func:`ranker.evaluation.metrics.mean_ndcg_at_k` one group at a time."""
+    """NDCG@k of each group, through :func:`ranker.rank.metrics.mean_ndcg_at_k` one group at a time."""
     order = np.argsort(gid, kind="stable")
     bounds = np.searchsorted(gid[order], np.arange(n_groups + 1))
     return np.array([

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from ranker import config
-from ranker.clock import utcnow
+from ranker.data.clock import utcnow
 from ranker.data.db import audit, session_scope, with_retries
 from ranker.data.schema import Job
 

@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import Engine
 
 from ranker import config
-from ranker.clock import utcnow
+from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
 from ranker.rank.dataset import DatasetConfig, build_dataset
 from ranker.rank.registry import (

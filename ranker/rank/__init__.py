@@ -1,7 +1,8 @@
 """The ranker itself: features, the MLP, its loss, training data, training, reranking and the
 model registry.
 
-- :mod:`ranker.rank.features`: the feature registry (one function per feature).
+- :mod:`ranker.rank.features`: the feature registry (one function per feature) and list contexts.
+- :mod:`ranker.rank.metrics`: NDCG, MRR, AUC, pairwise accuracy, list diversity (checked against sklearn).
 - :mod:`ranker.rank.model`: ``RankerMLP``.
 - :mod:`ranker.rank.losses`: the pairwise loss.
 - :mod:`ranker.rank.dataset`: leak-free training data (``ranker dataset``).

@@ -32,12 +32,12 @@ from sqlalchemy import Engine, or_, select
 from tqdm import tqdm
 
 from ranker import config
-from ranker.clock import serve_now, utcnow
-from ranker.data.catalog import Catalog, CountIndex, load_catalog, make_context
+from ranker.data.catalog import Catalog, CountIndex, load_catalog
+from ranker.data.clock import serve_now, utcnow
 from ranker.data.db import put_setting, session_scope
 from ranker.data.interactions import load_interactions, load_users
 from ranker.data.schema import Impression, Outcome
-from ranker.rank.features import REGISTRY, feature_columns, list_features
+from ranker.rank.features import REGISTRY, feature_columns, list_features, make_context
 
 log = logging.getLogger(__name__)
 SOURCES = ("feedback", "impressions")

@@ -24,10 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ranker import config
+
+if TYPE_CHECKING:
+    from ranker.data.catalog import Catalog
 
 FeatureFn = Callable[["ListContext", np.ndarray], np.ndarray]
 
@@ -214,3 +218,35 @@ def age_days(as_of: datetime, created: np.ndarray, updated: np.ndarray) -> np.nd
     updated = updated.astype("datetime64[us]")
     ref = np.where(updated <= t, np.maximum(created, updated), created)
     return (t - ref).astype("timedelta64[us]").astype(np.float64) / 86_400e6
+
+
+def make_context(
+    catalog: Catalog,
+    rows: np.ndarray,
+    views: np.ndarray,
+    interactions: np.ndarray,
+    base_scores: np.ndarray,
+    as_of: datetime,
+    user_id: int,
+    user_category: str | None = None,
+    user_field: str | None = None,
+) -> ListContext:
+    """A :class:`ListContext` for catalogue ``rows`` (positions, in list order).
+
+    ``views`` and ``interactions`` are aligned with ``rows``.
+    """
+    return ListContext(
+        as_of=as_of,
+        user_id=int(user_id),
+        user_category=user_category,
+        user_field=user_field,
+        item_ids=catalog.ids[rows],
+        base_scores=np.asarray(base_scores, dtype=np.float64),
+        age_days=age_days(as_of, catalog.created[rows], catalog.updated[rows]),
+        views=np.asarray(views, dtype=np.float64),
+        interactions=np.asarray(interactions, dtype=np.float64),
+        category=catalog.category[rows],
+        field=catalog.field[rows],
+        type=catalog.type[rows],
+        max_views=catalog.max_views,
+    )

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ranker import config
-from ranker.clock import utcnow
+from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope
 from ranker.data.schema import ModelActivation, ModelVersion
 from ranker.rank.features import feature_names

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ranker.clock import utcnow
-from ranker.evaluation.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
+from ranker.data.clock import utcnow
 from ranker.rank.features import feature_columns, feature_names
 from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
+from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
 from ranker.rank.model import ARCHS, RankerMLP, count_parameters
 from ranker.rank.rerank import RuleScorer
 

@@ -9,7 +9,7 @@ from scipy import stats
 from sqlalchemy import Engine
 
 from ranker.data.db import audit, get_setting, put_setting, session_scope
-from ranker.evaluation.metrics import mean_ndcg_at_k
+from ranker.rank.metrics import mean_ndcg_at_k
 from ranker.rank.rerank import (
     BOOST_SETTING,
     RuleScorer,
@@ -45,15 +45,11 @@ def freshness_boost(engine: Engine) -> float:
 
 
 def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> float:
-    """Validate and persist the boost. This process serves with it from the next request;
-    other processes within ``serve.SETTINGS_TTL_S`` seconds."""
-    from ranker.serving.service import service
-
+    """Validate and persist the boost. Every serving process uses it from its next request."""
     value = validate_freshness_boost(value)
     with session_scope(engine) as s:
         put_setting(s, BOOST_SETTING, value)
         audit(s, BOOST_SETTING, {"value": value}, actor)
-    service(engine).forget_settings()
     return value
 
 

@@ -18,10 +18,10 @@ import numpy as np
 from sqlalchemy import Engine, insert, select
 
 from ranker import config
-from ranker.clock import utcnow
+from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
 from ranker.data.schema import Impression, Interaction, Outcome, ServedList
-from ranker.evaluation.metrics import category_entropy, intra_list_diversity
+from ranker.rank.metrics import category_entropy, intra_list_diversity
 
 log = logging.getLogger(__name__)
 SETTING = "experiment"
@@ -202,7 +202,7 @@ def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[Feedbac
     and as a platform interaction. The same (impression, kind) is stored once, however
     often or concurrently it is sent: the database's unique index decides.
     """
-    from ranker.clock import serve_now
+    from ranker.data.clock import serve_now
 
     def write() -> list[FeedbackResult]:
         with session_scope(engine) as s:

@@ -30,7 +30,7 @@ from ranker import config
 from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL, MODEL_NAMES, BaseRecommender
 from ranker.base.ensemble import EnsembleRecommender
 from ranker.base.popularity import PopularityRecommender
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, session_scope
 from ranker.data.interactions import engaged_item_ids, user_role
 
@@ -167,7 +167,7 @@ def candidates(
     model : str or BaseRecommender, optional
         A model name from the serving store (default ``"ensemble"``), or a fitted model.
     as_of : datetime, optional
-        Serve time; default the world clock (``ranker.clock.serve_now``).
+        Serve time; default the world clock (``ranker.data.clock.serve_now``).
 
     Raises
     ------

@@ -20,11 +20,11 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 
 from ranker import config
-from ranker.clock import serve_now
-from ranker.data.catalog import Catalog, counts_as_of, load_catalog, make_context
+from ranker.data.catalog import Catalog, counts_as_of, load_catalog
+from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, get_setting, session_scope
 from ranker.data.schema import Interaction, Item, Setting, User
-from ranker.rank.features import ListContext, feature_names, list_features
+from ranker.rank.features import ListContext, feature_names, list_features, make_context
 from ranker.rank.registry import ActiveModel
 from ranker.rank.rerank import (
     BOOST_SETTING,
@@ -39,8 +39,6 @@ from ranker.rank.rerank import (
 log = logging.getLogger(__name__)
 CATALOG_TTL_S = 5.0
 RULE_WEIGHTS_SETTING = "rule_weights"
-#: How long a process keeps the operator's freshness boost before reading it again.
-SETTINGS_TTL_S = 2.0
 
 
 @dataclass
@@ -126,8 +124,6 @@ class Service:
         self._catalog_sig: tuple | None = None
         self._catalog_checked = 0.0
         self._counts = _Counts()
-        self._boost: tuple[float, float] | None = None  # (value, monotonic time read)
-        self._boost_generation = 0  # bumped by forget_settings()
 
     def catalog(self) -> Catalog:
         now = time.monotonic()
@@ -153,16 +149,10 @@ class Service:
         """Forget cached catalogue and counts (after an import or a new world)."""
         with self._lock:
             self._catalog, self._catalog_sig, self._counts = None, None, _Counts()
-        self.forget_settings()
-
-    def forget_settings(self) -> None:
-        """Read the operator's serving settings again on the next request (after a save)."""
-        self._boost_generation += 1
-        self._boost = None
 
     def settings(self) -> ServingSettings:
         """Clock, experiment, rule weights and freshness boost, as saved now (one query)."""
-        from ranker.clock import CLOCK_SETTING, utcnow
+        from ranker.data.clock import CLOCK_SETTING, utcnow
         from ranker.serving.experiments import SETTING as EXPERIMENT_SETTING
         from ranker.serving.experiments import Experiment
 
@@ -188,16 +178,10 @@ class Service:
         return rule, self.model.reason
 
     def freshness_boost(self) -> float:
-        now = time.monotonic()
-        cached = self._boost
-        if cached is not None and now - cached[1] < SETTINGS_TTL_S:
-            return cached[0]
-        generation = self._boost_generation
+        """The operator's saved freshness boost (read on every call: settings are never cached,
+        so a save reaches every process on its next request)."""
         with session_scope(self.engine) as s:
-            value = saved_freshness_boost(get_setting(s, BOOST_SETTING))
-        if generation == self._boost_generation:  # no save happened meanwhile
-            self._boost = (value, now)
-        return value
+            return saved_freshness_boost(get_setting(s, BOOST_SETTING))
 
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, func, insert, select
 
 from ranker import config
-from ranker.clock import serve_now, set_clock
+from ranker.data.clock import serve_now, set_clock
 from ranker.data.db import audit, session_scope
 from ranker.data.schema import Item, User
 from ranker.rank.features import age_days

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from tqdm import tqdm
 
 from ranker import config
-from ranker.clock import set_clock
-from ranker.data.db import audit, ensure_schema, put_setting, session_scope
+from ranker.data.clock import set_clock
+from ranker.data.db import WorldExistsError, audit, ensure_schema, is_empty, put_setting, session_scope
 from ranker.data.schema import (
     Impression,
     Interaction,
@@ -107,20 +107,8 @@ SCALES = {
 }
 
 
-class WorldExistsError(RuntimeError):
-    pass
-
-
 def role_flows(role: str) -> list[str]:
     return [f for f, (r, _) in config.FLOWS.items() if r == role]
-
-
-def is_empty(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        return all(
-            conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
-            for t in (User.__table__, Item.__table__, Interaction.__table__)
-        )
 
 
 def wipe(engine: Engine) -> None:
@@ -402,4 +390,4 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-__all__ = ["build_world", "new_items", "WorldExistsError", "SCALES", "WORLD_END"]
+__all__ = ["build_world", "new_items", "SCALES", "WORLD_END"]

@@ -20,11 +20,11 @@ from scipy import stats
 from sqlalchemy import select
 
 from ranker import config
-from ranker.clock import serve_now
+from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.schema import User
-from ranker.evaluation.metrics import intra_list_diversity
 from ranker.rank.features import feature_names
+from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
 from ranker.sim.truth import GroundTruth, attraction_logits, examination_probability, load_truth
 
@@ -107,7 +107,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     """CTR, diversity and freshness of each policy on the same requests and random numbers."""
     from tqdm import tqdm
 
-    from ranker.data.catalog import make_context
+    from ranker.rank.features import make_context
     from ranker.serving.flows import candidates
     from ranker.serving.service import service
     from ranker.sim.synth import role_flows
