@@ -18,11 +18,10 @@ from tqdm import tqdm
 
 from ranker import config
 from ranker.data.clock import set_clock, utcnow
-from ranker.data.db import audit, ensure_schema, get_setting, put_setting, session_scope
+from ranker.data.db import WorldExistsError, audit, ensure_schema, get_setting, is_empty, put_setting, session_scope
 from ranker.data.importing.mapping import DEFAULT_POSITIVE_MIN, ImportRows, SourceData, plan_rows
 from ranker.data.importing.records import MAX_DB_ID, ImportDataError
 from ranker.data.schema import AuditLog, Base, Interaction, Item, User
-from ranker.data.db import WorldExistsError, is_empty
 
 log = logging.getLogger(__name__)
 
