@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test test-fast install install-dev lint bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: install
 
 test: install-dev
 	$(VENV)/bin/pytest -q
+
+# The inner loop: unit tests only (no servers, dashboard, browser, PostgreSQL or big worlds).
+test-fast: install-dev
+	$(VENV)/bin/pytest -q -m "not slow and not browser and not postgres"
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,36 @@ from sqlalchemy import Engine
 from ranker.data.db import make_engine
 
 PG_URL_ENV = "RANKER_TEST_POSTGRES_URL"
+REPO = Path(__file__).resolve().parents[1]
+#: What a test run may leave in the checkout: caches and the virtual environment.
+ALLOWED_LEFTOVERS = (".venv/", ".pytest_cache/", ".ruff_cache/", ".hypothesis/", "ranker.egg-info/")
+
+
+def untracked_paths() -> set[str] | None:
+    """Untracked and ignored paths in the checkout, or None outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    paths = {line[3:] for line in out.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not p.startswith(ALLOWED_LEFTOVERS) and "__pycache__/" not in p}
+
+
+BEFORE_KEY = pytest.StashKey[set[str] | None]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[BEFORE_KEY] = untracked_paths()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The repository-clean check runs after every other test."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_repository_clean"))
 
 
 def _pg_url() -> str | None:

@@ -25,6 +25,8 @@ KEY = "fuzz-key"
 EXAMPLES = 30
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
+pytestmark = pytest.mark.slow  # hundreds of generated requests
+
 
 def _fuzz(app, mode: GenerationMode, examples: int = EXAMPLES) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

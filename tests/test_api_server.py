@@ -25,6 +25,8 @@ from ranker.data.schema import Impression, Outcome, ServedList, User
 
 STARTUP_TIMEOUT_S = 90
 
+pytestmark = pytest.mark.slow  # real server processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:

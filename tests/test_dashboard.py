@@ -37,6 +37,7 @@ from ranker.serving.service import _SERVICES, recommend
 from ranker.sim.simulate import simulate
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+pytestmark = pytest.mark.slow  # whole page runs and background jobs
 PASSWORD = "correct horse"
 JOB_TIMEOUT_S = 90.0
 

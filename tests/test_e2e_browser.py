@@ -1,7 +1,8 @@
 """The dashboard end to end: `streamlit run dashboard/app.py` driven in headless Chromium.
 
 The server runs on a private copy of the trained small demo world. Screenshots of
-every page go to ``artifacts/screenshots/`` (git-ignored) for a person to look at.
+every page go to ``$RANKER_SCREENSHOTS`` (default: ``ranker-screenshots`` in the system's
+temporary folder), outside the repository, for a person to look at.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from ranker.serving.service import recommend
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "artifacts" / "screenshots"
+SHOTS = Path(os.environ.get("RANKER_SCREENSHOTS", Path(tempfile.gettempdir()) / "ranker-screenshots"))
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

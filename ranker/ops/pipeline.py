@@ -57,7 +57,7 @@ def train_and_register(
     cfg: TrainConfig,
     val: str | Path | None = None,
     val_split: float = 0.0,
-    output_dir: str | Path = config.MODELS_DIR,
+    output_dir: str | Path | None = None,
     activate: bool | None = None,
     min_positives: int = 100,
     on_epoch: EpochCallback | None = None,
@@ -78,7 +78,7 @@ def train_and_register(
     else:
         val_set = None
     result = train(dataset, cfg, val=val_set, on_epoch=on_epoch, should_stop=should_stop)
-    paths = write_checkpoints(result, Path(output_dir), data_hash(Path(data)), str(data))
+    paths = write_checkpoints(result, Path(output_dir or config.MODELS_DIR), data_hash(Path(data)), str(data))
     chosen = paths.get("best", paths["final"])
     notes = []
     if activate is None:
@@ -100,7 +100,7 @@ def retrain(
     engine: Engine,
     dataset_cfg: DatasetConfig | None = None,
     train_cfg: TrainConfig | None = None,
-    output_dir: str | Path = config.MODELS_DIR,
+    output_dir: str | Path | None = None,
     show_bar: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
@@ -108,7 +108,8 @@ def retrain(
     and than the rule-based ranker (with the operator's saved weights), which serves otherwise.
 
     The comparison is fair: the active model and the rule are scored on the *new*
-    validation data. The active file is backed up first.
+    validation data. The active file is backed up first. ``output_dir`` defaults to
+    ``config.MODELS_DIR`` as it is when called.
     """
     from ranker.rank.tuning import current_weights, offline_ndcg
 

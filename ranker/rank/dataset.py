@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -46,7 +46,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class DatasetConfig:
-    output: Path = config.DATA_DIR / "ranker_train.csv"
+    output: Path = field(default_factory=lambda: config.DATA_DIR / "ranker_train.csv")  # read when built
     neg_ratio: float = 2.0  # negatives sampled per positive, within the same list
     source: str = "feedback"
     window_days: float = 45.0  # feedback: lists from the last N days before the clock
