@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ranker import keys
+
 LATENCY_TARGET = "p99 <= 10 ms incl. rerank (SPEC §13)"
 
 
@@ -106,7 +108,7 @@ def _synthetic_catalogue(folder: Path, n_engaged: int = 200_000, seed: int = 0):
         s.execute(insert(User), users)
         s.execute(insert(Item), items)
         s.execute(insert(Interaction), rows)
-        put_setting(s, "world", {"synthetic": "bench-20k", "seed": seed})
+        put_setting(s, keys.WORLD, {"synthetic": "bench-20k", "seed": seed})
         set_clock(s, end)
     return engine
 

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
+from ranker import keys
 from ranker.data import db
 from ranker.rank.rerank import FreshnessBoosted
 from ranker.serving import online
@@ -51,8 +52,8 @@ for col, name in zip(cols, ("users", "items", "interactions", "impressions", "ou
     col.metric(name.capitalize(), f"{counts[name]:,}")
 
 with db.session_scope(engine) as s:
-    last_dataset = db.get_setting(s, "last_dataset")
-    last_training = db.get_setting(s, "last_training")
+    last_dataset = db.get_setting(s, keys.LAST_DATASET)
+    last_training = db.get_setting(s, keys.LAST_TRAINING)
 left, right = st.columns(2)
 with left:
     st.markdown("**Last dataset**")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, insert
 
-from ranker import config
+from ranker import config, keys
 from ranker.base import (
     MODEL_NAMES,
     BaseRecommender,
@@ -320,7 +320,7 @@ def test_store_reloads_changed_files_keeps_good_models_and_skips_other_data(
     other.save(folder / "popularity.npz", extra_meta=stamp)
     # After a rebuild with another seed the saved file no longer describes this data.
     with session_scope(world_copy) as s:
-        put_setting(s, "world", {"seed": 7, "preset": "default", "scale": "small"})
+        put_setting(s, keys.WORLD, {"seed": 7, "preset": "default", "scale": "small"})
     store.clear_cache()
     assert "popularity" not in store.load_base_models(world_copy)
 

@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, text
 from streamlit.testing.v1 import AppTest
 
 from dashboard.common import PAGES
-from ranker import config
+from ranker import config, keys
 from ranker.data import db
 from ranker.ops import jobs
 from ranker.rank import registry, tuning
@@ -339,7 +339,7 @@ def readyz_server(status: int, body: dict) -> Iterator[str]:
 def record_api_server(engine, url: str, workers: int = 2) -> None:
     """What `ranker serve` writes when it starts."""
     with db.session_scope(engine) as s:
-        db.put_setting(s, "api_server", {"url": url, "pid": os.getpid(), "workers": workers,
+        db.put_setting(s, keys.API_SERVER, {"url": url, "pid": os.getpid(), "workers": workers,
                                          "started_at": STARTED_AT})
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Engine, select, text
 
+from ranker import keys
 from ranker.data import db
 from ranker.data.schema import Base, Impression, Interaction, Item, Outcome, Setting, User
 from ranker.sim.truth import WorldTruth
@@ -28,7 +29,7 @@ def _round_trip(engine: Engine) -> None:
         s.add(imp)
         s.flush()
         s.add(Outcome(impression_id=imp.id, kind="click", created_at=t0))
-        db.put_setting(s, "rule_weights", {"model_score": 0.5})
+        db.put_setting(s, keys.RULE_WEIGHTS, {"model_score": 0.5})
     with db.session_scope(engine) as s:
         item = s.scalars(select(Item)).one()
         assert (item.name, item.category, item.views, item.created_at) == ("acme", "ai", 7, t0)
@@ -37,7 +38,7 @@ def _round_trip(engine: Engine) -> None:
                                                               item.id)
         imp = s.scalars(select(Impression)).one()
         assert imp.features == {"model_score": 1.0, "recency": 0.5}
-        assert db.get_setting(s, "rule_weights") == {"model_score": 0.5}
+        assert db.get_setting(s, keys.RULE_WEIGHTS) == {"model_score": 0.5}
         assert s.scalars(select(Setting.key)).all() == ["rule_weights"]
     counts = db.table_counts(engine)
     assert counts["users"] == 1 and counts["outcomes"] == 1 and counts["impressions"] == 1

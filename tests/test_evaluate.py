@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
+from ranker import keys
 from ranker.cli import main
 from ranker.data.catalog import Catalog
 from ranker.data.db import get_setting, make_engine, put_setting, session_scope, table_counts
@@ -132,7 +133,7 @@ def test_list_metrics_count_only_the_top_k() -> None:
 def test_end_to_end_evaluation_gives_finite_metrics_for_all_three_orders(imported: Engine) -> None:
     before = table_counts(imported)
     with session_scope(imported) as s:
-        put_setting(s, "last_dataset", {"path": "data/ranker_train.csv"})
+        put_setting(s, keys.LAST_DATASET, {"path": "data/ranker_train.csv"})
 
     result = evaluate_end_to_end(imported, split="0.8,0.1,0.1", base_model="als",
                                  train_config=TrainConfig(epochs=5, seed=1), seed=1)
@@ -151,7 +152,7 @@ def test_end_to_end_evaluation_gives_finite_metrics_for_all_three_orders(importe
     # Nothing is registered, and the operator's last dataset is left as it was.
     assert table_counts(imported) == {**before, "settings": before["settings"] + 1}
     with session_scope(imported) as s:
-        assert get_setting(s, "last_dataset") == {"path": "data/ranker_train.csv"}
+        assert get_setting(s, keys.LAST_DATASET) == {"path": "data/ranker_train.csv"}
 
 
 def test_end_to_end_evaluation_is_deterministic_for_a_seed(imported: Engine) -> None:

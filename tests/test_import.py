@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, text
 
+from ranker import keys
 from ranker.cli import main
 from ranker.data.db import WorldExistsError, ensure_schema, get_setting, make_engine, session_scope, table_counts
 from ranker.data.importing import (
@@ -216,9 +217,9 @@ def test_import_sets_the_clock_to_the_last_interaction_and_writes_popularity_and
     summary = import_movielens(engine, ml100k)
 
     with session_scope(engine) as s:
-        assert get_setting(s, "clock") == utc(ts(600)).isoformat()
+        assert get_setting(s, keys.CLOCK) == utc(ts(600)).isoformat()
         # item 1: 2 views + 2 likes -> 2 + 3*2 + 1 = 9, rounded up to 100 as synth.py does
-        assert get_setting(s, "popularity_max_views") == 100
+        assert get_setting(s, keys.POPULARITY_MAX_VIEWS) == 100
         rows = s.scalars(select(AuditLog).where(AuditLog.action == "import")).all()
         assert len(rows) == 1 and rows[0].details["interactions"] == 9
     assert summary.clock == utc(ts(600)).isoformat()
@@ -228,13 +229,13 @@ def test_each_import_writes_a_new_world_record_so_saved_base_models_are_refitted
                                                                                  tmp_path) -> None:
     import_movielens(engine, ml100k)
     with session_scope(engine) as s:
-        first = get_setting(s, "world")
+        first = get_setting(s, keys.WORLD)
     assert (first["source"], first["mode"], first["end"]) == ("ml-100k", "new", utc(ts(600)).isoformat())
 
     more = write_ml100k(tmp_path / "more", [(50, 60, 5, ts(900))], [(60, "Later (1998)", "01-Feb-1998", [1])])
     import_movielens(engine, more, append=True)
     with session_scope(engine) as s:
-        second = get_setting(s, "world")
+        second = get_setting(s, keys.WORLD)
     assert second["mode"] == "append" and second["appended_to"] == first
 
 
@@ -383,7 +384,7 @@ def test_append_adds_new_ids_and_refuses_colliding_ones(engine, ml100k, tmp_path
     after = table_counts(engine)
     assert (after["users"], after["items"], after["interactions"]) == (4, 5, 11)
     with session_scope(engine) as s:
-        assert get_setting(s, "clock") == utc(ts(900)).isoformat()
+        assert get_setting(s, keys.CLOCK) == utc(ts(900)).isoformat()
 
 
 def test_force_replaces_the_world(engine, ml100k, tmp_path) -> None:
@@ -409,7 +410,7 @@ def test_force_over_the_demo_world_removes_its_history_and_ground_truth(world_co
     assert (counts["users"], counts["items"], counts["interactions"]) == (3, 4, 9)
     assert truth_rows() == 0
     with session_scope(world_copy) as s:
-        assert get_setting(s, "world")["source"] == "ml-100k"
+        assert get_setting(s, keys.WORLD)["source"] == "ml-100k"
 
 
 def test_a_failure_while_writing_rolls_back_the_wipe_and_every_insert(engine, ml100k, tmp_path,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.catalog import CountIndex, load_catalog
 from ranker.data.interactions import load_interactions
 from ranker.data.schema import Impression, Interaction, Item, ServedList, User
@@ -258,7 +258,7 @@ def test_freshness_boost_adds_recency_to_the_neural_score_and_serves_younger_lis
     assert mean_recency() > plain  # younger lists
 
     with session_scope(served) as s:  # a hand-edited, invalid setting is ignored, not fatal
-        put_setting(s, "freshness_boost", "lots")
+        put_setting(s, keys.FRESHNESS_BOOST, "lots")
     caplog.set_level(logging.WARNING)
     rerank._warned.clear()
     assert service(served).scorer()[0].version == "v1"

@@ -21,9 +21,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from ranker import keys
 from ranker.api.auth import READ_KEYS_ENV, WRITE_KEYS_ENV, Keys
 
-SETTING = "api_server"
 GRACE_S = 30
 LOOPBACK = "127.0.0.1"
 
@@ -77,11 +77,11 @@ def _record(engine: Any, value: dict | None) -> None:
 
     with session_scope(engine) as s:
         if value is None:
-            current = get_setting(s, SETTING)
+            current = get_setting(s, keys.API_SERVER)
             if current and current.get("pid") == os.getpid():
-                put_setting(s, SETTING, None)
+                put_setting(s, keys.API_SERVER, None)
         else:
-            put_setting(s, SETTING, value)
+            put_setting(s, keys.API_SERVER, value)
 
 
 def serve(host: str = LOOPBACK, port: int = 8000, workers: int = 1, log_level: str = "info") -> None:
@@ -132,7 +132,7 @@ def running_server(engine: Any) -> dict | None:
     from ranker.data.db import get_setting, session_scope
 
     with session_scope(engine) as s:
-        return get_setting(s, SETTING)
+        return get_setting(s, keys.API_SERVER)
 
 
 def probe(url: str, timeout: float = 0.5) -> dict | None:

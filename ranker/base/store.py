@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.base import FALLBACK_MODEL, MODEL_NAMES, BaseRecommender, make_base_model
 from ranker.base.base import TrainingData
 from ranker.base.ensemble import DEFAULT_ENSEMBLE_WEIGHTS, EnsembleRecommender
@@ -59,7 +59,7 @@ def database_fingerprint(engine: Engine) -> dict[str, Any]:
     preset or scale) or another import does not. New interactions do not change it.
     """
     with session_scope(engine) as s:
-        world = get_setting(s, "world")
+        world = get_setting(s, keys.WORLD)
         n_items, max_item = s.execute(select(func.count(), func.max(Item.id))).one()
         n_users, max_user = s.execute(select(func.count(), func.max(User.id))).one()
     return {"world": world, "items": [n_items, max_item], "users": [n_users, max_user]}

@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import Engine, case, func, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.db import get_setting, session_scope
 from ranker.data.schema import Interaction, Item
 
@@ -56,7 +56,7 @@ def load_catalog(engine: Engine) -> Catalog:
     with engine.connect() as conn:
         rows = conn.execute(select(*cols).order_by(Item.id)).all()
     with session_scope(engine) as s:
-        max_views = float(get_setting(s, "popularity_max_views", config.DEFAULT_POPULARITY_MAX_VIEWS))
+        max_views = float(get_setting(s, keys.POPULARITY_MAX_VIEWS, config.DEFAULT_POPULARITY_MAX_VIEWS))
     if not rows:
         empty = np.array([], dtype=object)
         return Catalog(np.array([], np.int64), empty, empty, empty, empty,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-CLOCK_SETTING = "clock"
+from ranker import keys
 
 
 def utcnow() -> datetime:
@@ -21,11 +21,11 @@ def utcnow() -> datetime:
 def serve_now(session: Session) -> datetime:
     from ranker.data.db import get_setting
 
-    value = get_setting(session, CLOCK_SETTING)
+    value = get_setting(session, keys.CLOCK)
     return datetime.fromisoformat(value) if value else utcnow()
 
 
 def set_clock(session: Session, moment: datetime) -> None:
     from ranker.data.db import put_setting
 
-    put_setting(session, CLOCK_SETTING, moment.isoformat())
+    put_setting(session, keys.CLOCK, moment.isoformat())

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from sqlalchemy import Engine
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
 from ranker.rank.dataset import DatasetConfig, build_dataset
@@ -89,7 +89,7 @@ def train_and_register(
     # The metrics of the checkpoint registered (the best epoch's, with validation data).
     metrics = load_checkpoint(chosen).meta.get("metrics") or result.metrics
     with session_scope(engine) as s:
-        put_setting(s, "last_training", {"version": version, "data": str(data),
+        put_setting(s, keys.LAST_TRAINING, {"version": version, "data": str(data),
                                          "metrics": metrics, "at": utcnow().isoformat(),
                                          "epochs": cfg.epochs})
     return TrainOutcome(version, activate, {k: str(v) for k, v in paths.items()}, metrics,

@@ -31,7 +31,7 @@ import numpy as np
 from sqlalchemy import Engine, or_, select
 from tqdm import tqdm
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.catalog import Catalog, CountIndex, load_catalog
 from ranker.data.clock import serve_now, utcnow
 from ranker.data.db import put_setting, session_scope
@@ -148,7 +148,7 @@ def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None 
     else:
         summary = _from_impressions(engine, cfg, progress, show_bar)
     with session_scope(engine) as s:
-        put_setting(s, "last_dataset", {**summary.as_dict(), "created_at": utcnow().isoformat()})
+        put_setting(s, keys.LAST_DATASET, {**summary.as_dict(), "created_at": utcnow().isoformat()})
     return summary
 
 

@@ -28,7 +28,7 @@ import torch
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope
 from ranker.data.schema import ModelActivation, ModelVersion
@@ -209,7 +209,7 @@ def _version_row(s: Session, version: str) -> ModelVersion:
 def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
     """Make ``version`` (or ``rule``) the served model. The file is validated first."""
     with session_scope(engine) as s:
-        history = list(get_setting(s, "active_history", []))
+        history = list(get_setting(s, keys.ACTIVE_HISTORY, []))
         if version == RULE:
             active_path().unlink(missing_ok=True)
             s.execute(update(ModelVersion).values(is_active=False))
@@ -223,7 +223,7 @@ def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
             row.is_active = True
         if not history or history[-1] != version:
             history.append(version)
-        put_setting(s, "active_history", history[-50:])
+        put_setting(s, keys.ACTIVE_HISTORY, history[-50:])
         s.add(ModelActivation(version=version, activated_at=utcnow(), actor=actor))
         audit(s, "model_activate", {"version": version}, actor)
 
@@ -244,13 +244,13 @@ def version_scorer(engine: Engine, version: str) -> NeuralScorer:
 def rollback(engine: Engine, actor: str = "cli") -> str:
     """Re-activate the version that was active before the current one."""
     with session_scope(engine) as s:
-        history = list(get_setting(s, "active_history", []))
+        history = list(get_setting(s, keys.ACTIVE_HISTORY, []))
     if len(history) < 2:
         raise RegistryError("no earlier version to roll back to; see `ranker models list`")
     previous = history[-2]
     activate_version(engine, previous, actor=actor)
     with session_scope(engine) as s:
-        put_setting(s, "active_history", history[:-1])
+        put_setting(s, keys.ACTIVE_HISTORY, history[:-1])
     return previous
 
 

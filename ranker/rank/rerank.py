@@ -133,7 +133,6 @@ class NeuralScorer:
 #: Largest freshness boost an operator may set (score units: the neural ranker's logit).
 MAX_FRESHNESS_BOOST = 5.0
 #: The settings key it is saved under.
-BOOST_SETTING = "freshness_boost"
 
 
 def validate_freshness_boost(value: float) -> float:

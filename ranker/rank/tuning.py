@@ -8,10 +8,10 @@ import numpy as np
 from scipy import stats
 from sqlalchemy import Engine
 
+from ranker import keys
 from ranker.data.db import audit, get_setting, put_setting, session_scope
 from ranker.rank.metrics import mean_ndcg_at_k
 from ranker.rank.rerank import (
-    BOOST_SETTING,
     RuleScorer,
     saved_freshness_boost,
     saved_weights,
@@ -20,19 +20,17 @@ from ranker.rank.rerank import (
 )
 from ranker.rank.train import Dataset
 
-SETTING = "rule_weights"
-
 
 def current_weights(engine: Engine) -> dict[str, float]:
     with session_scope(engine) as s:
-        return saved_weights(get_setting(s, SETTING))
+        return saved_weights(get_setting(s, keys.RULE_WEIGHTS))
 
 
 def save_weights(engine: Engine, weights: Mapping[str, float], actor: str = "cli") -> dict[str, float]:
     """Validate and persist the rule weights (each in [0, 1]); serving uses them on the next request."""
     clean = validate_weights(weights)
     with session_scope(engine) as s:
-        put_setting(s, SETTING, clean)
+        put_setting(s, keys.RULE_WEIGHTS, clean)
         audit(s, "rule_weights", clean, actor)
     return clean
 
@@ -41,15 +39,15 @@ def freshness_boost(engine: Engine) -> float:
     """The operator's freshness boost for the neural ranker (0: none, the default; also 0, with
     a warning, when the saved value is not valid, as serving reads it)."""
     with session_scope(engine) as s:
-        return saved_freshness_boost(get_setting(s, BOOST_SETTING))
+        return saved_freshness_boost(get_setting(s, keys.FRESHNESS_BOOST))
 
 
 def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> float:
     """Validate and persist the boost. Every serving process uses it from its next request."""
     value = validate_freshness_boost(value)
     with session_scope(engine) as s:
-        put_setting(s, BOOST_SETTING, value)
-        audit(s, BOOST_SETTING, {"value": value}, actor)
+        put_setting(s, keys.FRESHNESS_BOOST, value)
+        audit(s, keys.FRESHNESS_BOOST, {"value": value}, actor)
     return value
 
 

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, insert, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
 from ranker.data.schema import Impression, Interaction, Outcome, ServedList
 from ranker.rank.metrics import category_entropy, intra_list_diversity
 
 log = logging.getLogger(__name__)
-SETTING = "experiment"
 
 
 class UnknownImpressionError(ValueError):
@@ -49,7 +48,7 @@ def validate_rollout(rollout: float) -> float:
 
 def get_experiment(engine: Engine) -> Experiment:
     with session_scope(engine) as s:
-        raw = get_setting(s, SETTING)
+        raw = get_setting(s, keys.EXPERIMENT)
     return Experiment(**raw) if raw else Experiment()
 
 
@@ -67,7 +66,7 @@ def update_experiment(engine: Engine, *, rollout: float | None = None, running: 
         else:
             exp.stopped_at = utcnow().isoformat()
     with session_scope(engine) as s:
-        put_setting(s, SETTING, asdict(exp))
+        put_setting(s, keys.EXPERIMENT, asdict(exp))
         audit(s, "experiment_update", asdict(exp), actor)
     return exp
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, func, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, get_setting, session_scope
@@ -27,7 +27,6 @@ from ranker.data.schema import Interaction, Item, Setting, User
 from ranker.rank.features import ListContext, feature_names, list_features, make_context
 from ranker.rank.registry import ActiveModel
 from ranker.rank.rerank import (
-    BOOST_SETTING,
     FreshnessBoosted,
     RuleScorer,
     Scorer,
@@ -38,7 +37,6 @@ from ranker.rank.rerank import (
 
 log = logging.getLogger(__name__)
 CATALOG_TTL_S = 5.0
-RULE_WEIGHTS_SETTING = "rule_weights"
 
 
 @dataclass
@@ -152,20 +150,19 @@ class Service:
 
     def settings(self) -> ServingSettings:
         """Clock, experiment, rule weights and freshness boost, as saved now (one query)."""
-        from ranker.data.clock import CLOCK_SETTING, utcnow
-        from ranker.serving.experiments import SETTING as EXPERIMENT_SETTING
+        from ranker.data.clock import utcnow
         from ranker.serving.experiments import Experiment
 
-        keys = (CLOCK_SETTING, EXPERIMENT_SETTING, RULE_WEIGHTS_SETTING, BOOST_SETTING)
+        wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(keys))).all()
+            rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted))).all()
         values = {key: (value or {}).get("v") for key, value in rows}
-        clock = values.get(CLOCK_SETTING)
-        raw = values.get(EXPERIMENT_SETTING)
+        clock = values.get(keys.CLOCK)
+        raw = values.get(keys.EXPERIMENT)
         return ServingSettings(now=datetime.fromisoformat(clock) if clock else utcnow(),
                                experiment=Experiment(**raw) if raw else Experiment(),
-                               rule_weights=saved_weights(values.get(RULE_WEIGHTS_SETTING)),
-                               freshness_boost=saved_freshness_boost(values.get(BOOST_SETTING)))
+                               rule_weights=saved_weights(values.get(keys.RULE_WEIGHTS)),
+                               freshness_boost=saved_freshness_boost(values.get(keys.FRESHNESS_BOOST)))
 
     def scorer(self, settings: ServingSettings | None = None) -> tuple[Scorer, str | None]:
         """The active neural scorer (with the operator's freshness boost, if any), or the rule
@@ -181,12 +178,12 @@ class Service:
         """The operator's saved freshness boost (read on every call: settings are never cached,
         so a save reaches every process on its next request)."""
         with session_scope(self.engine) as s:
-            return saved_freshness_boost(get_setting(s, BOOST_SETTING))
+            return saved_freshness_boost(get_setting(s, keys.FRESHNESS_BOOST))
 
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""
         with session_scope(self.engine) as s:
-            return RuleScorer(saved_weights(get_setting(s, RULE_WEIGHTS_SETTING)))
+            return RuleScorer(saved_weights(get_setting(s, keys.RULE_WEIGHTS)))
 
     def _user(self, user_id: int) -> Any:
         """The user's (id, role, category, field), or None for an unknown id."""

@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select, update
 from tqdm import tqdm
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import set_clock
 from ranker.data.db import WorldExistsError, audit, ensure_schema, is_empty, put_setting, session_scope
 from ranker.data.schema import (
@@ -173,8 +173,8 @@ def build_world(
     with session_scope(engine) as s:
         s.execute(update(Item), [{"id": int(i), "views": int(v)} for i, v in zip(item_ids, views)])
         peak = float((views + config.INTERACTION_POPULARITY_WEIGHT * engaged + 1).max())
-        put_setting(s, "popularity_max_views", int(np.ceil(peak / 100.0) * 100))
-        put_setting(s, "world", {"seed": seed, "preset": preset, "scale": scale,
+        put_setting(s, keys.POPULARITY_MAX_VIEWS, int(np.ceil(peak / 100.0) * 100))
+        put_setting(s, keys.WORLD, {"seed": seed, "preset": preset, "scale": scale,
                                  "start": start.isoformat(), "end": WORLD_END.isoformat()})
         set_clock(s, WORLD_END)
         audit(s, "demo_init", {"seed": seed, "preset": preset, "scale": scale, "force": force})

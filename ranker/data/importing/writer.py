@@ -16,7 +16,7 @@ from sqlalchemy import Engine, case, func, insert, select, text
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import set_clock, utcnow
 from ranker.data.db import WorldExistsError, audit, ensure_schema, get_setting, is_empty, put_setting, session_scope
 from ranker.data.importing.mapping import DEFAULT_POSITIVE_MIN, ImportRows, SourceData, plan_rows
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 INSERT_BATCH = 20_000
 #: The setting that says what data the database holds (``ranker demo init`` writes it too).
-WORLD_SETTING = "world"
 _INT_ID = re.compile(r"^[1-9][0-9]{0,9}$")
 Progress = Callable[[float, str], None]
 
@@ -131,9 +130,9 @@ def write_import(
                      "start": summary.first_interaction, "end": summary.last_interaction,
                      "imported_at": utcnow().isoformat(timespec="seconds")}
             if append:
-                world["appended_to"] = get_setting(s, WORLD_SETTING)
+                world["appended_to"] = get_setting(s, keys.WORLD)
             # Saved base models are tied to this record (ranker.base.store): a new import invalidates them.
-            put_setting(s, WORLD_SETTING, world)
+            put_setting(s, keys.WORLD, world)
             audit(s, "import", {k: v for k, v in summary.as_dict().items() if k != "seconds"}, actor=actor)
     finally:
         bar.close()
@@ -234,7 +233,7 @@ def _refresh_settings(session: Session) -> tuple[int, datetime]:
                 .group_by(Interaction.item_id).subquery())
     peak = float(session.execute(select(func.max(per_item.c.peak))).scalar() or 1.0)
     max_views = int(np.ceil(peak / 100.0) * 100)
-    put_setting(session, "popularity_max_views", max_views)
+    put_setting(session, keys.POPULARITY_MAX_VIEWS, max_views)
     last = session.execute(select(func.max(Interaction.created_at))).scalar()
     if isinstance(last, str):  # some drivers hand back the stored text
         last = datetime.fromisoformat(last)

@@ -1,0 +1,21 @@
+"""Every key of the ``settings`` table, in one place.
+
+The table holds the operator's choices and the state serving needs (the world's clock,
+the experiment, rule weights, the freshness boost), plus bookkeeping the dashboard
+shows. Code reads and writes them only through these names; ``tests/test_keys.py``
+fails on a literal key anywhere else.
+"""
+
+CLOCK = "clock"  # the serve clock of a synthetic or imported world (ISO time); absent: the wall clock
+EXPERIMENT = "experiment"  # the A/B experiment: rollout %, salt, running, start and stop
+RULE_WEIGHTS = "rule_weights"  # the rule-based ranker's weights per feature
+FRESHNESS_BOOST = "freshness_boost"  # logits added per unit of recency to the neural ranker's score
+ACTIVE_HISTORY = "active_history"  # versions activated, oldest first, for rollback
+LAST_DATASET = "last_dataset"  # summary of the latest `ranker dataset`
+LAST_TRAINING = "last_training"  # summary of the latest training run
+POPULARITY_MAX_VIEWS = "popularity_max_views"  # the popularity feature's normaliser
+WORLD = "world"  # what built the data: demo world parameters or the import
+API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, started_at
+
+SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
+                POPULARITY_MAX_VIEWS, WORLD, API_SERVER)
