@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine, func, select
 
-from ranker import config
+from ranker import config, keys
 from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL
 from ranker.base.store import fit_base_models, load_base_models
 from ranker.data.db import get_engine
@@ -194,14 +194,14 @@ def list_quality(engine: Engine, rec: Recommendation) -> dict[str, float]:
     """Intra-list diversity and mean age (days) of a served list."""
     items = _item_attrs(engine, rec.item_ids)
     if not items:
-        return {"ild": float("nan"), "mean_age_days": float("nan")}
+        return {keys.ILD: float("nan"), keys.MEAN_AGE_DAYS: float("nan")}
     attrs = [items[i] for i in rec.item_ids]
     ild = intra_list_diversity(np.array([a["category"] for a in attrs], dtype=object),
                                np.array([a["field"] for a in attrs], dtype=object),
                                np.array([a["type"] for a in attrs], dtype=object))
     ages = age_days(rec.served_at, np.array([a["created_at"] for a in attrs], dtype="datetime64[us]"),
                     np.array([a["updated_at"] for a in attrs], dtype="datetime64[us]"))
-    return {"ild": ild, "mean_age_days": float(ages.mean())}
+    return {keys.ILD: ild, keys.MEAN_AGE_DAYS: float(ages.mean())}
 
 
 def _item_attrs(engine: Engine, ids: Sequence[int]) -> dict[int, dict]:

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, common, jobs_ui
-from ranker import config
+from ranker import config, keys
 from ranker.ops import jobs
 from ranker.rank import registry
 from ranker.rank.features import feature_columns
@@ -96,10 +96,11 @@ if last is not None and last.status == "succeeded" and last.result:
     table.index = ["neural ranker", "rule-based", "base order"]
     st.dataframe(table.style.format("{:.4f}"), width="stretch")
     st.caption(f"Evaluated on {m['evaluated_on']} data: {m['rows']:,} rows, {m['groups']:,} lists.")
-    worse = (m["model"].get("ndcg@10") or 0.0) < (m["rule"].get("ndcg@10") or 0.0)
+    worse = (m["model"].get(keys.NDCG_AT_10) or 0.0) < (m["rule"].get(keys.NDCG_AT_10) or 0.0)
     if worse:
+        model_ndcg, rule_ndcg = m["model"][keys.NDCG_AT_10], m["rule"][keys.NDCG_AT_10]
         st.warning(f"{res['version']} ranks worse than the rule-based ranker on this data (NDCG@10 "
-                   f"{common.fmt(m['model']['ndcg@10'])} vs {common.fmt(m['rule']['ndcg@10'])}): promoting it "
+                   f"{common.fmt(model_ndcg)} vs {common.fmt(rule_ndcg)}): promoting it "
                    "would serve worse lists. Train longer, or with more data.")
     active = registry.active_version(engine)
     if active == res["version"]:

@@ -5,6 +5,7 @@ from datetime import timedelta
 import streamlit as st
 
 from dashboard import charts, common, jobs_ui
+from ranker import keys
 from ranker.ops import jobs
 from ranker.serving import experiments, online
 
@@ -91,8 +92,8 @@ if df.empty:
 per_day_arm = df.groupby(["day", "arm"], as_index=False).agg(
     impressions=("impressions", "sum"), clicks=("clicks", "sum"), feedback=("feedback", "sum"),
     lists=("lists", "sum"))
-weighted = df.assign(ild_w=df["ild"] * df["lists"], age_w=df["mean_age_days"] * df["lists"],
-                     cov_w=df["category_coverage"] * df["lists"]).groupby(["day", "arm"], as_index=False)[
+weighted = df.assign(ild_w=df[keys.ILD] * df["lists"], age_w=df[keys.MEAN_AGE_DAYS] * df["lists"],
+                     cov_w=df[keys.CATEGORY_COVERAGE] * df["lists"]).groupby(["day", "arm"], as_index=False)[
     ["ild_w", "age_w", "cov_w"]].sum()
 per_day_arm = per_day_arm.merge(weighted, on=["day", "arm"])
 per_day_arm["CTR"] = per_day_arm["clicks"] / per_day_arm["impressions"]

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
+from ranker import keys
 from ranker.rank import registry
 
 st.title("Models")
@@ -25,9 +26,10 @@ def row(v) -> dict:
     m = v.metrics or {}
     p = v.params or {}
     return {"version": v.version, "active": "●" if v.is_active else "", "created": v.created_at,
-            "NDCG@10": (m.get("model") or {}).get("ndcg@10"), "rule NDCG@10": (m.get("rule") or {}).get("ndcg@10"),
-            "base NDCG@10": (m.get("base") or {}).get("ndcg@10"), "AUC": (m.get("model") or {}).get("auc"),
-            "pair acc": (m.get("model") or {}).get("pairwise_accuracy"), "arch": p.get("arch"),
+            "NDCG@10": (m.get("model") or {}).get(keys.NDCG_AT_10),
+            "rule NDCG@10": (m.get("rule") or {}).get(keys.NDCG_AT_10),
+            "base NDCG@10": (m.get("base") or {}).get(keys.NDCG_AT_10), "AUC": (m.get("model") or {}).get(keys.AUC),
+            "pair acc": (m.get("model") or {}).get(keys.PAIRWISE_ACCURACY), "arch": p.get("arch"),
             "epochs": p.get("epochs"), "lr": p.get("lr"), "data": v.data_hash}
 
 

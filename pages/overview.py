@@ -69,8 +69,8 @@ with right:
     if last_training:
         m = last_training["metrics"]
         st.write(f"{last_training['version']} at {last_training['at'][:19].replace('T', ' ')}: NDCG@10 "
-                 f"{common.fmt(m['model']['ndcg@10'])} (rule {common.fmt(m['rule']['ndcg@10'])}, "
-                 f"base {common.fmt(m['base']['ndcg@10'])})")
+                 f"{common.fmt(m['model'][keys.NDCG_AT_10])} (rule {common.fmt(m['rule'][keys.NDCG_AT_10])}, "
+                 f"base {common.fmt(m['base'][keys.NDCG_AT_10])})")
     else:
         st.write("None yet.")
 
@@ -82,13 +82,13 @@ if arms.empty:
             "(or `ranker simulate`).")
     common.link("metrics_ab", "Run simulated traffic on Metrics & A/B")
 else:
-    headline = [("CTR", "ctr", ".2%", lambda d: f"{d * 100:+.2f} pp vs control"),
-                ("Diversity (ILD)", "ild", ".3f", lambda d: f"{d:+.3f} vs control"),
-                ("Mean age of served items (days)", "mean_age_days", ".1f", lambda d: f"{d:+.1f} days vs control")]
+    headline = [("CTR", keys.CTR, ".2%", lambda d: f"{d * 100:+.2f} pp vs control"),
+                ("Diversity (ILD)", keys.ILD, ".3f", lambda d: f"{d:+.3f} vs control"),
+                ("Mean age of served items (days)", keys.MEAN_AGE_DAYS, ".1f", lambda d: f"{d:+.1f} days vs control")]
     for col, (label, metric, spec, delta) in zip(st.columns(3), headline):
         t, c = arms[metric].get("treatment"), arms[metric].get("control")
         col.metric(f"{label}: treatment", common.fmt(t, spec), delta=None if t is None or c is None else delta(t - c),
-                   delta_color="inverse" if metric == "mean_age_days" else "normal",  # fresher is better
+                   delta_color="inverse" if metric == keys.MEAN_AGE_DAYS else "normal",  # fresher is better
                    help=f"control: {common.fmt(c, spec)}")
 
 # --- Latency ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import common, preview
-from ranker import config
+from ranker import config, keys
 
 st.title("Ranking preview")
 engine = common.get_engine_or_stop()
@@ -42,8 +42,8 @@ for col, title, rec, other in ((left, "Base order", base, None), (right, "Rerank
         q = preview.list_quality(engine, rec)
         st.subheader(title)
         m1, m2 = st.columns(2)
-        m1.metric("Diversity (ILD)", common.fmt(q["ild"], ".3f"))
-        m2.metric("Mean age (days)", common.fmt(q["mean_age_days"], ".1f"))
+        m1.metric("Diversity (ILD)", common.fmt(q[keys.ILD], ".3f"))
+        m2.metric("Mean age (days)", common.fmt(q[keys.MEAN_AGE_DAYS], ".1f"))
         st.dataframe(preview.list_table(engine, rec, other), hide_index=True, width="stretch",
                      key=f"table_{title}", column_config={c: st.column_config.NumberColumn(format="%.4f")
                                                           for c in ("score", "base score")})

@@ -19,3 +19,19 @@ API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, star
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
                 POPULARITY_MAX_VIEWS, WORLD, API_SERVER)
+
+# --- Metric keys -------------------------------------------------------------------------
+# Offline (training and evaluation reports: ``metrics[scorer][key]``).
+NDCG_AT_10 = "ndcg@10"
+AUC = "auc"
+PAIRWISE_ACCURACY = "pairwise_accuracy"
+OFFLINE_METRICS = (NDCG_AT_10, AUC, PAIRWISE_ACCURACY)
+
+# Online (served lists and their outcomes, per arm, flow and day).
+CTR = "ctr"
+FEEDBACK_RATE = "feedback_rate"
+ILD = "ild"  # intra-list diversity
+CATEGORY_COVERAGE = "category_coverage"
+CATEGORY_ENTROPY = "category_entropy"
+MEAN_AGE_DAYS = "mean_age_days"  # freshness: mean age of served items
+ONLINE_METRICS = (CTR, FEEDBACK_RATE, ILD, CATEGORY_COVERAGE, CATEGORY_ENTROPY, MEAN_AGE_DAYS)

@@ -1,4 +1,4 @@
-"""Settings keys come from ``ranker.keys`` only: no literal key in a settings read or write."""
+"""Settings and metric keys come from ``ranker.keys`` only: no literal key anywhere else in the code."""
 
 from __future__ import annotations
 
@@ -39,5 +39,26 @@ def test_the_check_catches_a_literal_key(tmp_path):
     assert literal_keys(probe) == ["probe.py:1 a second constant for 'world'", "probe.py:4 get_setting('clock')"]
 
 
+def literal_metric_keys(path: Path) -> list[str]:
+    """String constants in code (docstrings aside) that spell a metric key."""
+    metric_keys = set(keys.OFFLINE_METRICS) | set(keys.ONLINE_METRICS)
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    return [f"{where}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and n.value in metric_keys and id(n) not in docstrings]
+
+
+def test_no_metric_key_is_spelt_out_outside_ranker_keys():
+    assert [hit for path in SOURCES if path.name != "keys.py" for hit in literal_metric_keys(path)] == []
+
+
+def test_the_check_catches_a_literal_metric_key(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""ctr in a docstring is fine."""\nbest = metrics["model"]["ndcg@10"]\n')
+    assert literal_metric_keys(probe) == ["probe.py:2 'ndcg@10'"]
+
+
 def test_keys_are_distinct():
-    assert len(set(keys.SETTING_KEYS)) == len(keys.SETTING_KEYS)
+    every = (*keys.SETTING_KEYS, *keys.OFFLINE_METRICS, *keys.ONLINE_METRICS)
+    assert len(set(every)) == len(every)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ranker import config
+from ranker import config, keys
 from ranker.cli import positive_float, positive_int  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{'':8} {'NDCG@10':>8} {'AUC':>8} {'pair acc':>9}")
     for name in ("model", "rule", "base"):
         r = m[name]
-        print(f"{name:8} {_f(r['ndcg@10']):>8} {_f(r['auc']):>8} {_f(r['pairwise_accuracy']):>9}")
+        print(f"{name:8} {_f(r[keys.NDCG_AT_10]):>8} {_f(r[keys.AUC]):>8} {_f(r[keys.PAIRWISE_ACCURACY]):>9}")
     for kind, path in outcome.paths.items():
         print(f"saved {kind}: {path}")
     state = "active" if outcome.activated else "registered (not active)"
@@ -91,9 +91,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{'':2}{'version':8} {'created':19} {'NDCG@10':>8} {'rule':>8} {'AUC':>7}  path")
         for r in rows:
             m = r.metrics or {}
+            model, rule = m.get("model") or {}, m.get("rule") or {}
             print(f"{'*' if r.is_active else ' '} {r.version:8} {r.created_at:%Y-%m-%d %H:%M:%S} "
-                  f"{_f((m.get('model') or {}).get('ndcg@10')):>8} {_f((m.get('rule') or {}).get('ndcg@10')):>8} "
-                  f"{_f((m.get('model') or {}).get('auc')):>7}  {r.path}")
+                  f"{_f(model.get(keys.NDCG_AT_10)):>8} {_f(rule.get(keys.NDCG_AT_10)):>8} "
+                  f"{_f(model.get(keys.AUC)):>7}  {r.path}")
         if registry.active_version(engine) is None:
             print("(no active version: serving the rule-based ranker)")
         return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from ranker import keys
+
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
@@ -41,8 +43,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not report["online"]["arms"]:
         print("  no impressions logged yet: run `ranker simulate`")
     for a in report["online"]["arms"]:
-        print(f"  {a['arm']:9} impressions {a['impressions']:>8,}  CTR {_fmt(a['ctr'])}  "
-              f"ILD {_fmt(a.get('ild'))}  mean age {a.get('mean_age_days', float('nan')):.1f} d")
+        print(f"  {a['arm']:9} impressions {a['impressions']:>8,}  CTR {_fmt(a[keys.CTR])}  "
+              f"ILD {_fmt(a.get(keys.ILD))}  mean age {a.get(keys.MEAN_AGE_DAYS, float('nan')):.1f} d")
     print(f"  A/B: {report['online']['ab']['verdict']}")
     for g in report["online"]["guardrails"].values():
         if g["enough_data"]:
@@ -54,9 +56,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         width = max(9, *(len(name) for name in off["policies"]))
         print(f"  {'policy':{width}} {'CTR':>7} {'lift':>7} {'p':>8} {'gap closed':>10} {'ILD':>7} {'age d':>6}")
         for name, p in off["policies"].items():
-            print(f"  {name:{width}} {_fmt(p['ctr'])} {_fmt(p['lift_vs_base'], True):>7} "
+            print(f"  {name:{width}} {_fmt(p[keys.CTR])} {_fmt(p['lift_vs_base'], True):>7} "
                   f"{p.get('p_value_vs_base', float('nan')):>8.2g} {_fmt(p['gap_closed'], True):>10} "
-                  f"{_fmt(p['ild'])} {p['mean_age_days']:>6.1f}")
+                  f"{_fmt(p[keys.ILD])} {p[keys.MEAN_AGE_DAYS]:>6.1f}")
     for note in report["notes"]:
         print(f"note: {note}")
     return 0

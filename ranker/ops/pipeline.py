@@ -123,7 +123,7 @@ def retrain(
     summary = build_dataset(engine, dataset_cfg, show_bar=show_bar)
     outcome = train_and_register(engine, dataset_cfg.output, train_cfg, val=dataset_cfg.val_output,
                                  output_dir=output_dir, activate=False, on_epoch=on_epoch)
-    new_ndcg = outcome.metrics["model"]["ndcg@10"] or 0.0
+    new_ndcg = outcome.metrics["model"][keys.NDCG_AT_10] or 0.0
     val_set = load_dataset(dataset_cfg.val_output, min_positives=1)  # training loaded it fine already
     current = active_version(engine)
     current_ndcg = None
@@ -131,7 +131,7 @@ def retrain(
         try:
             ckpt = load_checkpoint(active_path())
             with torch.no_grad():
-                current_ndcg = evaluate(ckpt.model(), val_set)["model"]["ndcg@10"]
+                current_ndcg = evaluate(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
         except (CheckpointError, ValueError) as exc:
             log.warning("active model could not be evaluated (%s); treating it as absent", exc)
     rule_ndcg = offline_ndcg(current_weights(engine), val_set)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 from sqlalchemy import select
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.schema import User
@@ -76,10 +76,10 @@ class PolicyStats:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            "ctr": self.clicks / self.impressions if self.impressions else float("nan"),
+            keys.CTR: self.clicks / self.impressions if self.impressions else float("nan"),
             "expected_ctr": self.expected_clicks / self.impressions if self.impressions else float("nan"),
-            "ild": float(np.mean(self.ild)) if self.ild else float("nan"),
-            "mean_age_days": float(np.mean(self.age)) if self.age else float("nan"),
+            keys.ILD: float(np.mean(self.ild)) if self.ild else float("nan"),
+            keys.MEAN_AGE_DAYS: float(np.mean(self.age)) if self.age else float("nan"),
             "impressions": self.impressions,
             "clicks": self.clicks,
         }
@@ -158,12 +158,12 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
             st.per_user[uid] = st.per_user.get(uid, 0) + clicks
     result: dict[str, Any] = {"requests": requests, "skipped_trending": skipped, "k": k,
                               "policies": {p: out[p].as_dict() for p in policies}}
-    base_ctr, oracle_ctr = result["policies"]["base"]["ctr"], result["policies"]["oracle"]["ctr"]
+    base_ctr, oracle_ctr = result["policies"]["base"][keys.CTR], result["policies"]["oracle"][keys.CTR]
     for name in policies:
         pol = result["policies"][name]
         gap = oracle_ctr - base_ctr
-        pol["gap_closed"] = (pol["ctr"] - base_ctr) / gap if gap > 0 else float("nan")
-        pol["lift_vs_base"] = pol["ctr"] / base_ctr - 1 if base_ctr > 0 else float("nan")
+        pol["gap_closed"] = (pol[keys.CTR] - base_ctr) / gap if gap > 0 else float("nan")
+        pol["lift_vs_base"] = pol[keys.CTR] / base_ctr - 1 if base_ctr > 0 else float("nan")
         if name != "base":
             pol["p_value_vs_base"] = _paired_p(out["base"].per_user, out[name].per_user)
     return result

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ranker import keys
 from ranker.data.clock import utcnow
 from ranker.rank.features import feature_columns, feature_names
 from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
@@ -356,8 +357,8 @@ def evaluate(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
     for name, s in scorers.items():
         out[name] = {
             f"ndcg@{k}": _finite(mean_ndcg_at_k(data.y, s, data.groups, k)),
-            "auc": _finite(auc(data.y, s)),
-            "pairwise_accuracy": _finite(pairwise_accuracy(data.y, s, data.groups)),
+            keys.AUC: _finite(auc(data.y, s)),
+            keys.PAIRWISE_ACCURACY: _finite(pairwise_accuracy(data.y, s, data.groups)),
         }
     return out
 

@@ -90,11 +90,11 @@ def list_metrics(categories: list[str], fields: list[str], types: list[str], age
     """Per-list diversity and freshness, stored once per served list."""
     n = len(categories)
     return {
-        "ild": intra_list_diversity(np.array(categories, dtype=object), np.array(fields, dtype=object),
+        keys.ILD: intra_list_diversity(np.array(categories, dtype=object), np.array(fields, dtype=object),
                                     np.array(types, dtype=object)),
-        "category_coverage": len(set(categories)) / n if n else 0.0,
-        "category_entropy": category_entropy(np.array(categories, dtype=object)) if n else 0.0,
-        "mean_age_days": float(np.mean(ages)) if n else 0.0,
+        keys.CATEGORY_COVERAGE: len(set(categories)) / n if n else 0.0,
+        keys.CATEGORY_ENTROPY: category_entropy(np.array(categories, dtype=object)) if n else 0.0,
+        keys.MEAN_AGE_DAYS: float(np.mean(ages)) if n else 0.0,
     }
 
 

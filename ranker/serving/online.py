@@ -19,7 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, cast, distinct, func, select
 from sqlalchemy.types import Date
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.schema import Impression, Outcome, ServedList
 from ranker.evaluation.abtest import ABResult, analyse, arm_stats
 
@@ -82,10 +82,10 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None,
     lday = _day(ServedList.served_at, engine)
     lists = (
         select(lday.label("day"), ServedList.arm, ServedList.flow, func.count().label("lists"),
-               func.avg(ServedList.ild).label("ild"),
-               func.avg(ServedList.category_coverage).label("category_coverage"),
-               func.avg(ServedList.category_entropy).label("category_entropy"),
-               func.avg(ServedList.mean_age_days).label("mean_age_days"))
+               func.avg(ServedList.ild).label(keys.ILD),
+               func.avg(ServedList.category_coverage).label(keys.CATEGORY_COVERAGE),
+               func.avg(ServedList.category_entropy).label(keys.CATEGORY_ENTROPY),
+               func.avg(ServedList.mean_age_days).label(keys.MEAN_AGE_DAYS))
         .where(_filters(ServedList, flow, start, end, source))
         .group_by(lday, ServedList.arm, ServedList.flow)
     )
@@ -94,14 +94,13 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None,
         b = pd.DataFrame(conn.execute(lists).mappings().all())
     if a.empty:
         return pd.DataFrame(columns=["day", "arm", "flow", "impressions", "clicks", "feedback", "users", "lists",
-                                     "ctr", "feedback_rate", "ild", "category_coverage", "category_entropy",
-                                     "mean_age_days"])
+                                     *keys.ONLINE_METRICS])
     for df in (a, b):
         if not df.empty:
             df["day"] = pd.to_datetime(df["day"]).dt.date
     out = a.merge(b, on=["day", "arm", "flow"], how="left") if not b.empty else a
-    out["ctr"] = out["clicks"] / out["impressions"]
-    out["feedback_rate"] = out["feedback"] / out["impressions"]
+    out[keys.CTR] = out["clicks"] / out["impressions"]
+    out[keys.FEEDBACK_RATE] = out["feedback"] / out["impressions"]
     return out.sort_values(["day", "arm", "flow"]).reset_index(drop=True)
 
 
@@ -121,10 +120,10 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None
         .group_by(Impression.arm)
     )
     lists = (
-        select(ServedList.arm, func.count().label("lists"), func.avg(ServedList.ild).label("ild"),
-               func.avg(ServedList.category_coverage).label("category_coverage"),
-               func.avg(ServedList.category_entropy).label("category_entropy"),
-               func.avg(ServedList.mean_age_days).label("mean_age_days"))
+        select(ServedList.arm, func.count().label("lists"), func.avg(ServedList.ild).label(keys.ILD),
+               func.avg(ServedList.category_coverage).label(keys.CATEGORY_COVERAGE),
+               func.avg(ServedList.category_entropy).label(keys.CATEGORY_ENTROPY),
+               func.avg(ServedList.mean_age_days).label(keys.MEAN_AGE_DAYS))
         .where(_filters(ServedList, flow, start, end, source))
         .group_by(ServedList.arm)
     )
@@ -132,10 +131,10 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None
         a = pd.DataFrame(conn.execute(imp).mappings().all())
         b = pd.DataFrame(conn.execute(lists).mappings().all())
     if a.empty:
-        return pd.DataFrame(columns=["arm", "impressions", "clicks", "ctr"])
+        return pd.DataFrame(columns=["arm", "impressions", "clicks", keys.CTR])
     out = a.merge(b, on="arm", how="left") if not b.empty else a
-    out["ctr"] = out["clicks"] / out["impressions"]
-    out["feedback_rate"] = out["feedback"] / out["impressions"]
+    out[keys.CTR] = out["clicks"] / out["impressions"]
+    out[keys.FEEDBACK_RATE] = out["feedback"] / out["impressions"]
     return out.set_index("arm")
 
 
@@ -174,7 +173,7 @@ def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: 
 
 
 #: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
-GUARDRAILS = {"ild": "diversity (ILD)", "mean_age_days": "mean age of served items"}
+GUARDRAILS = {keys.ILD: "diversity (ILD)", keys.MEAN_AGE_DAYS: "mean age of served items"}
 
 
 def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=None,
