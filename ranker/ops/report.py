@@ -26,7 +26,7 @@ from ranker.data.schema import User
 from ranker.rank.features import feature_names
 from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
-from ranker.sim.truth import GroundTruth, attraction_logits, examination_probability, load_truth
+from ranker.sim.truth import GroundTruth, attraction_logits, click_model, load_truth
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,6 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     policies = ["base", *scorers, "oracle"]
     out = {p: PolicyStats() for p in policies}
     rng = np.random.default_rng(seed)
-    exam_p = examination_probability(truth.params, k)
     skipped = 0
     for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
         uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
@@ -145,14 +144,14 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
         for name, sc in scorers.items():
             orders[name] = greedy_rerank(ctx, sc, k).order
         orders["oracle"] = _oracle_order(truth, uid, ctx, k)
-        for name, order in orders.items():
-            logits = attraction_logits(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order])
-            p_click = 1 / (1 + np.exp(-logits))
-            clicks = int(((u_exam < exam_p) & (u_click[order] < p_click)).sum())
+        for name, order in orders.items():  # the same draws for every policy: common random numbers
+            seen = click_model(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order],
+                               u_exam, u_click[order])
+            clicks = int(seen.clicked.sum())
             st = out[name]
             st.clicks += clicks
             st.impressions += k
-            st.expected_clicks += float((exam_p * p_click).sum())
+            st.expected_clicks += float(seen.click_probability.sum())
             st.ild.append(intra_list_diversity(ctx.category[order], ctx.field[order], ctx.type[order]))
             st.age.append(float(ctx.age_days[order].mean()))
             st.per_user[uid] = st.per_user.get(uid, 0) + clicks

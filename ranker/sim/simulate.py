@@ -23,7 +23,7 @@ from ranker.data.db import audit, session_scope
 from ranker.data.schema import Item, User
 from ranker.rank.features import age_days
 from ranker.serving.experiments import log_outcomes
-from ranker.sim.truth import GroundTruth, attraction_logits, examination_probability, load_truth, save_truth
+from ranker.sim.truth import GroundTruth, click_model, load_truth, save_truth
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -40,10 +40,6 @@ class SimulationSummary:
     start: str
     end: str
     by_arm: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _require_world(engine: Engine) -> GroundTruth:
@@ -84,7 +80,6 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
     roles = {u: r for u, r in users}
     summary = SimulationSummary(days, 0, 0, 0, 0, 0, start.isoformat(), start.isoformat())
     svc = service(engine)
-    exam_p = examination_probability(truth.params, k)
     bar = tqdm(total=days * requests_per_day, desc="simulate", unit="req", disable=not show_bar)
 
     try:
@@ -108,7 +103,7 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
                 summary.requests += 1
                 if not rec.items:
                     continue
-                events = _user_response(rng, truth, svc, rec, t, exam_p, POSITIVE_KIND)
+                events = _user_response(rng, truth, svc, rec, t, POSITIVE_KIND)
                 _write_response(engine, rec, events)
                 arm = summary.by_arm.setdefault(rec.arm, {"requests": 0, "impressions": 0, "clicks": 0})
                 arm["requests"] += 1
@@ -155,16 +150,15 @@ def _add_items(engine, rng, truth, type_counts, rate, when, summary) -> GroundTr
     return truth
 
 
-def _user_response(rng, truth, svc, rec, t: datetime, exam_p, positive_kind) -> list[tuple[int, str, datetime]]:
+def _user_response(rng, truth, svc, rec, t: datetime, positive_kind) -> list[tuple[int, str, datetime]]:
     """(position, kind, time) events for one served list, sampled from the ground truth."""
     catalog = svc.catalog()
     rows = catalog.index(np.array(rec.item_ids))
     ages = age_days(t, catalog.created[rows], catalog.updated[rows])
-    logits = attraction_logits(truth, rec.user_id, catalog.ids[rows], ages, catalog.category[rows])
     n = len(rows)
-    examined = rng.random(n) < exam_p[:n]
-    clicked = examined & (rng.random(n) < _sigmoid(logits))
-    positive = clicked & (rng.random(n) < truth.params.positive_given_click)
+    draws = (rng.random(n), rng.random(n), rng.random(n))
+    seen = click_model(truth, rec.user_id, catalog.ids[rows], ages, catalog.category[rows], *draws)
+    examined, clicked, positive = seen.examined, seen.clicked, seen.positive
     events = []
     for pos in range(n):
         ts = t + timedelta(seconds=5 * pos)

@@ -39,8 +39,7 @@ from ranker.sim.truth import (
     GroundTruth,
     WorldParams,
     WorldTruth,
-    attraction_logits,
-    examination_probability,
+    click_model,
     save_truth,
 )
 
@@ -341,11 +340,9 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
             # The item's age as of t: the last edit only counts once it has happened.
             ref = np.where(items["updated"][shown] <= t64, item_age_ref[shown], items["created"][shown])
             age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
-            logits = attraction_logits(truth, int(user_ids[u]), item_ids[shown], age_days,
-                                       items["category"][shown])
-            exam = rng.random(LIST_LENGTH) < examination_probability(truth.params, LIST_LENGTH)
-            click = exam & (rng.random(LIST_LENGTH) < _sigmoid(logits))
-            positive = click & (rng.random(LIST_LENGTH) < truth.params.positive_given_click)
+            draws = (rng.random(LIST_LENGTH), rng.random(LIST_LENGTH), rng.random(LIST_LENGTH))
+            seen = click_model(truth, int(user_ids[u]), item_ids[shown], age_days, items["category"][shown], *draws)
+            exam, click, positive = seen.examined, seen.clicked, seen.positive
             uid = int(user_ids[u])
             for pos in np.flatnonzero(exam):
                 i = shown[pos]
@@ -384,10 +381,6 @@ def _legacy_list(rng, pool, user_category, items, views, quality, t64) -> np.nda
              + rng.gumbel(size=len(cand)))
     top = np.argsort(-score, kind="stable")[:LIST_LENGTH]
     return cand[top]
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 __all__ = ["build_world", "new_items", "SCALES", "WORLD_END"]

@@ -96,7 +96,40 @@ def attraction_logits(
 
 
 def examination_probability(params: WorldParams, n: int) -> np.ndarray:
+    """P(position i is looked at), i = 1..n: the position bias of the click model."""
     return 1.0 / np.arange(1, n + 1) ** params.examination_decay
+
+
+@dataclass(frozen=True)
+class ListOutcome:
+    """What a user did with one list, position by position (arrays of shape (n,))."""
+
+    examined: np.ndarray  # bool: the user looked at the position
+    clicked: np.ndarray  # bool: examined and attracted
+    positive: np.ndarray  # bool: a click that became explicit feedback (all False without draws for it)
+    click_probability: np.ndarray  # P(examined) × P(click | examined), the expected clicks per position
+
+
+def click_model(truth: GroundTruth, user_id: int, item_ids: np.ndarray, item_age_days: np.ndarray,
+                item_categories: np.ndarray, u_exam: np.ndarray, u_click: np.ndarray,
+                u_positive: np.ndarray | None = None) -> ListOutcome:
+    """The position-based click model, the one place it is written.
+
+    Position i (in the order shown) is examined with :func:`examination_probability`; an
+    examined item is clicked with probability sigmoid(:func:`attraction_logits`); a click
+    becomes explicit feedback with probability ``positive_given_click``. The uniform draws
+    in [0, 1) come from the caller (one per position each), so the caller owns the random
+    stream: the world builder and the simulator draw them in turn, and the report shares
+    one set across the policies it compares.
+    """
+    n = len(item_ids)
+    exam_p = examination_probability(truth.params, n)
+    p_click = 1.0 / (1.0 + np.exp(-attraction_logits(truth, user_id, item_ids, item_age_days, item_categories)))
+    examined = np.asarray(u_exam)[:n] < exam_p
+    clicked = examined & (np.asarray(u_click)[:n] < p_click)
+    positive = (clicked & (np.asarray(u_positive)[:n] < truth.params.positive_given_click)
+                if u_positive is not None else np.zeros(n, dtype=bool))
+    return ListOutcome(examined, clicked, positive, exam_p * p_click)
 
 
 def _earlier_same(categories: np.ndarray) -> np.ndarray:
