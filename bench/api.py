@@ -41,10 +41,10 @@ from sqlalchemy import select
 from ranker.rank import registry
 from ranker.data.db import get_engine
 from ranker.serving.experiments import update_experiment
-from ranker.serving.flows import candidates
+from ranker.serving.candidates import candidates
 from ranker.data.interactions import engaged_item_ids
 from ranker.data.schema import Interaction, User
-from ranker.sim.synth import role_flows
+from ranker.flows import own_flows
 e = get_engine()
 checkpoint = sys.argv[1]
 if checkpoint != "-":
@@ -56,7 +56,7 @@ with e.connect() as c:
                       .limit(300)).all()
 cases = []
 for uid, role in users:
-    flow = role_flows(role)[0]
+    flow = own_flows(role)[0]
     cand = candidates(uid, flow, 20, engine=e)
     if cand.fallback or len(cand) < 20:
         continue

@@ -6,7 +6,7 @@ Rows (``run(quick)`` returns them as dicts ``what / value / unit / target``):
 
 - fit time of each base model on the default demo world (seed 42, ~89k
   interactions; the ensemble row is the blend alone, its members being reused);
-- latency of one ``ranker.serving.flows.candidates()`` request (SQL lookups of the user's
+- latency of one ``ranker.serving.candidates.candidates()`` request (SQL lookups of the user's
   role and engaged items, the world clock, then the ensemble's scoring of the
   flow's pool) over a 20k-item catalogue, p50 and p99, each the median over
   several runs of random requests across the four flows. Without ``--quick`` the
@@ -128,7 +128,8 @@ def latency_rows(folder: Path, quick: bool, runs: int = 5, requests: int = 200, 
 
     from ranker.base.store import fit_base_models
     from ranker.data.schema import User
-    from ranker.serving.flows import candidates, valid_flows
+    from ranker.flows import valid_flows
+    from ranker.serving.candidates import candidates
 
     engine = _synthetic_catalogue(folder) if quick else _large_world(folder)
     source = "synthetic 20k-item catalogue" if quick else "large demo world, 20k items"

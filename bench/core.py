@@ -123,18 +123,18 @@ from sqlalchemy import select, func
 from ranker.data.db import get_engine
 from ranker.data.schema import User, Item, Interaction
 from ranker.serving.service import recommend
-from ranker.sim.synth import role_flows
+from ranker.flows import own_flows
 e = get_engine()
 with e.connect() as c:
     users = c.execute(select(User.id, User.role).join(Interaction, Interaction.user_id == User.id)
                       .where(Interaction.kind == 'click').group_by(User.id, User.role).limit(2000)).all()
     n_items = c.execute(select(func.count()).select_from(Item)).scalar()
-recommend(users[0][0], role_flows(users[0][1])[0], engine=e, arm='treatment', log=False)  # fit/load once
+recommend(users[0][0], own_flows(users[0][1])[0], engine=e, arm='treatment', log=False)  # fit/load once
 rng = np.random.default_rng(0); times = []
 for _ in range({requests}):
     u, role = users[int(rng.integers(len(users)))]
     t = time.perf_counter()
-    recommend(u, role_flows(role)[0], 10, engine=e, arm='treatment', log=False)
+    recommend(u, own_flows(role)[0], 10, engine=e, arm='treatment', log=False)
     times.append(time.perf_counter() - t)
 ms = np.array(times) * 1e3
 print(json.dumps({{'items': n_items, 'p50': float(np.percentile(ms, 50)), 'p99': float(np.percentile(ms, 99))}}))

@@ -17,6 +17,7 @@ from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL
 from ranker.base.store import fit_base_models, load_base_models
 from ranker.data.db import get_engine
 from ranker.data.schema import Interaction, Item, User
+from ranker.flows import flow_role, personalised_flows, valid_flows
 from ranker.rank.features import age_days
 from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import Scorer
@@ -57,8 +58,7 @@ def recently_active_user(engine: Engine) -> tuple[int, str] | None:
         row = conn.execute(stmt).first()
     if row is None:
         return None
-    flows = [f for f, (role, _) in config.FLOWS.items() if role == row.role] or ["user-item"]
-    return int(row.id), flows[0]
+    return int(row.id), valid_flows(row.role)[0]
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -226,12 +226,12 @@ def flows_with_users(_engine: Engine, url: str) -> list[str]:
     """The flows that have at least one user who may request them (one grouped count)."""
     with _engine.connect() as conn:
         roles = {r for r, n in conn.execute(select(User.role, func.count()).group_by(User.role)) if n}
-    return [f for f, (role, _) in config.FLOWS.items() if (role is None and roles) or role in roles]
+    return [f for f in personalised_flows() if (flow_role(f) is None and roles) or flow_role(f) in roles]
 
 
 @st.cache_data(ttl=300, show_spinner=False)
 def users_for_flow(_engine: Engine, url: str, flow: str) -> pd.DataFrame:
-    role = config.FLOWS[flow][0]
+    role = flow_role(flow)
     stmt = select(User.id, User.name, User.category, User.field).order_by(User.id)
     if role is not None:
         stmt = stmt.where(User.role == role)

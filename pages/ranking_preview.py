@@ -4,6 +4,7 @@ import streamlit as st
 
 from dashboard import common, preview
 from ranker import config, keys
+from ranker.flows import personalised_flows
 
 st.title("Ranking preview")
 engine = common.get_engine_or_stop()
@@ -12,7 +13,7 @@ if common.empty_database_notice(counts):
     st.stop()
 
 c1, c2, c3 = st.columns([1, 2, 1])
-flow = c1.selectbox("Flow", preview.flows_with_users(engine, str(engine.url)) or list(config.FLOWS))
+flow = c1.selectbox("Flow", preview.flows_with_users(engine, str(engine.url)) or personalised_flows())
 users = preview.users_for_flow(engine, str(engine.url), flow)
 example = preview.example_user(engine)
 labels = {int(r.id): f"{r.id} · {r.name} ({r.category or '–'}/{r.field or '–'})" for r in users.itertuples()}

@@ -30,7 +30,8 @@ from ranker.data.clock import serve_now
 from ranker.data.db import make_engine, put_setting, session_scope
 from ranker.data.schema import Interaction, User
 from ranker.evaluation.evaluate_base import BaseEvaluation, evaluate_base, score_models
-from ranker.serving.flows import FlowError, candidates, valid_flows
+from ranker.flows import FlowError, valid_flows
+from ranker.serving.candidates import candidates
 
 UNKNOWN_USER = 10**9
 

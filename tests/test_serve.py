@@ -17,7 +17,7 @@ from ranker.data.schema import Impression, Interaction, Item, ServedList, User
 from ranker.rank import registry, rerank
 from ranker.rank.dataset import features_at
 from ranker.rank.features import feature_names
-from ranker.serving.flows import candidates
+from ranker.serving.candidates import candidates
 from ranker.serving.service import recommend
 
 

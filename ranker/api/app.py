@@ -192,7 +192,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _domain(fn: Callable[[], T]) -> T:
     """Run a service call, turning its errors into 4xx responses that name the field."""
     from ranker.data.db import DatabaseError
-    from ranker.serving.flows import FlowError, UnknownUserError
+    from ranker.flows import FlowError, UnknownUserError
 
     try:
         return fn()

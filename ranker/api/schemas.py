@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ranker import config
+from ranker import config, flows
 
 MAX_ID = 2**31 - 1
 MAX_K = 100
@@ -52,9 +52,8 @@ ContextValue = (Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x
 Context = Annotated[dict[ContextKey, ContextValue], Field(
     max_length=32, description="free-form request context (page, device, ...), kept with the served list")]
 
-Flow = StrEnum("Flow", {f: f for f in (*config.FLOWS, config.TRENDING_FLOW,
-                                       *(f"{config.TRENDING_FLOW}-{t}" for t in (*config.ITEM_TYPES, "item")))})
-RankFlow = StrEnum("RankFlow", {f: f for f in config.FLOWS})
+Flow = StrEnum("Flow", {f: f for f in flows.request_flows()})
+RankFlow = StrEnum("RankFlow", {f: f for f in flows.personalised_flows()})
 EventType = StrEnum("EventType", {k: k for k in config.INTERACTION_KINDS})
 Role = StrEnum("Role", {r: r for r in (*config.ROLES, "user")})
 ItemType = StrEnum("ItemType", {t: t for t in (*config.ITEM_TYPES, "item")})

@@ -6,7 +6,7 @@ One interface (:class:`BaseRecommender`), four models, one factory::
     ids, scores = model.recommend(user_id, 20, item_type="startup")
 
 Serving goes through :mod:`ranker.base.store` (saved models, loaded once per
-process) and :func:`ranker.serving.flows.candidates`.
+process) and :func:`ranker.serving.candidates.candidates`.
 """
 
 from __future__ import annotations

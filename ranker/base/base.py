@@ -16,7 +16,7 @@ What the base class does for every model:
   item is a soft negative, and showing it again is allowed.
 - A user is *known* when they engaged at least once before the cutoff. A
   personalised model raises :class:`UnknownUserError` for anyone else; the flow
-  layer (:func:`ranker.serving.flows.candidates`) answers such users with the trending
+  layer (:func:`ranker.serving.candidates.candidates`) answers such users with the trending
   list instead. Popularity is not personalised and knows every user.
 - Items outside the catalogue (created after the cutoff) score 0.0, like an item
   without any interaction; they are never recommended until the next fit.
@@ -276,7 +276,7 @@ class BaseRecommender(ABC):
             raise UnknownUserError(
                 f"user {user_id} has no engagement before {self.cutoff_:%Y-%m-%d %H:%M}, so the "
                 f"{self.name} model cannot personalise for them; serve the trending list "
-                "(ranker.serving.flows.candidates does this and flags fallback=True)"
+                "(ranker.serving.candidates.candidates does this and flags fallback=True)"
             )
         return row
 

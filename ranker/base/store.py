@@ -8,7 +8,7 @@ temporary file and then ``os.replace``\\ d, so a reader never sees half a file.
 - :func:`load_base_models` loads them once per process and reloads a file when
   its mtime changes. Files fitted on other data (another demo world, another
   import) are skipped with a warning; a copy of the same database is fine.
-- :func:`serving_models` is what :func:`ranker.serving.flows.candidates` calls: when a
+- :func:`serving_models` is what :func:`ranker.serving.candidates.candidates` calls: when a
   needed model has no saved file it fits all models once, on the fly, and saves
   them, so a fresh demo database just works (the first request then takes the
   fit time, ~10 s on the default demo; run ``ranker base fit`` to pay it up front).

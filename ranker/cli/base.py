@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ranker.cli import positive_float, positive_int  # noqa: E402
+from ranker.flows import personalised_flows
 
 Progress = Callable[[float, str], None]
 
@@ -65,7 +66,7 @@ def cmd_base_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
-    from ranker.serving.flows import candidates
+    from ranker.serving.candidates import candidates
 
     result = candidates(args.user_id, args.flow, args.n, engine=_engine(), model=args.model)
     if args.json:
@@ -131,7 +132,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     cand = sub.add_parser("candidates", help="base candidates for one user and flow")
     cand.add_argument("--user-id", type=int, required=True)
-    cand.add_argument("--flow", required=True, help="e.g. developer-startup; see config.FLOWS")
+    cand.add_argument("--flow", required=True, help="one of: " + ", ".join(personalised_flows()))
     cand.add_argument("--n", type=positive_int, default=20)
     cand.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL)
     cand.add_argument("--json", action="store_true")

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ranker import config, keys
 from ranker.cli import positive_float, positive_int  # noqa: E402
+from ranker.flows import personalised_flows
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -197,7 +198,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recommend", help="one served list")
     rec.add_argument("--user-id", type=int, required=True)
     rec.add_argument("--flow", required=True,
-                     help=", ".join(config.FLOWS) + "; or trending[-ITEM_TYPE] (never reranked)")
+                     help=", ".join(personalised_flows()) + "; or trending[-ITEM_TYPE] (never reranked)")
     rec.add_argument("--k", type=positive_int, default=config.DEFAULT_K)
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=cmd_recommend)

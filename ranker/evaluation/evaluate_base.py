@@ -33,6 +33,7 @@ from ranker.base.store import fit_models
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.interactions import load_interactions
+from ranker.flows import flow_for, flow_item_type, personalised_flows
 from ranker.rank.metrics import mean_ndcg_at_k
 
 OVERALL = "overall"
@@ -103,10 +104,7 @@ class BaseEvaluation:
 
 def flow_of(role: str, item_type: str) -> str:
     """The flow id that serves ``item_type`` to a user of ``role`` (``user-item`` when none does)."""
-    for flow, (r, t) in config.FLOWS.items():
-        if r == role and t == item_type:
-            return flow
-    return "user-item"
+    return flow_for(role, item_type)
 
 
 def holdout_split(
@@ -166,7 +164,7 @@ def score_models(
         per_list: list[tuple[str, float, float, int]] = []
         y_true, y_score, gid = [], [], []
         for g, ((user_id, flow), pairs) in enumerate(groups):
-            item_type = config.FLOWS.get(flow, (None, None))[1]
+            item_type = flow_item_type(flow) if flow in personalised_flows() else None
             ids, _ = model.recommend(int(user_id), depth, item_type=item_type)
             truth = pairs["item_id"].to_numpy()
             hit = np.isin(ids, truth)

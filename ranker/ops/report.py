@@ -107,10 +107,10 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     """CTR, diversity and freshness of each policy on the same requests and random numbers."""
     from tqdm import tqdm
 
+    from ranker.flows import own_flows
     from ranker.rank.features import make_context
-    from ranker.serving.flows import candidates
+    from ranker.serving.candidates import candidates
     from ranker.serving.service import service
-    from ranker.sim.synth import role_flows
 
     with session_scope(engine) as s:
         truth = load_truth(s)
@@ -130,7 +130,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     skipped = 0
     for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
         uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
-        flows = role_flows(role)
+        flows = own_flows(role)
         flow = flows[int(rng.integers(len(flows)))]
         u_exam = rng.random(k)
         cands = candidates(uid, flow, config.FETCH_MULTIPLIER * k, engine=engine, as_of=as_of)

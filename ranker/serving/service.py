@@ -24,6 +24,7 @@ from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, get_setting, session_scope
 from ranker.data.schema import Interaction, Item, Setting, User
+from ranker.flows import is_trending
 from ranker.rank.features import ListContext, feature_names, list_features, make_context
 from ranker.rank.registry import ActiveModel
 from ranker.rank.rerank import (
@@ -228,19 +229,11 @@ class Service:
                   request_id: str | None) -> Recommendation:
         """``trending`` (the user's own item type) or ``trending-<item type>``: never reranked."""
         from ranker.base.store import serving_models
-        from ranker.serving.flows import FlowError, UnknownUserError, valid_flows
+        from ranker.flows import UnknownUserError, trending_item_type
 
         if user is None:
             raise UnknownUserError("unknown user: no such user id in the database")
-        if "-" in flow:
-            item_type = flow.split("-", 1)[1]
-        else:
-            own = [config.FLOWS[f][1] for f in valid_flows(user.role) if config.FLOWS[f][1]]
-            item_type = own[0] if own else None
-        types = sorted(set(self.catalog().item_type.tolist()))
-        if item_type is not None and item_type not in types:
-            raise FlowError(f"unknown trending list {flow!r}; choose trending or one of: "
-                            + ", ".join(f"trending-{t}" for t in types))
+        item_type = trending_item_type(flow, user.role, sorted(set(self.catalog().item_type.tolist())))
         popular = serving_models(self.engine, ["popularity"])["popularity"]
         ids, scores = popular.recommend(user.id, k, item_type=item_type, as_of=as_of, filter_engaged=False)
         catalog, views, other = self.counts(as_of)
@@ -258,7 +251,7 @@ class Service:
                   as_of: datetime | None = None, arm: str = "treatment",
                   base_model: str = "ensemble", scorer: Scorer | None = None,
                   request_id: str | None = None, settings: ServingSettings | None = None) -> Recommendation:
-        from ranker.serving.flows import candidates
+        from ranker.serving.candidates import candidates
 
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
@@ -269,7 +262,7 @@ class Service:
             as_of = settings.now
         user = self._user(user_id)
         ucat, ufield = (user.category, user.field) if user else (None, None)
-        if flow == config.TRENDING_FLOW or flow.startswith(config.TRENDING_FLOW + "-"):
+        if is_trending(flow):
             return self._trending(user, flow, k, as_of, arm, request_id)
         cands = candidates(user_id, flow, config.FETCH_MULTIPLIER * k, engine=self.engine,
                            model=base_model, as_of=as_of)
@@ -305,7 +298,7 @@ class Service:
         ValueError
             ``k`` < 1, an unknown arm, or ``base_scores`` not aligned with ``item_ids``.
         """
-        from ranker.serving.flows import UnknownUserError, check_flow, valid_flows
+        from ranker.flows import UnknownUserError, check_flow, valid_flows
 
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")

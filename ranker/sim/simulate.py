@@ -65,8 +65,9 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
     from tqdm import tqdm
 
     from ranker.base.store import fit_base_models
+    from ranker.flows import own_flows
     from ranker.serving.service import recommend, service
-    from ranker.sim.synth import POSITIVE_KIND, role_flows
+    from ranker.sim.synth import POSITIVE_KIND
 
     if days <= 0 or requests_per_day <= 0:
         raise ValueError("--days and --requests-per-day must be positive")
@@ -94,7 +95,7 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
             for i, (secs, uid) in enumerate(zip(times, picks)):
                 if should_stop and should_stop():
                     raise RuntimeError("simulation cancelled")
-                flows = role_flows(roles[int(uid)])
+                flows = own_flows(roles[int(uid)])
                 flow = flows[int(rng.integers(len(flows)))]
                 t = day_start + timedelta(seconds=float(secs))
                 rec = recommend(int(uid), flow, k, engine=engine, as_of=t, source="sim",

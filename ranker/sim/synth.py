@@ -35,6 +35,7 @@ from ranker.data.schema import (
     Setting,
     User,
 )
+from ranker.flows import flow_item_type, own_flows
 from ranker.sim.truth import (
     GroundTruth,
     WorldParams,
@@ -104,10 +105,6 @@ SCALES = {
     "large": Scale({"developer": 8000, "investor": 5000, "founder": 7000},
                    {"startup": 12000, "developer": 5000, "investor": 3000}, 0.16),
 }
-
-
-def role_flows(role: str) -> list[str]:
-    return [f for f, (r, _) in config.FLOWS.items() if r == role]
 
 
 def wipe(engine: Engine) -> None:
@@ -327,8 +324,8 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
         rng.shuffle(session_users)
         for u in session_users:
             role = role_of[u]
-            flows = role_flows(role)
-            item_type = config.FLOWS[flows[rng.integers(len(flows))]][1]
+            flows = own_flows(role)
+            item_type = flow_item_type(flows[rng.integers(len(flows))])
             secs = int(rng.integers(0, 86400))
             t = day_start + timedelta(seconds=secs)
             t64 = day64 + np.timedelta64(secs, "s")

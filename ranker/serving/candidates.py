@@ -1,11 +1,6 @@
-"""Flow routing and candidate generation.
+"""Candidate generation, the base stage of serving.
 
-A flow maps a user role to the item type it receives (``config.FLOWS``):
-``developer-startup``, ``investor-startup``, ``founder-developer``,
-``founder-investor``, plus the generic ``user-item``, open to any role and any
-item type (imported data such as MovieLens).
-
-:func:`candidates` is the base stage of serving: it checks the request, asks a
+:func:`candidates` checks the request with the flow router (:mod:`ranker.flows`), asks a
 base model (default: the ensemble) for ``n`` items of the flow's item type
 created at or before ``as_of``, minus every item the user engaged with before
 ``as_of`` (a click or an explicit positive; plain views are not excluded).
@@ -33,57 +28,7 @@ from ranker.base.popularity import PopularityRecommender
 from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, session_scope
 from ranker.data.interactions import engaged_item_ids, user_role
-
-GENERIC_FLOW = "user-item"
-
-
-class FlowError(ValueError):
-    """A request that names an unknown user or flow, or a flow the user's role cannot use."""
-
-
-class UnknownUserError(FlowError):
-    """A request for a user id that is not in the database."""
-
-
-def flow_item_type(flow: str) -> str | None:
-    """The item type a flow receives (None: any type).
-
-    Raises
-    ------
-    FlowError
-        Unknown flow.
-    """
-    if flow not in config.FLOWS:
-        raise FlowError(f"unknown flow {flow!r}; flows: {', '.join(config.FLOWS)}")
-    return config.FLOWS[flow][1]
-
-
-def valid_flows(role: str) -> list[str]:
-    """Flows a user of ``role`` may request: their role's flows, then ``user-item``."""
-    own = [f for f, (r, _) in config.FLOWS.items() if r == role]
-    generic = [f for f, (r, _) in config.FLOWS.items() if r is None]
-    return own + generic
-
-
-def check_flow(role: str, flow: str, user_id: int | None = None) -> str | None:
-    """The flow's item type, after checking that a user of ``role`` may request it.
-
-    Raises
-    ------
-    FlowError
-        Unknown flow, or one meant for another role; the message lists the valid flows.
-    """
-    who = f"user {user_id} ({role})" if user_id is not None else f"a {role}"
-    valid = valid_flows(role)
-    if flow not in config.FLOWS:
-        raise FlowError(f"unknown flow {flow!r}; valid flows for {who}: {', '.join(valid)}")
-    if flow not in valid:
-        flow_role = config.FLOWS[flow][0]
-        raise FlowError(
-            f"flow {flow!r} is for {flow_role}s, but {who} is not one; "
-            f"valid flows for {who}: {', '.join(valid)}"
-        )
-    return config.FLOWS[flow][1]
+from ranker.flows import UnknownUserError, check_flow
 
 
 @dataclass(frozen=True)
@@ -159,7 +104,7 @@ def candidates(
     ----------
     user_id : int
     flow : str
-        A flow id from ``config.FLOWS`` that the user's role may request.
+        A flow id (:mod:`ranker.flows`) that the user's role may request.
     n : int
         How many candidates (the ranker asks for ``FETCH_MULTIPLIER * k``).
     engine : Engine, optional
@@ -217,5 +162,4 @@ def candidates(
     )
 
 
-__all__ = ["Candidates", "FlowError", "UnknownUserError", "GENERIC_FLOW", "candidates", "check_flow", "flow_item_type",
-           "valid_flows"]
+__all__ = ["Candidates", "candidates"]
