@@ -32,9 +32,9 @@ except ValueError as exc:
     st.stop()
 
 if not ranked.reranked:
-    st.info(f"{ranked.fallback}. Trending lists are never reranked.")
-who = f"neural ranker **{ranked.model_version}**" if ranked.fallback is None else \
-    f"**{ranked.model_version}** ({ranked.fallback})"
+    st.info(f"{ranked.fallback_reason}. Trending lists are never reranked.")
+who = f"neural ranker **{ranked.model_version}**" if ranked.fallback_reason is None else \
+    f"**{ranked.model_version}** ({ranked.fallback_reason})"
 st.caption(f"Candidates: {config.FETCH_MULTIPLIER}×k from the **{ranked.base_model}** base model; reranked by {who}.")
 
 left, right = st.columns(2)

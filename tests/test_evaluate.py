@@ -17,7 +17,7 @@ from ranker.cli import main
 from ranker.data.catalog import Catalog
 from ranker.data.db import get_setting, make_engine, put_setting, session_scope, table_counts
 from ranker.data.importing import ML100K_GENRES, import_movielens
-from ranker.evaluation.evaluate import ORDERS, evaluate_end_to_end, list_metrics, parse_time_split, split_points
+from ranker.evaluation.evaluate import ORDERS, evaluate_end_to_end, parse_time_split, split_points, top_k_metrics
 from ranker.rank.train import TrainConfig
 
 START = datetime(1998, 1, 1)
@@ -113,7 +113,7 @@ def _catalog() -> Catalog:
 
 def test_list_metrics_scores_hits_against_all_test_positives() -> None:
     # List rows 2, 0, 1 (k=3); positives rows 0 and 3: one hit at rank 2, row 3 missed.
-    ndcg, recall, ild, freshness = list_metrics(np.array([2, 0, 1]), np.array([0, 3]), _catalog(),
+    ndcg, recall, ild, freshness = top_k_metrics(np.array([2, 0, 1]), np.array([0, 3]), _catalog(),
                                                 datetime(2024, 2, 10), k=3)
     assert ndcg == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
     assert recall == 0.5
@@ -123,7 +123,7 @@ def test_list_metrics_scores_hits_against_all_test_positives() -> None:
 
 
 def test_list_metrics_count_only_the_top_k() -> None:
-    ndcg, recall, *_ = list_metrics(np.array([1, 2, 0]), np.array([0]), _catalog(), datetime(2024, 2, 10), k=2)
+    ndcg, recall, *_ = top_k_metrics(np.array([1, 2, 0]), np.array([0]), _catalog(), datetime(2024, 2, 10), k=2)
     assert (ndcg, recall) == (0.0, 0.0)
 
 

@@ -33,7 +33,7 @@ def test_recommend_reranks_2k_candidates_into_top_k(served):
     uid = engaged_developer(served)
     rec = recommend(uid, "developer-startup", 10, engine=served, arm="treatment", log=False)
     assert rec.reranked and len(rec.items) == 10
-    assert rec.model_version == "v1" and rec.fallback is None
+    assert rec.model_version == "v1" and rec.fallback_reason is None
     assert all(set(it.features) == set(feature_names()) for it in rec.items)
     assert max(it.base_rank for it in rec.items) < 2 * 10
     assert [it.position for it in rec.items] == list(range(10))
@@ -55,7 +55,7 @@ def test_without_a_model_the_rule_fallback_serves_and_says_why(served, caplog):
     uid = engaged_developer(served)
     rec = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
     assert rec.reranked and rec.model_version == "rule"
-    assert "Ranker model not found" in rec.fallback
+    assert "Ranker model not found" in rec.fallback_reason
     assert "Ranker model not found, using rule-based ranker" in caplog.text
 
 
@@ -66,7 +66,7 @@ def test_user_without_history_gets_trending_unreranked(served):
             created_at=datetime(2025, 12, 31))).inserted_primary_key[0]
     rec = recommend(uid, "investor-startup", 10, engine=served, arm="treatment", log=False)
     assert rec.reranked is False and rec.model_version == "trending"
-    assert len(rec.items) == 10 and "no history" in rec.fallback
+    assert len(rec.items) == 10 and "no history" in rec.fallback_reason
 
 
 def test_unknown_user_or_wrong_flow_lists_the_valid_flows(served):
@@ -141,7 +141,7 @@ def test_new_items_do_not_force_a_refit_of_the_saved_base_models(served):
     store.clear_cache()
     uid = engaged_developer(served)
     rec = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
-    assert rec.reranked and not rec.fallback
+    assert rec.reranked and not rec.fallback_reason
     after = {p.name: p.stat().st_mtime_ns for p in store.models_dir().glob("*.npz")}
     assert after == before  # loaded, not refitted
 
@@ -177,7 +177,7 @@ def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on
     uid = engaged_developer(served)
     caplog.set_level(logging.WARNING)
     before = recommend(uid, "developer-startup", 10, engine=served, arm="treatment", log=False)
-    assert before.model_version == "rule" and "retrain with `ranker train`" in before.fallback
+    assert before.model_version == "rule" and "retrain with `ranker train`" in before.fallback_reason
     assert "'user_affinity']" in caplog.text
 
     cfg = DatasetConfig(output=config.DATA_DIR / "five.csv", val_output=config.DATA_DIR / "five_val.csv")
@@ -196,7 +196,7 @@ def test_optional_user_affinity_from_dataset_to_serving(served, user_affinity_on
     matches = 0
     for user, declared in users:
         rec = recommend(user, "developer-startup", 10, engine=served, arm="treatment", log=False)
-        if rec.fallback:  # a user the base model does not know gets trending
+        if rec.fallback_reason:  # a user the base model does not know gets trending
             continue
         assert rec.model_version == trained.version
         got = [it.features["user_affinity"] for it in rec.items]

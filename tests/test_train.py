@@ -10,7 +10,7 @@ import torch
 from ranker import config
 from ranker.rank.features import feature_columns
 from ranker.rank.losses import pairwise_logistic_loss, pairwise_logistic_loss_from_pairs, same_group_pairs
-from ranker.rank.train import DataError, Dataset, TrainConfig, TrainingError, evaluate, load_dataset, train
+from ranker.rank.train import DataError, Dataset, TrainConfig, TrainingError, evaluate_model, load_dataset, train
 
 
 def synthetic_frame(n_groups=200, seed=0) -> pd.DataFrame:
@@ -196,5 +196,5 @@ def test_retrain_promotes_only_a_model_no_worse_than_the_active_one_and_the_rule
     assert registry.active_version(served) == good["candidate"]
     # the figure compared is the served checkpoint's, scored afresh on the validation file
     val = load_dataset(config.DATA_DIR / "re_val.csv", min_positives=1)
-    served_ndcg = evaluate(registry.load_checkpoint(registry.active_path()).model(), val)["model"]["ndcg@10"]
+    served_ndcg = evaluate_model(registry.load_checkpoint(registry.active_path()).model(), val)["model"]["ndcg@10"]
     assert good["candidate_ndcg@10"] == pytest.approx(served_ndcg)

@@ -217,7 +217,8 @@ def _served(rec: Any, latency_s: float, response_model: type = schemas.Recommend
              for i in rec.items]
     return response_model(
         request_id=rec.request_id, user_id=rec.user_id, flow=rec.flow, model_version=rec.model_version,
-        arm=rec.arm, reranked=rec.reranked, fallback=rec.fallback is not None, fallback_reason=rec.fallback,
+        arm=rec.arm, reranked=rec.reranked, fallback=rec.fallback_reason is not None,
+        fallback_reason=rec.fallback_reason,
         base_model=rec.base_model, served_at=rec.served_at, items=items, latency_ms=round(latency_s * 1e3, 3),
         **extra)
 

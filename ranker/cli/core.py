@@ -119,8 +119,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         return 0
     how = f"reranked by {rec.model_version}" if rec.reranked else f"{rec.model_version} (not reranked)"
     print(f"user {rec.user_id}, flow {rec.flow}: {how}; candidates from {rec.base_model}")
-    if rec.fallback:
-        print(f"note: {rec.fallback}")
+    if rec.fallback_reason:
+        print(f"note: {rec.fallback_reason}")
     names = list(rec.items[0].features) if rec.items else []
     print(f"{'pos':>3} {'item':>7} {'score':>8} {'base#':>5} " + " ".join(f"{n[:10]:>10}" for n in names))
     for it in rec.items:

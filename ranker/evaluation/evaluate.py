@@ -158,7 +158,7 @@ def split_points(times: np.ndarray, split: Sequence[float]) -> tuple[datetime, d
     return tuple(pd.Timestamp(x).to_pydatetime() for x in (t[0], a, b, t[-1]))  # type: ignore[return-value]
 
 
-def list_metrics(item_rows: np.ndarray, relevant: np.ndarray, catalog: Catalog, as_of: datetime,
+def top_k_metrics(item_rows: np.ndarray, relevant: np.ndarray, catalog: Catalog, as_of: datetime,
                  k: int) -> tuple[float, float, float, float]:
     """(NDCG@k, Recall@k, ILD, freshness in days) of one ranked list.
 
@@ -297,7 +297,7 @@ def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model:
         for name, scorer in scorers.items():
             orders[name] = rows[greedy_rerank(ctx, scorer, k).order]
         for name, order in orders.items():
-            per_order[name].append(list_metrics(order, relevant, catalog, t_test, k))
+            per_order[name].append(top_k_metrics(order, relevant, catalog, t_test, k))
     n_users = len(per_order["base"])
     if n_users == 0:
         raise ValueError("the base model returned no candidates for any test user")
@@ -387,7 +387,7 @@ __all__ = [
     "ORDERS",
     "OrderMetrics",
     "evaluate_end_to_end",
-    "list_metrics",
+    "top_k_metrics",
     "parse_time_split",
     "split_points",
 ]

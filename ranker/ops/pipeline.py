@@ -30,7 +30,7 @@ from ranker.rank.registry import (
 from ranker.rank.train import (
     EpochCallback,
     TrainConfig,
-    evaluate,
+    evaluate_model,
     load_dataset,
     split_by_group,
     train,
@@ -131,7 +131,7 @@ def retrain(
         try:
             ckpt = load_checkpoint(active_path())
             with torch.no_grad():
-                current_ndcg = evaluate(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
+                current_ndcg = evaluate_model(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
         except (CheckpointError, ValueError) as exc:
             log.warning("active model could not be evaluated (%s); treating it as absent", exc)
     rule_ndcg = offline_ndcg(current_weights(engine), val_set)

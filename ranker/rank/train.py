@@ -338,12 +338,12 @@ def train(
     model.eval()
     has_val = val is not None and len(val) > 0
     result.eval_data = val if has_val else data
-    result.metrics = evaluate(model, result.eval_data)
+    result.metrics = evaluate_model(model, result.eval_data)
     result.metrics["evaluated_on"] = "validation" if has_val else "training"
     return result
 
 
-def evaluate(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
+def evaluate_model(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
     """NDCG@k, AUC and pairwise accuracy for the model, the rule and the base order."""
     with torch.no_grad():
         neural = model.eval()(torch.from_numpy(data.x)).numpy().astype(np.float64)
@@ -400,7 +400,7 @@ def write_checkpoints(result: TrainResult, output_dir: Path, data_hash: str | No
         best.eval()
         meta = checkpoint_meta(result, data_hash, data_path, best=True)
         if result.eval_data is not None:
-            meta["metrics"] = {**evaluate(best, result.eval_data), "evaluated_on": "validation"}
+            meta["metrics"] = {**evaluate_model(best, result.eval_data), "evaluated_on": "validation"}
         paths["best"] = output_dir / "ranker_v1_best.pth"
         save_checkpoint(paths["best"], best, meta)
     return paths

@@ -86,7 +86,7 @@ def assign_arm(user_id: int, exp: Experiment) -> str:
 # --- Logging ------------------------------------------------------------------------
 
 
-def list_metrics(categories: list[str], fields: list[str], types: list[str], ages: list[float]) -> dict:
+def served_list_metrics(categories: list[str], fields: list[str], types: list[str], ages: list[float]) -> dict:
     """Per-list diversity and freshness, stored once per served list."""
     n = len(categories)
     return {
@@ -115,7 +115,7 @@ def log_served(engine: Engine, rec: Any, attrs: dict[str, list], source: str | N
     summary = {"request_id": rec.request_id, "user_id": rec.user_id, "flow": rec.flow, "arm": rec.arm,
                "k": len(rec.items), "reranked": rec.reranked, "model_version": rec.model_version,
                "served_at": rec.served_at, "source": source, "context": context or None,
-               **list_metrics(attrs["category"], attrs["field"], attrs["type"], attrs["age_days"])}
+               **served_list_metrics(attrs["category"], attrs["field"], attrs["type"], attrs["age_days"])}
 
     def write() -> list[int]:  # one short transaction, in SQLAlchemy Core (the ORM costs more than the insert)
         with engine.begin() as conn:

@@ -62,7 +62,7 @@ class Recommendation:
     model_version: str  # a registry version ("v2", or "v2+fresh2" with a freshness boost), "rule", "base" or "trending"
     base_model: str
     served_at: datetime
-    fallback: str | None  # why the neural ranker or personalisation was not used
+    fallback_reason: str | None  # why the neural ranker or personalisation was not used (None: it was)
     items: list[RecommendedItem]
     impression_ids: list[int] = field(default_factory=list)  # set when the list was logged
 
