@@ -20,6 +20,7 @@ from ranker import config, keys
 from ranker.base import (
     MODEL_NAMES,
     BaseRecommender,
+    NotFittedError,
     TrainingData,
     UnknownUserError,
     make_base_model,
@@ -208,9 +209,34 @@ def test_fit_on_an_empty_history_refuses_and_says_what_is_needed(name, engine):
         make_base_model(name).fit(empty)
 
 
-def test_unfitted_model_says_to_fit_first():
-    with pytest.raises(RuntimeError, match="ranker base fit"):
-        make_base_model("als").recommend(1, 5)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_unfitted_model_says_to_fit_first(name):
+    with pytest.raises(NotFittedError, match="ranker base fit"):
+        make_base_model(name).recommend(1, 5)
+
+
+# --- scikit-learn estimator conventions ------------------------------------------------------
+
+
+def test_sklearn_clone_gives_an_unfitted_copy_with_the_same_params(model):
+    from sklearn.base import clone
+
+    copy = clone(model)
+    assert copy is not model and type(copy) is type(model)
+    assert copy.get_params() == model.get_params() and copy.get_params(deep=False) == model.get_params()
+    assert model.is_fitted and not copy.is_fitted
+    with pytest.raises(NotFittedError):
+        copy.recommend(int(model.user_ids_[0]), 5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_set_params_changes_get_params_and_refuses_unknown_names(name):
+    m = make_base_model(name)
+    first = next(iter(m.get_params()))
+    value = m.get_params()[first]
+    assert m.set_params(**{first: value}) is m and m.get_params()[first] == value
+    with pytest.raises(ValueError, match="no parameter 'colour'.*valid"):
+        m.set_params(colour="red")
 
 
 def test_load_refuses_a_file_that_is_not_a_base_model(tmp_path):

@@ -52,10 +52,6 @@ from ranker.data.interactions import load_interactions, load_items, load_users
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
 
-#: name -> class, filled by ``BaseRecommender.__init_subclass__``.
-REGISTRY: dict[str, type[BaseRecommender]] = {}
-
-
 class UnknownUserError(ValueError):
     """The user has no engagement before the model's cutoff, so a personalised model cannot score them."""
 
@@ -176,17 +172,28 @@ class BaseRecommender(ABC):
     #: False for models that give every user the same scores (popularity).
     personalised: ClassVar[bool] = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            REGISTRY[cls.name] = cls
-
     # --- parameters -----------------------------------------------------------
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters and their current values (scikit-learn style)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters and their current values (scikit-learn style; ``deep`` is
+        accepted for compatibility: no parameter is itself an estimator)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {p: getattr(self, p) for p in names}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters (scikit-learn style); unknown names are refused.
+
+        Raises
+        ------
+        ValueError
+            A name that is not a constructor parameter (the message lists the valid ones).
+        """
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {key!r}; valid: {', '.join(valid)}")
+            setattr(self, key, value)
+        return self
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -508,10 +515,12 @@ class BaseRecommender(ABC):
     def _from_saved(
         cls, meta: dict[str, Any], arrays: Mapping[str, np.ndarray], path: Any
     ) -> BaseRecommender:
+        from ranker.base import MODELS  # the one registry of base models
+
         name = meta.get("name")
-        if name not in REGISTRY:
-            raise ValueError(f"{path}: unknown base model {name!r}; valid: {', '.join(sorted(REGISTRY))}")
-        model_cls = REGISTRY[name]
+        if name not in MODELS:
+            raise ValueError(f"{path}: unknown base model {name!r}; valid: {', '.join(MODELS)}")
+        model_cls = MODELS[name]
         if cls is not BaseRecommender and not issubclass(model_cls, cls):
             raise ValueError(f"{path} holds a {name!r} model, not a {cls.name!r} one")
         model = model_cls(**meta["params"])
