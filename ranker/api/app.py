@@ -285,7 +285,6 @@ def _v1_routes(engine: Engine) -> APIRouter:
             results=[schemas.EventResult(index=r.index, status=r.status, error=r.error) for r in results])
 
     def upserted(response: Response, row: dict, created: bool) -> schemas.Upserted:
-        serve.service(engine).invalidate()
         response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return schemas.Upserted(id=row["id"], created=created, row=row)
 
@@ -298,6 +297,7 @@ def _v1_routes(engine: Engine) -> APIRouter:
                  response: Response) -> schemas.Upserted:
         """Create or update a catalogue item (200: updated, 201: created)."""
         row, created = _domain(lambda: upsert_item(engine, item_id, **_plain(body)))
+        serve.service(engine).reload_catalog()  # this worker serves the change from its next request
         return upserted(response, row, created)
 
     @router.put("/users/{user_id}", **upsert)
@@ -324,22 +324,19 @@ def _model_info(engine: Engine) -> schemas.ModelInfo:
     from ranker.serving.service import service
 
     svc = service(engine)
-    scorer, reason = svc.scorer()
+    settings = svc.settings()
+    scorer, reason = svc.scorer(settings)
     metrics.observe_model(scorer.version)
-    active = None
-    for row in registry.list_versions(engine):
-        if row.is_active:
-            active = row
+    active = next((row for row in registry.list_versions(engine) if row.is_active), None)
     history = registry.activations(engine, limit=20)
-    last = next((a for a in history if active is not None and a.version == active.version), None)
-    if active is None:
-        last = next((a for a in history if a.version == registry.RULE), None) if history else None
+    serving = active.version if active else registry.RULE
+    last = next((a for a in history if a.version == serving), None)  # when the current choice was made
     return schemas.ModelInfo(
         active_version=active.version if active else None, serving=scorer.version,
         fallback=reason is not None, fallback_reason=reason or None,
         activated_at=last.activated_at if last else None, activated_by=last.actor if last else None,
-        metrics=active.metrics if active else None, freshness_boost=svc.freshness_boost(),
-        rule_weights=svc.rule_scorer().weights,
+        metrics=active.metrics if active else None, freshness_boost=settings.freshness_boost,
+        rule_weights=settings.rule_weights,
         history=[schemas.Activation(version=a.version, activated_at=a.activated_at, actor=a.actor) for a in history])
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 from ranker import config, keys
 from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.clock import serve_now
-from ranker.data.db import get_engine, get_setting, session_scope
+from ranker.data.db import get_engine, session_scope
 from ranker.data.schema import Interaction, Item, Setting, User
 from ranker.flows import is_trending
 from ranker.rank.features import ListContext, feature_names, list_features, make_context
@@ -132,8 +132,10 @@ class Service:
             stmt = select(func.count(), func.max(Item.id), func.max(Item.updated_at))
             sig = tuple(conn.execute(stmt).one())
         if sig != self._catalog_sig:
-            self._catalog, self._catalog_sig = load_catalog(self.engine), sig
-            self._counts = _Counts()
+            fresh = load_catalog(self.engine)
+            if self._catalog is None or not np.array_equal(fresh.ids, self._catalog.ids):
+                self._counts = _Counts()  # counts are per item: kept when only attributes changed
+            self._catalog, self._catalog_sig = fresh, sig
         self._catalog_checked = now
         return self._catalog
 
@@ -143,6 +145,11 @@ class Service:
             catalog = self.catalog()
             views, other = self._counts.get(self.engine, catalog, as_of)
             return catalog, views, other
+
+    def reload_catalog(self) -> None:
+        """Read the catalogue again on the next request (after an item was written here)."""
+        with self._lock:
+            self._catalog_sig, self._catalog_checked = None, 0.0
 
     def invalidate(self) -> None:
         """Forget cached catalogue and counts (after an import or a new world)."""
@@ -167,24 +174,18 @@ class Service:
 
     def scorer(self, settings: ServingSettings | None = None) -> tuple[Scorer, str | None]:
         """The active neural scorer (with the operator's freshness boost, if any), or the rule
-        scorer and the reason for the fallback. ``settings`` saves reading them again."""
+        scorer and the reason for the fallback. Settings are read unless given; they are never
+        cached, so a save reaches every process on its next request."""
+        settings = settings or self.settings()
         neural = self.model.get()
         if neural is not None:
-            boost = settings.freshness_boost if settings else self.freshness_boost()
+            boost = settings.freshness_boost
             return (FreshnessBoosted(neural, boost) if boost > 0 else neural), None
-        rule = RuleScorer(settings.rule_weights) if settings else self.rule_scorer()
-        return rule, self.model.reason
-
-    def freshness_boost(self) -> float:
-        """The operator's saved freshness boost (read on every call: settings are never cached,
-        so a save reaches every process on its next request)."""
-        with session_scope(self.engine) as s:
-            return saved_freshness_boost(get_setting(s, keys.FRESHNESS_BOOST))
+        return RuleScorer(settings.rule_weights), self.model.reason
 
     def rule_scorer(self) -> RuleScorer:
         """The rule-based scorer with the operator's saved weights (defaults 0.5/0.2/0.2/0.1)."""
-        with session_scope(self.engine) as s:
-            return RuleScorer(saved_weights(get_setting(s, keys.RULE_WEIGHTS)))
+        return RuleScorer(self.settings().rule_weights)
 
     def _user(self, user_id: int) -> Any:
         """The user's (id, role, category, field), or None for an unknown id."""
