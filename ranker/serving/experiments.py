@@ -134,7 +134,8 @@ def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
     """Log (impression_id, kind, time) outcomes in one short transaction.
 
     Each outcome is also written as a platform interaction (so popularity and the
-    base models see it) unless ``as_interactions`` is False.
+    base models see it) unless ``as_interactions`` is False. An outcome already
+    stored (the same impression and kind) is not stored again.
 
     Raises
     ------
@@ -150,18 +151,17 @@ def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
     def write() -> None:
         with session_scope(engine) as s:
             ids = sorted({i for i, _, _ in events})
-            found = dict(s.execute(select(Impression.id, Impression.user_id).where(Impression.id.in_(ids))).all())
-            items = dict(s.execute(select(Impression.id, Impression.item_id).where(Impression.id.in_(ids))).all())
-            missing = [i for i in ids if i not in found]
+            shown = {imp: (user, item) for imp, user, item in s.execute(
+                select(Impression.id, Impression.user_id, Impression.item_id).where(Impression.id.in_(ids))).all()}
+            missing = [i for i in ids if i not in shown]
             if missing:
                 log.error("rejected outcomes for unknown impression id(s) %s", missing[:10])
                 raise UnknownImpressionError(f"unknown impression id(s) {missing[:10]}; outcomes must refer "
                                              "to a logged impression")
-            s.execute(insert(Outcome), [{"impression_id": i, "kind": k, "created_at": t} for i, k, t in events])
-            if as_interactions:
-                s.execute(insert(Interaction), [
-                    {"user_id": found[i], "item_id": items[i], "kind": k, "created_at": t, "rating": None}
-                    for i, k, t in events])
+            outcomes = {}
+            for imp, kind, ts in events:
+                outcomes.setdefault((imp, kind), (*shown[imp], ts))
+            _store_outcomes(s, outcomes, as_interactions)
 
     with write_lock(engine):
         with_retries(write)
@@ -212,7 +212,7 @@ def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[Feedbac
                        Impression.served_at).where(Impression.request_id.in_(request_ids))).all()}
             served_requests = {r for r, _ in shown}
             results: list[FeedbackResult] = []
-            valid: dict[tuple[int, str], tuple[int, int, datetime]] = {}  # (impression, kind) -> (index, user, ts)
+            valid: dict[tuple[int, str], tuple[int, int, int, datetime]] = {}  # (imp, kind) -> (index, user, item, ts)
             for n, e in enumerate(events):
                 error = _feedback_error(e, shown, served_requests)
                 if error is None:
@@ -225,16 +225,11 @@ def record_feedback(engine: Engine, events: list[FeedbackEvent]) -> list[Feedbac
                         results.append(FeedbackResult(n, "duplicate"))
                         continue
                     else:
-                        valid[(imp, e.kind)] = (n, user, ts)
+                        valid[(imp, e.kind)] = (n, user, e.item_id, ts)
                         continue
                 results.append(FeedbackResult(n, "rejected", error))
-            stored = _insert_outcomes(s, valid)
-            if stored:
-                s.execute(insert(Interaction), [
-                    {"user_id": valid[key][1], "item_id": shown_item, "kind": key[1], "created_at": valid[key][2],
-                     "rating": None}
-                    for key, shown_item in stored.items()])
-            for key, (n, _, _) in valid.items():
+            stored = _store_outcomes(s, {key: v[1:] for key, v in valid.items()})
+            for key, (n, *_) in valid.items():
                 results.append(FeedbackResult(n, "stored" if key in stored else "duplicate"))
             return sorted(results, key=lambda r: r.index)
 
@@ -253,22 +248,23 @@ def _feedback_error(e: FeedbackEvent, shown: dict, served_requests: set[str]) ->
     return None
 
 
-def _insert_outcomes(s: Any, valid: dict[tuple[int, str], tuple[int, int, datetime]]) -> dict[tuple[int, str], int]:
-    """Insert outcomes, skipping any (impression, kind) already stored; returns the new ones
-    as (impression, kind) -> item id."""
-    if not valid:
-        return {}
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
+def _store_outcomes(s: Any, outcomes: dict[tuple[int, str], tuple[int, int, datetime]],
+                    as_interactions: bool = True) -> set[tuple[int, str]]:
+    """Write outcomes, (impression, kind) -> (user, item, time), each also as a platform
+    interaction unless ``as_interactions`` is False. An (impression, kind) already stored is
+    skipped: the unique index decides, so concurrent writers store it once. Returns the new ones."""
+    if not outcomes:
+        return set()
+    if s.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    rows = [{"impression_id": imp, "kind": kind, "created_at": ts} for (imp, kind), (_, _, ts) in valid.items()]
+    rows = [{"impression_id": imp, "kind": kind, "created_at": ts} for (imp, kind), (_, _, ts) in outcomes.items()]
     stmt = (dialect_insert(Outcome).on_conflict_do_nothing(index_elements=["impression_id", "kind"])
             .returning(Outcome.impression_id, Outcome.kind))
     inserted = {(imp, kind) for imp, kind in s.execute(stmt, rows).all()}
-    if not inserted:
-        return {}
-    items = dict(s.execute(select(Impression.id, Impression.item_id)
-                           .where(Impression.id.in_(sorted({imp for imp, _ in inserted})))).all())
-    return {key: items[key[0]] for key in inserted}
+    if inserted and as_interactions:
+        s.execute(insert(Interaction), [
+            {"user_id": user, "item_id": item, "kind": kind, "created_at": ts, "rating": None}
+            for (imp, kind), (user, item, ts) in outcomes.items() if (imp, kind) in inserted])
+    return inserted
