@@ -180,6 +180,22 @@ def served(trained_world, tmp_path, monkeypatch) -> Iterator[Engine]:
     store.clear_cache()
 
 
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, in Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(exposition) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def ranker_env(url: str, models: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``ranker`` subprocess on ``url``, with models (and data beside them) in a
+    folder of the test's own; no RANKER_* or PROMETHEUS_* setting of this process leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANKER_", "PROMETHEUS_"))}
+    return {**env, "RANKER_DATABASE_URL": url, "RANKER_MODELS_DIR": str(models),
+            "RANKER_DATA_DIR": str(models.parent / "data"), **extra}
+
+
 @pytest.fixture
 def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
     """A small world with fitted base models in a database of its own on the PostgreSQL server."""
@@ -195,9 +211,7 @@ def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RANKER_", "PROMETHEUS_"))},
-           "RANKER_DATABASE_URL": url, "RANKER_MODELS_DIR": str(tmp_path / "models"),
-           "RANKER_DATA_DIR": str(tmp_path / "data")}
+    env = ranker_env(url, tmp_path / "models")
     for cmd in (["demo", "init", "--scale", "small"], ["base", "fit"]):
         subprocess.run([sys.executable, "-m", "ranker", *cmd], env=env, check=True, capture_output=True, timeout=300)
     try:

@@ -15,6 +15,7 @@ from ranker.api import create_app, schemas
 from ranker.api.auth import Keys
 from ranker.data.schema import Impression, Interaction, ModelActivation, Outcome, ServedList, User
 from ranker.serving.experiments import assign_arm, get_experiment
+from tests.conftest import metric_value
 
 FLOW_OF_ROLE = {"developer": "developer-startup", "investor": "investor-startup", "founder": "founder-developer"}
 
@@ -383,6 +384,7 @@ def test_activation_reaches_serving_during_traffic_without_a_failed_request(clie
     update_experiment(served, running=False)
     uid = _user(served, "treatment")
     v2 = registry.register(served, cfg.MODELS_DIR / "versions" / "v1.pth")
+    reloads = metric_value(client.get("/metrics").text, "ranker_model_reloads_total")
     statuses: list[int] = []
     versions: list[str] = []
     stop = threading.Event()
@@ -412,4 +414,5 @@ def test_activation_reaches_serving_during_traffic_without_a_failed_request(clie
             t.join()
     assert statuses and set(statuses) == {200}
     assert {"v1", v2} <= set(versions)
-    assert "ranker_model_reloads_total" in client.get("/metrics").text
+    # three activations, three files loaded (the corrupt one is not)
+    assert metric_value(client.get("/metrics").text, "ranker_model_reloads_total") >= reloads + 3

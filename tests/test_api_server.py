@@ -22,6 +22,7 @@ from sqlalchemy import func, select, text
 
 from ranker.data.db import make_engine
 from ranker.data.schema import Impression, Outcome, ServedList, User
+from tests.conftest import metric_value, ranker_env
 
 STARTUP_TIMEOUT_S = 90
 
@@ -32,12 +33,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _env(url: str, models: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANKER_", "PROMETHEUS_"))}
-    return {**env, "RANKER_DATABASE_URL": url, "RANKER_MODELS_DIR": str(models),
-            "RANKER_DATA_DIR": str(models.parent / "data"), **extra}
 
 
 @contextmanager
@@ -78,7 +73,8 @@ def _user_ids(engine, role: str = "developer") -> list[int]:
 def _register_copy_of_v1(url: str, models: Path) -> None:
     code = ("from ranker.rank import registry; from ranker.data.db import get_engine; "
             "registry.register(get_engine(), registry.versions_dir() / 'v1.pth')")
-    subprocess.run([sys.executable, "-c", code], env=_env(url, models), check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], env=ranker_env(url, models), check=True, capture_output=True,
+                   timeout=120)
 
 
 def _parent(pid: str) -> int | None:
@@ -105,7 +101,7 @@ def test_ranker_serve_answers_over_http_and_stops_gracefully_on_sigterm(trained_
     engine = make_engine(url)
     users = _user_ids(engine)
 
-    with running_server(_env(url, tmp_path / "models")) as (base, proc):
+    with running_server(ranker_env(url, tmp_path / "models")) as (base, proc):
         body = httpx.post(f"{base}/v1/recommend", json={"user_id": users[0], "flow": "developer-startup"}).json()
         assert body["model_version"] in ("v1", "base") and len(body["items"]) == 10
         r = httpx.post(f"{base}/v1/feedback", json={"events": [
@@ -117,7 +113,7 @@ def test_ranker_serve_answers_over_http_and_stops_gracefully_on_sigterm(trained_
         # a version activated from the CLI is what the server's next request is served with
         _register_copy_of_v1(url, tmp_path / "models")
         subprocess.run([sys.executable, "-m", "ranker", "models", "activate", "v2"], check=True, capture_output=True,
-                       env=_env(url, tmp_path / "models"), timeout=120)
+                       env=ranker_env(url, tmp_path / "models"), timeout=120)
         model = httpx.get(f"{base}/v1/model").json()
         assert (model["active_version"], model["serving"], model["history"][0]["version"]) == ("v2", "v2", "v2")
         with engine.connect() as conn:  # the dashboard finds the running server here
@@ -161,14 +157,14 @@ def test_ranker_serve_answers_over_http_and_stops_gracefully_on_sigterm(trained_
 
 
 def test_serve_refuses_to_listen_openly_without_keys(tmp_path):
-    env = _env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path / "models")
+    env = ranker_env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path / "models")
     r = subprocess.run([sys.executable, "-m", "ranker", "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "RANKER_API_KEYS" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_serve_says_when_the_port_is_taken(tmp_path):
-    env = _env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path / "models")
+    env = ranker_env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path / "models")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -208,16 +204,18 @@ def test_four_workers_on_postgres_lose_and_duplicate_no_rows(pg_world, trained_w
             answers = await asyncio.gather(*(c.post("/v1/feedback", json={"events": b}) for b in batches + batches))
             return lists, [a.json() for a in answers]
 
-    with running_server(_env(url, models), "--workers", "4") as (base, _proc):
+    with running_server(ranker_env(url, models), "--workers", "4") as (base, _proc):
         workers = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == _proc.pid]
         assert len(workers) >= 4
         lists, answers = asyncio.run(load(base))
-        assert "ranker_http_requests_total" in httpx.get(f"{base}/metrics").text  # merged across workers
+        merged = httpx.get(f"{base}/metrics").text  # one worker answers with every worker's samples
+        assert metric_value(merged, "ranker_http_requests_total", endpoint="/v1/recommend",
+                            status="200") == len(lists)
 
         # activation from the CLI: every worker serves the new model from its next request on
         code = ("import sys; from ranker.rank import registry; from ranker.data.db import get_engine; "
                 "registry.register(get_engine(), sys.argv[1])")
-        env = _env(url, models)
+        env = ranker_env(url, models)
         subprocess.run([sys.executable, "-c", code, str(trained_world["models"] / "versions" / "v1.pth")], env=env,
                        check=True, capture_output=True, timeout=120)
         subprocess.run([sys.executable, "-m", "ranker", "models", "activate", "v1"], env=env, check=True,
