@@ -13,7 +13,7 @@ indexed queries, cheap enough to run on every request.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -24,11 +24,6 @@ from sqlalchemy import Engine, String, select, type_coerce
 
 from ranker import config
 from ranker.data.schema import Interaction, Item, User
-
-#: Columns of :func:`load_interactions`, in order.
-INTERACTION_COLUMNS = ("user_id", "item_id", "kind", "created_at")
-ITEM_COLUMNS = ("id", "item_type", "category", "field", "type", "created_at", "updated_at", "views")
-USER_COLUMNS = ("id", "role", "category", "field")
 
 
 def _times(values: Sequence[object]) -> np.ndarray:
@@ -57,18 +52,53 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _fetch_columns(engine: Engine, stmt: Any, n_columns: int) -> tuple[int, list[tuple]]:
-    """Run ``stmt``; returns (row count, one tuple of values per column)."""
-    with _gc_paused(), engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-        cols = list(zip(*rows)) if rows else [()] * n_columns
-        return len(rows), cols
+#: Turns one fetched column (a tuple of driver values) into an array or Categorical.
+Column = Callable[[Sequence[Any]], Any]
+
+
+def _int64(values: Sequence[Any]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.int64, count=len(values))
+
+
+def _counts(values: Sequence[Any]) -> np.ndarray:
+    """Non-negative counts as int64; NULL is 0."""
+    return np.fromiter((v or 0 for v in values), dtype=np.int64, count=len(values))
 
 
 def _kinds(values: Iterable[str]) -> pd.Categorical:
     values = list(values)
     extra = sorted(set(values) - set(config.INTERACTION_KINDS))
     return pd.Categorical(values, categories=list(config.INTERACTION_KINDS) + extra)
+
+
+def _load_frame(engine: Engine, stmt: Any, columns: Mapping[str, Column]) -> pd.DataFrame:
+    """Run ``stmt`` and build one DataFrame column per selected column.
+
+    ``columns`` maps each column name, in SELECT order, to the function that turns the
+    column's values (a tuple) into an array.
+    """
+    with _gc_paused():
+        with engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        values = list(zip(*rows)) if rows else [()] * len(columns)
+        converted = (convert(col) for convert, col in zip(columns.values(), values, strict=True))
+        return pd.DataFrame(dict(zip(columns, converted)))
+
+
+_INTERACTION_FRAME: dict[str, Column] = {
+    "user_id": _int64, "item_id": _int64, "kind": _kinds, "created_at": _times,
+}
+_ITEM_FRAME: dict[str, Column] = {
+    "id": _int64, "item_type": pd.Categorical, "category": pd.Categorical, "field": pd.Categorical,
+    "type": pd.Categorical, "created_at": _times, "updated_at": _times, "views": _counts,
+}
+_USER_FRAME: dict[str, Column] = {
+    "id": _int64, "role": pd.Categorical, "category": pd.Categorical, "field": pd.Categorical,
+}
+#: Columns of :func:`load_interactions`, :func:`load_items` and :func:`load_users`, in order.
+INTERACTION_COLUMNS = tuple(_INTERACTION_FRAME)
+ITEM_COLUMNS = tuple(_ITEM_FRAME)
+USER_COLUMNS = tuple(_USER_FRAME)
 
 
 def load_interactions(
@@ -102,14 +132,7 @@ def load_interactions(
         stmt = stmt.where(t.created_at < until)
     if kinds is not None:
         stmt = stmt.where(t.kind.in_(list(kinds)))
-    n, cols = _fetch_columns(engine, stmt, len(INTERACTION_COLUMNS))
-    with _gc_paused():
-        return pd.DataFrame({
-            "user_id": np.fromiter(cols[0], dtype=np.int64, count=n),
-            "item_id": np.fromiter(cols[1], dtype=np.int64, count=n),
-            "kind": _kinds(cols[2]),
-            "created_at": _times(cols[3]),
-        })
+    return _load_frame(engine, stmt, _INTERACTION_FRAME)
 
 
 def load_items(
@@ -130,17 +153,7 @@ def load_items(
         stmt = stmt.where(t.created_at <= as_of)
     if item_type is not None:
         stmt = stmt.where(t.item_type == item_type)
-    n, cols = _fetch_columns(engine, stmt, len(ITEM_COLUMNS))
-    return pd.DataFrame({
-        "id": np.fromiter(cols[0], dtype=np.int64, count=n),
-        "item_type": pd.Categorical(cols[1]),
-        "category": pd.Categorical(cols[2]),
-        "field": pd.Categorical(cols[3]),
-        "type": pd.Categorical(cols[4]),
-        "created_at": _times(cols[5]),
-        "updated_at": _times(cols[6]),
-        "views": np.fromiter((v or 0 for v in cols[7]), dtype=np.int64, count=n),
-    })
+    return _load_frame(engine, stmt, _ITEM_FRAME)
 
 
 def load_users(engine: Engine, user_ids: Sequence[int] | None = None) -> pd.DataFrame:
@@ -156,13 +169,7 @@ def load_users(engine: Engine, user_ids: Sequence[int] | None = None) -> pd.Data
     stmt = select(t.id, t.role, t.category, t.field).order_by(t.id)
     if user_ids is not None:
         stmt = stmt.where(t.id.in_([int(u) for u in user_ids]))
-    n, cols = _fetch_columns(engine, stmt, len(USER_COLUMNS))
-    return pd.DataFrame({
-        "id": np.fromiter(cols[0], dtype=np.int64, count=n),
-        "role": pd.Categorical(cols[1]),
-        "category": pd.Categorical(cols[2]),
-        "field": pd.Categorical(cols[3]),
-    })
+    return _load_frame(engine, stmt, _USER_FRAME)
 
 
 def user_role(engine: Engine, user_id: int) -> str | None:

@@ -144,8 +144,12 @@ def mrr(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike) -> float:
 
     Parameters
     ----------
-    y_true, y_score, groups : array-like, shape (N,)
-        Relevance (positive when > 0), scores and list id of each row.
+    y_true : array-like, shape (N,)
+        Relevance; only whether it is > 0 matters.
+    y_score : array-like, shape (N,)
+        Scores; a negative tied with the group's best positive ranks above it.
+    groups : array-like, shape (N,)
+        List id of each row.
 
     Returns
     -------
@@ -218,24 +222,27 @@ def auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
         nan when only one class is present.
     """
     y_true, y_score = _rows(y_true=y_true, y_score=y_score)
-    correct, n_pairs = _concordant_pairs(y_true, y_score, np.zeros(len(y_true), dtype=np.int64))
-    return correct / n_pairs if n_pairs else float("nan")
+    return pairwise_accuracy(y_true, y_score, np.zeros(len(y_true), dtype=np.int64))
 
 
 def pairwise_accuracy(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike) -> float:
     """Share of same-group (positive, negative) pairs the scores order correctly.
 
+    :func:`auc` is this over a single group.
+
     Parameters
     ----------
-    y_true, y_score, groups : array-like, shape (N,)
-        Relevance (positive when > 0), scores and list id of each row.
+    y_true : array-like, shape (N,)
+        Relevance, binarised at > 0: (2, 1) pairs are not counted.
+    y_score : array-like, shape (N,)
+        Scores; a tied pair counts 0.5.
+    groups : array-like, shape (N,)
+        List id of each row; pairs never cross groups.
 
     Returns
     -------
     float
-        Correct pairs / all pairs, pooled over groups; a tied pair counts 0.5.
-        Graded labels are binarised at > 0, so (2, 1) pairs are not counted.
-        nan when there is no pair.
+        Correct pairs / all pairs, pooled over groups. nan when there is no pair.
     """
     y_true, y_score, groups = _rows(y_true=y_true, y_score=y_score, groups=groups)
     correct, n_pairs = _concordant_pairs(y_true, y_score, groups)
