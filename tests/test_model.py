@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from ranker.rank.model import ARCHS, MLPConfig, RankerMLP, count_parameters
+from ranker.rank.model import ARCHS, RankerMLP, count_parameters
 from ranker.rank.rerank import NeuralScorer
+from ranker.rank.spec import LINEAR_LAYERS, ModelSpec, linear_layers
 
 
 def test_default_arch_with_four_features_has_705_parameters():
@@ -57,21 +58,49 @@ def test_unknown_arch_error_lists_valid_archs():
         assert name in str(err.value)
 
 
-def test_config_defaults_agree_with_default_arch_and_constructor():
-    config = MLPConfig(input_dim=4)
-    assert (config.hidden_dim1, config.hidden_dim2) == ARCHS["default"]
-    assert RankerMLP(4).config == config
+def test_spec_defaults_agree_with_default_arch_and_constructor():
+    spec = ModelSpec(input_dim=4)
+    assert (spec.hidden_dim1, spec.hidden_dim2) == ARCHS["default"]
+    assert RankerMLP(4).spec == spec
+    assert ModelSpec.for_arch("default", input_dim=4) == spec
 
 
-def test_config_dict_rebuilds_an_identical_model():
-    model = RankerMLP.from_arch(6, "large")
-    meta = model.config.to_dict()
-    assert meta == {"input_dim": 6, "hidden_dim1": 64, "hidden_dim2": 32, "dropout": 0.2}
-
-    rebuilt = RankerMLP(**meta)
+def test_spec_round_trips_through_checkpoint_meta_and_rebuilds_an_identical_model():
+    spec = ModelSpec.for_arch("large", ["a", "b", "c", "d", "e", "f"])
+    meta = spec.to_meta()
+    assert meta == {"feature_names": ["a", "b", "c", "d", "e", "f"], "input_dim": 6,
+                    "arch": {"name": "large", "hidden_dim1": 64, "hidden_dim2": 32, "dropout": 0.2}}
+    assert ModelSpec.from_meta(meta) == spec
+    model = spec.build()
+    rebuilt = ModelSpec.from_meta(meta).build()
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(3, 6)
     assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_spec_knows_every_linear_layer_of_the_net():
+    model = ModelSpec.for_arch("small", input_dim=5).build()
+    linear = sorted({k.rsplit(".", 1)[0] for k, v in model.state_dict().items() if k.endswith(".weight")})
+    assert tuple(linear) == LINEAR_LAYERS
+    layers = linear_layers({k: v.numpy() for k, v in model.state_dict().items()})
+    assert [w.shape for w, _ in layers] == [(5, 16), (16, 8), (8, 1)]
+
+
+def test_spec_saves_and_loads_a_checkpoint(tmp_path):
+    spec = ModelSpec.for_arch("small")  # the feature registry's features
+    model = spec.build().eval()
+    spec.save(tmp_path / "m.pth", model, {"version": "v7"})
+    ckpt = ModelSpec.load(tmp_path / "m.pth")
+    assert ckpt.spec == spec and ckpt.version == "v7"
+    x = torch.rand(4, spec.input_dim)
+    assert torch.equal(ckpt.model()(x), model(x))
+
+
+@pytest.mark.parametrize("bad", [{"input_dim": 0}, {"input_dim": 4, "hidden_dim1": 0},
+                                 {"input_dim": 4, "dropout": 1.0}, {"input_dim": 3, "feature_names": ("a",)}])
+def test_spec_refuses_impossible_shapes(bad):
+    with pytest.raises(ValueError):
+        ModelSpec(**bad)
 
 
 def test_zero_input_dim_is_rejected():

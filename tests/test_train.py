@@ -161,7 +161,7 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
 
     model.zero_grad()
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
-    h1 = torch.relu(lin1((x - model.x_mean) / model.x_scale)) * keep / (1 - model.config.dropout)
+    h1 = torch.relu(lin1((x - model.x_mean) / model.x_scale)) * keep / (1 - model.spec.dropout)
     ref = pairwise_logistic_loss_from_pairs(lin3(torch.relu(lin2(h1)))[:, 0], better, worse)
     ref.backward()
     assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)

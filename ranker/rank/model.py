@@ -10,36 +10,19 @@ mean and scale of the training data (buffers, saved in the checkpoint). Features
 centred and scaled, the first layer's ReLUs can split that band without huge weights,
 so the guide's 20 epochs at lr 0.001 are enough. A checkpoint without the buffers
 loads as mean 0, scale 1.
-``ARCHS`` names the sizes an operator can pick; ``MLPConfig.to_dict()`` is what a
-checkpoint stores, and ``RankerMLP(**config_dict)`` rebuilds the model.
+The net's shape is a :class:`ranker.rank.spec.ModelSpec` (``model.spec``): it builds the
+net, saves and loads checkpoints, and is the only place that knows the layer names.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-#: arch name -> (hidden_dim1, hidden_dim2)
-ARCHS: dict[str, tuple[int, int]] = {
-    "small": (16, 8),
-    "default": (32, 16),
-    "large": (64, 32),
-}
+from ranker.rank.spec import ARCHS, ModelSpec
 
-
-@dataclass
-class MLPConfig:
-    input_dim: int  # features per row; set by the feature set, so no default
-    hidden_dim1: int = 32  # first hidden layer, ARCHS["default"][0]
-    hidden_dim2: int = 16  # second hidden layer, ARCHS["default"][1]
-    dropout: float = 0.2  # after the first ReLU only; inactive in eval()
-
-    def to_dict(self) -> dict[str, int | float]:
-        """Plain dict for checkpoint metadata; keys match ``RankerMLP.__init__``."""
-        return asdict(self)
+__all__ = ["ARCHS", "ModelSpec", "RankerMLP", "count_parameters"]
 
 
 class RankerMLP(nn.Module):
@@ -49,9 +32,8 @@ class RankerMLP(nn.Module):
         self, input_dim: int, hidden_dim1: int = 32, hidden_dim2: int = 16, dropout: float = 0.2
     ) -> None:
         super().__init__()
-        if input_dim < 1:
-            raise ValueError(f"input_dim must be >= 1 (one per feature), got {input_dim}")
-        self.config = MLPConfig(input_dim, hidden_dim1, hidden_dim2, dropout)
+        arch = next((name for name, sizes in ARCHS.items() if sizes == (hidden_dim1, hidden_dim2)), "custom")
+        self.spec = ModelSpec(input_dim, hidden_dim1, hidden_dim2, dropout, arch=arch)
         self.net = nn.Sequential(
             nn.Linear(input_dim, hidden_dim1),
             nn.ReLU(),
@@ -64,12 +46,16 @@ class RankerMLP(nn.Module):
         self.register_buffer("x_scale", torch.ones(input_dim))
 
     @classmethod
+    def from_spec(cls, spec: ModelSpec) -> RankerMLP:
+        """The net ``spec`` describes (``spec.build()`` calls this)."""
+        model = cls(spec.input_dim, spec.hidden_dim1, spec.hidden_dim2, spec.dropout)
+        model.spec = spec
+        return model
+
+    @classmethod
     def from_arch(cls, input_dim: int, arch: str) -> RankerMLP:
         """Build a model with the hidden sizes of a named arch from ``ARCHS``."""
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
-        hidden_dim1, hidden_dim2 = ARCHS[arch]
-        return cls(input_dim, hidden_dim1, hidden_dim2)
+        return cls.from_spec(ModelSpec.for_arch(arch, input_dim=input_dim))
 
     def fit_input_scaling(self, x: np.ndarray) -> None:
         """Set the input standardisation to the mean and standard deviation of ``x`` (N, input_dim).

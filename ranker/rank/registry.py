@@ -13,36 +13,33 @@ is active; the ``active_history`` setting makes rollback possible.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope
+from ranker.data.files import atomic_write_bytes
 from ranker.data.schema import ModelActivation, ModelVersion
 from ranker.rank.features import feature_names
 from ranker.rank.model import RankerMLP
 from ranker.rank.rerank import NeuralScorer
+from ranker.rank.spec import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, ModelSpec
+
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "ActiveModel", "RegistryError",
+           "activate_version", "active_path", "atomic_write_bytes", "load_checkpoint", "register",
+           "rollback", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "ranker-checkpoint/1"
 RULE = "rule"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be served, with the reason."""
 
 
 class RegistryError(ValueError):
@@ -65,91 +62,19 @@ def active_path() -> Path:
 # --- Files --------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(path: Path, model: RankerMLP, meta: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": {"format": CHECKPOINT_FORMAT, **meta}}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """Write ``model`` with its spec and ``meta`` (see :meth:`ModelSpec.save`).
 
-
-@dataclass
-class Checkpoint:
-    state_dict: dict[str, torch.Tensor]
-    meta: dict[str, Any]
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unregistered"))
-
-    def model(self) -> RankerMLP:
-        arch = self.meta["arch"]
-        m = RankerMLP(int(self.meta["input_dim"]), int(arch["hidden_dim1"]),
-                      int(arch["hidden_dim2"]), float(arch.get("dropout", 0.2)))
-        m.load_state_dict(self.state_dict)
-        return m.eval()
-
-    def scorer(self) -> NeuralScorer:
-        return NeuralScorer({k: v.numpy() for k, v in self.state_dict.items()}, self.version, self.meta)
-
-
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Load and validate a checkpoint (``weights_only=True``).
-
-    Raises
-    ------
-    CheckpointError
-        Missing, truncated, corrupt or foreign file; or features/shape that do not
-        match the feature registry. The message says which.
+    A net built without feature names (``RankerMLP(4)``) is named by ``meta["feature_names"]``,
+    else by the feature registry.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad bytes
-        raise CheckpointError(
-            f"{path} is not a readable ranker checkpoint (truncated, corrupt or not torch): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from None
-    if not isinstance(obj, dict) or "state_dict" not in obj or "meta" not in obj:
-        raise CheckpointError(f"{path} is a torch file but not a ranker checkpoint "
-                              "(expected keys 'state_dict' and 'meta')")
-    meta = obj["meta"]
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    expected = feature_names()
-    if list(meta.get("feature_names", [])) != expected:
-        raise CheckpointError(
-            f"{path} was trained on features {meta.get('feature_names')} but the registry has "
-            f"{expected}; retrain with `ranker train`"
-        )
-    ckpt = Checkpoint(obj["state_dict"], meta)
-    try:
-        ckpt.model()
-    except Exception as exc:
-        raise CheckpointError(f"{path}: weights do not fit the declared shape: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
-    return ckpt
+    spec = model.spec
+    if not spec.feature_names:
+        spec = spec.with_features(meta.get("feature_names") or feature_names())
+    spec.save(path, model, meta)
+
+
+load_checkpoint = ModelSpec.load
 
 
 def data_hash(path: Path) -> str:
@@ -183,10 +108,8 @@ def register(engine: Engine, checkpoint: Path, activate: bool = False, actor: st
             n += 1
         version = f"v{n}"
         meta = {**ckpt.meta, "version": version}
-        buf = io.BytesIO()
-        torch.save({"state_dict": ckpt.state_dict, "meta": meta}, buf)
         dest = versions_dir() / f"{version}.pth"
-        atomic_write_bytes(dest, buf.getvalue())
+        atomic_write_bytes(dest, Checkpoint(ckpt.state_dict, meta).to_bytes())
         s.add(ModelVersion(
             version=version, path=str(dest), created_at=utcnow(),
             feature_names=list(meta["feature_names"]), params=dict(meta.get("train_params", {})),

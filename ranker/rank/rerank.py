@@ -92,12 +92,14 @@ class NeuralScorer:
     """
 
     def __init__(self, state_dict: Mapping[str, object], version: str, meta: dict | None = None):
+        from ranker.rank.spec import linear_layers
+
         def arr(key: str) -> np.ndarray:
             return np.asarray(state_dict[key], dtype=np.float64)
 
         self.version = version
         self.meta = meta or {}
-        self._layers = [(arr(f"net.{i}.weight").T, arr(f"net.{i}.bias")) for i in (0, 3, 5)]
+        self._layers = linear_layers(state_dict)
         # Fold the input standardisation into the first layer (absent from checkpoints that
         # predate it: identity): ((x - m) / s) @ W + b == x @ (W / s[:, None]) + (b - (m / s) @ W).
         w1, b1 = self._layers[0]

@@ -25,8 +25,9 @@ from ranker.data.clock import utcnow
 from ranker.rank.features import feature_columns, feature_names
 from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
 from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
-from ranker.rank.model import ARCHS, RankerMLP, count_parameters
+from ranker.rank.model import RankerMLP, count_parameters
 from ranker.rank.rerank import RuleScorer
+from ranker.rank.spec import ARCHS, ModelSpec
 
 #: The guide's CSV names the item column ``startup_id``; both are accepted.
 ITEM_COLUMN_ALIASES = ("item_id", "startup_id")
@@ -253,7 +254,7 @@ def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor,
     Shapes: z (B, F); better, worse (P,) row indices; returns the mean loss, shape ().
     """
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
-    scale = keep / (1.0 - model.config.dropout)
+    scale = keep / (1.0 - model.spec.dropout)
     with torch.no_grad():
         z1 = torch.addmm(lin1.bias, z, lin1.weight.t())
         h1 = z1.clamp_min(0.0) * scale
@@ -296,7 +297,9 @@ def train(
     cfg = cfg or TrainConfig()
     seed_everything(cfg.seed)
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they save
-    model = RankerMLP.from_arch(data.x.shape[1], cfg.arch)
+    names = feature_names()
+    named = names if len(names) == data.x.shape[1] else None  # unnamed columns: a bare array
+    model = ModelSpec.for_arch(cfg.arch, named, input_dim=data.x.shape[1]).build()
     model.fit_input_scaling(data.x)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     rng = np.random.default_rng(cfg.seed)
@@ -317,7 +320,7 @@ def train(
             if should_stop and should_stop():
                 raise TrainingError("training cancelled")
             zb = z_all[torch.from_numpy(idx)]
-            keep = torch.rand(len(idx), model.config.hidden_dim1) >= model.config.dropout
+            keep = torch.rand(len(idx), model.spec.hidden_dim1) >= model.spec.dropout
             loss = pairwise_step_grads(model, zb, better, worse, keep)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
@@ -370,11 +373,8 @@ def _finite(v: float) -> float | None:
 def checkpoint_meta(result: TrainResult, data_hash: str | None, data_path: str | None,
                     best: bool = False) -> dict[str, Any]:
     cfg = result.config
-    h1, h2 = ARCHS[cfg.arch]
     return {
-        "feature_names": feature_names(),
-        "input_dim": len(feature_names()),
-        "arch": {"name": cfg.arch, "hidden_dim1": h1, "hidden_dim2": h2, "dropout": 0.2},
+        **result.model.spec.to_meta(),
         "params": count_parameters(result.model),
         "data_hash": data_hash,
         "data_path": data_path,
@@ -395,7 +395,7 @@ def write_checkpoints(result: TrainResult, output_dir: Path, data_hash: str | No
     paths = {"final": output_dir / "ranker_v1.pth"}
     save_checkpoint(paths["final"], result.model, checkpoint_meta(result, data_hash, data_path))
     if result.best_state is not None:
-        best = RankerMLP.from_arch(result.model.config.input_dim, result.config.arch)
+        best = result.model.spec.build()
         best.load_state_dict(result.best_state)
         best.eval()
         meta = checkpoint_meta(result, data_hash, data_path, best=True)
