@@ -18,14 +18,13 @@ from ranker.data.importing.mapping import (
     UNKNOWN,
     SourceData,
     users_frame,
-    users_from_events,
 )
 from ranker.data.importing.records import (
     ImportDataError,
     Records,
     check_allowed,
-    check_known,
     check_unique,
+    linked_source,
     need_file,
     optional_text,
     parse_ratings,
@@ -96,16 +95,9 @@ def read_csv_export(interactions: str | Path, items: str | Path, users: str | Pa
         "kind": kinds,
     })
     item_frame = _csv_items(item_path)
-    check_known(ev, events["item"].to_numpy(), item_frame["ext_id"].to_numpy(), "item_id", item_path)
-    files = [str(inter_path), str(item_path)]
-    if users is not None:
-        user_path = Path(users)
-        user_frame = _csv_users(user_path)
-        check_known(ev, events["user"].to_numpy(), user_frame["ext_id"].to_numpy(), "user_id", user_path)
-        files.append(str(user_path))
-    else:
-        user_frame = users_from_events(events)
-    return SourceData("csv", "csv", user_frame, item_frame, events, files)
+    user_path = Path(users) if users is not None else None
+    user_frame = _csv_users(user_path) if user_path is not None else None
+    return linked_source("csv", "csv", ev, events, item_path, item_frame, user_path, user_frame)
 
 
 def _csv_items(path: Path) -> pd.DataFrame:

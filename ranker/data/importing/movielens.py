@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,12 @@ from ranker.data.importing.mapping import (
     items_frame,
     title_year,
     users_frame,
-    users_from_events,
     year_starts,
 )
 from ranker.data.importing.records import (
     Records,
-    check_known,
     check_unique,
+    linked_source,
     need_file,
     parse_int_ids,
     parse_numbers,
@@ -84,20 +86,12 @@ def read_movielens(path: str | Path) -> SourceData:
     variant = detect_movielens(path)
     folder = Path(path)
     folder = folder.parent if folder.is_file() else folder
-    if variant == "ml-100k":
-        ratings = folder / "u.data"
-        items = need_file(folder / "u.item", "ml-100k movies, needed next to u.data")
-        users = folder / "u.user"
-        ev = split_fields(ratings, read_lines(ratings, "latin-1"), "\t", 4, "user id, item id, rating, timestamp")
-        it = _ml100k_items(items)
-        us = _ml_users(users, "|", ml1m=False) if users.is_file() else None
-    else:
-        ratings = folder / "ratings.dat"
-        items = need_file(folder / "movies.dat", "ml-1m movies, needed next to ratings.dat")
-        users = folder / "users.dat"
-        ev = split_fields(ratings, read_lines(ratings, "latin-1"), "::", 4, "UserID::MovieID::Rating::Timestamp")
-        it = _ml1m_items(items)
-        us = _ml_users(users, "::", ml1m=True) if users.is_file() else None
+    layout = _LAYOUTS[variant]
+    ratings, users = folder / layout.ratings, folder / layout.users
+    items = need_file(folder / layout.items, f"{variant} movies, needed next to {layout.ratings}")
+    ev = split_fields(ratings, read_lines(ratings, "latin-1"), layout.ratings_sep, 4, layout.ratings_header)
+    it = layout.read_items(items)
+    us = layout.read_users(users) if users.is_file() else None
     events = pd.DataFrame({
         "user": parse_int_ids(ev, 0, "user id"),
         "item": parse_int_ids(ev, 1, "item id"),
@@ -105,14 +99,7 @@ def read_movielens(path: str | Path) -> SourceData:
         "rating": parse_ratings(ev, ev.column(2), *MOVIELENS_RATING_RANGE),
         "kind": "",
     })
-    check_known(ev, events["item"].to_numpy(), it["ext_id"].to_numpy(), "item id", items)
-    files = [str(ratings), str(items)]
-    if us is not None:
-        check_known(ev, events["user"].to_numpy(), us["ext_id"].to_numpy(), "user id", users)
-        files.append(str(users))
-    else:
-        us = users_from_events(events)
-    return SourceData(variant, "ml", us, it, events, files)
+    return linked_source(variant, "ml", ev, events, items, it, users, us, id_names=("user id", "item id"))
 
 
 def _release_dates(rec: Records, values: pd.Series) -> np.ndarray:
@@ -176,3 +163,24 @@ def _ml_users(path: Path, sep: str, ml1m: bool) -> pd.DataFrame:
             raise rec.error(row, f"occupation code {occupation[row]!r} is not 0..{len(ML1M_OCCUPATIONS) - 1}")
         occupation = np.array([ML1M_OCCUPATIONS[int(c)] for c in codes], dtype=object)
     return users_frame(ids, np.array([age_band(a) for a in ages], dtype=object), occupation)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The files of one MovieLens variant, in its folder, and how they are separated."""
+
+    ratings: str
+    ratings_sep: str
+    ratings_header: str  # the fields of a ratings line, for error messages
+    items: str
+    read_items: Callable[[Path], pd.DataFrame]
+    users: str
+    read_users: Callable[[Path], pd.DataFrame]
+
+
+_LAYOUTS = {
+    "ml-100k": _Layout("u.data", "\t", "user id, item id, rating, timestamp", "u.item", _ml100k_items,
+                       "u.user", partial(_ml_users, sep="|", ml1m=False)),
+    "ml-1m": _Layout("ratings.dat", "::", "UserID::MovieID::Rating::Timestamp", "movies.dat", _ml1m_items,
+                     "users.dat", partial(_ml_users, sep="::", ml1m=True)),
+}

@@ -13,15 +13,14 @@ from ranker.data.importing.mapping import (
     age_band,
     items_frame,
     users_frame,
-    users_from_events,
     year_starts,
 )
 from ranker.data.importing.records import (
     MAX_TIMESTAMP,
     ImportDataError,
     Records,
-    check_known,
     check_unique,
+    linked_source,
     need_file,
     optional_text,
     parse_numbers,
@@ -115,15 +114,8 @@ def read_recbole(path: str | Path, name: str | None = None) -> SourceData:
         "kind": "",
     })
     items = _recbole_items(item_path)
-    check_known(ev, events["item"].to_numpy(), items["ext_id"].to_numpy(), "item_id", item_path)
-    files = [str(inter_path), str(item_path)]
-    if user_path.is_file():
-        users = _recbole_users(user_path)
-        check_known(ev, events["user"].to_numpy(), users["ext_id"].to_numpy(), "user_id", user_path)
-        files.append(str(user_path))
-    else:
-        users = users_from_events(events)
-    return SourceData("recbole", "rb", users, items, events, files)
+    users = _recbole_users(user_path) if user_path.is_file() else None
+    return linked_source("recbole", "rb", ev, events, item_path, items, user_path, users)
 
 
 def _recbole_items(path: Path) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranker.data.importing.mapping import SourceData, users_from_events
+
 #: Interaction times must fall in [1970-01-01, 2100-01-01].
 MAX_TIMESTAMP = datetime(2100, 1, 1)
 _MAX_SECONDS = (MAX_TIMESTAMP - datetime(1970, 1, 1)).total_seconds()
@@ -227,3 +229,26 @@ def optional_text(rec: Records, index: dict[str, int], name: str, default: str |
         return np.full(len(rec), default, dtype=object)
     raw = rec.column(index[name]).str.strip()
     return raw.where(raw != "", default).to_numpy(dtype=object)
+
+
+def linked_source(source: str, prefix: str, ev: Records, events: pd.DataFrame, item_path: Path,
+                  items: pd.DataFrame, user_path: Path | None = None, users: pd.DataFrame | None = None,
+                  id_names: tuple[str, str] = ("user_id", "item_id")) -> SourceData:
+    """The data set read from the events file ``ev`` and its items (and users) file.
+
+    Every event's item must be in ``items``; with a users file, every event's user must
+    be in ``users`` too. Without one, the users are those of the events. ``id_names``
+    names the user and item id columns in error messages.
+
+    Raises
+    ------
+    ImportDataError
+        An event names an item (or user) that its file does not list.
+    """
+    user_id, item_id = id_names
+    check_known(ev, events["item"].to_numpy(), items["ext_id"].to_numpy(), item_id, item_path)
+    files = [str(ev.path), str(item_path)]
+    if users is None or user_path is None:
+        return SourceData(source, prefix, users_from_events(events), items, events, files)
+    check_known(ev, events["user"].to_numpy(), users["ext_id"].to_numpy(), user_id, user_path)
+    return SourceData(source, prefix, users, items, events, [*files, str(user_path)])
