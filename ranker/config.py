@@ -7,6 +7,7 @@ item types, interaction kinds, feature names, default rule weights, file paths.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # --- Paths -------------------------------------------------------------------
@@ -62,3 +63,51 @@ ARMS = ("control", "treatment")
 
 # --- Logging message the guide promises operators ---------------------------
 MODEL_NOT_FOUND_MESSAGE = "Ranker model not found, using rule-based ranker"
+
+
+# --- Operator defaults ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Defaults:
+    """Every default an operator can override, in one place.
+
+    The CLI's flags, the dashboard's forms, the API and the config dataclasses
+    (``TrainConfig``, ``DatasetConfig``) read their defaults from :data:`DEFAULTS`;
+    ``tests/test_defaults.py`` fails on a numeric default written anywhere else in the CLI.
+    """
+
+    seed: int = 42
+    # training data (`ranker dataset`)
+    neg_ratio: float = 2.0  # negatives sampled per positive, within the same list
+    window_days: float = 45.0  # feedback: lists from the last N days before the clock
+    val_fraction: float = 0.2  # the latest share of lists written as validation data
+    base_model: str = "ensemble"  # the base model that proposes candidates and gives model_score
+    # training (`ranker train`), the guide's values
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    arch: str = "default"  # small 16/8, default 32/16, large 64/32
+    val_split: float = 0.0  # without a validation file: hold out this share of lists
+    min_positives: int = 100  # refuse to train on fewer positive rows
+    # base-model evaluation (`ranker base evaluate`) and candidates
+    holdout_days: float = 14.0
+    recall_k: int = 20
+    ndcg_k: int = 10
+    candidates: int = 20
+    # imports
+    positive_min_rating: float = 4.0  # explicit ratings at or above this are positives
+    time_split: str = "0.8,0.1,0.1"  # train, validation, test shares of time
+    # simulation (`ranker simulate`) and the quality report (`ranker report`)
+    sim_days: int = 7
+    sim_requests_per_day: int = 500
+    sim_seed: int = 0
+    report_requests: int = 3000
+    report_seed: int = 7
+    # listings
+    list_limit: int = 20
+    # the HTTP API (`ranker serve`)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 1
+
+
+DEFAULTS = Defaults()

@@ -13,8 +13,11 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ranker import config
 from ranker.cli import positive_float, positive_int  # noqa: E402
 from ranker.flows import personalised_flows
+
+D = config.DEFAULTS  # every default flag value comes from here
 
 Progress = Callable[[float, str], None]
 
@@ -99,12 +102,12 @@ def cmd_evaluate_base(args: argparse.Namespace) -> int:
 def _evaluate_args(ev: argparse.ArgumentParser) -> None:
     from ranker.base import MODEL_NAMES
 
-    ev.add_argument("--holdout-days", type=positive_float, default=14.0,
-                    help="test window ending at the world clock (default 14)")
-    ev.add_argument("--k", type=positive_int, default=20, help="Recall cut-off (default 20)")
-    ev.add_argument("--ndcg-k", type=positive_int, default=10, help="NDCG cut-off (default 10)")
+    ev.add_argument("--holdout-days", type=positive_float, default=D.holdout_days,
+                    help="test window ending at the world clock (default %(default)s)")
+    ev.add_argument("--k", type=positive_int, default=D.recall_k, help="Recall cut-off (default %(default)s)")
+    ev.add_argument("--ndcg-k", type=positive_int, default=D.ndcg_k, help="NDCG cut-off (default %(default)s)")
     ev.add_argument("--models", type=_model_list, default=list(MODEL_NAMES))
-    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--seed", type=int, default=D.seed)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=cmd_evaluate_base)
 
@@ -126,14 +129,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--models", type=_model_list, default=list(MODEL_NAMES),
                      help=f"comma-separated subset of {','.join(MODEL_NAMES)} (popularity and the "
                           "ensemble's members are always included)")
-    fit.add_argument("--seed", type=int, default=42)
+    fit.add_argument("--seed", type=int, default=D.seed)
     fit.set_defaults(handler=cmd_base_fit)
     _evaluate_args(actions.add_parser("evaluate", help=EVALUATE_HELP))
 
     cand = sub.add_parser("candidates", help="base candidates for one user and flow")
     cand.add_argument("--user-id", type=int, required=True)
     cand.add_argument("--flow", required=True, help="one of: " + ", ".join(personalised_flows()))
-    cand.add_argument("--n", type=positive_int, default=20)
+    cand.add_argument("--n", type=positive_int, default=D.candidates)
     cand.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL)
     cand.add_argument("--json", action="store_true")
     cand.set_defaults(handler=cmd_candidates)

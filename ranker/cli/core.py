@@ -12,6 +12,9 @@ from tqdm import tqdm
 from ranker import config, keys
 from ranker.cli import positive_float, positive_int  # noqa: E402
 from ranker.flows import personalised_flows
+from ranker.rank.spec import ARCHS
+
+D = config.DEFAULTS  # every default flag value comes from here
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -159,25 +162,25 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     ds = sub.add_parser("dataset", help="build ranker training data (leak-free, point in time)")
     ds.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
-    ds.add_argument("--neg-ratio", type=positive_float, default=2.0,
-                    help="negatives sampled per positive within the same list (default 2)")
+    ds.add_argument("--neg-ratio", type=positive_float, default=D.neg_ratio,
+                    help="negatives sampled per positive within the same list (default %(default)s)")
     ds.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
-    ds.add_argument("--window-days", type=positive_float, default=45.0,
+    ds.add_argument("--window-days", type=positive_float, default=D.window_days,
                     help="feedback: use lists from the last N days; the base model sees only earlier data")
-    ds.add_argument("--base-model", default="ensemble", help="base model that gives model_score")
+    ds.add_argument("--base-model", default=D.base_model, help="base model that gives model_score")
     ds.add_argument("--val-output", type=Path, default=None,
                     help="also write the latest --val-fraction of lists here (a time split)")
-    ds.add_argument("--val-fraction", type=float, default=0.2)
-    ds.add_argument("--seed", type=int, default=42)
+    ds.add_argument("--val-fraction", type=float, default=D.val_fraction)
+    ds.add_argument("--seed", type=int, default=D.seed)
     ds.set_defaults(handler=cmd_dataset)
 
     tr = sub.add_parser("train", help="train the neural ranker (pairwise loss)")
     _train_args(tr)
     tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
     tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
-    tr.add_argument("--val-split", type=float, default=0.0,
+    tr.add_argument("--val-split", type=float, default=D.val_split,
                     help="without --val: hold out this fraction of lists for validation")
-    tr.add_argument("--min-positives", type=positive_int, default=100)
+    tr.add_argument("--min-positives", type=positive_int, default=D.min_positives)
     act = tr.add_mutually_exclusive_group()
     act.add_argument("--activate", action="store_true", help="serve the new version at once")
     act.add_argument("--no-activate", action="store_true", help="only register the new version")
@@ -206,17 +209,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rt = sub.add_parser("retrain", help="dataset + train + evaluate; promote only if no worse")
     _train_args(rt)
     rt.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
-    rt.add_argument("--neg-ratio", type=positive_float, default=2.0)
-    rt.add_argument("--window-days", type=positive_float, default=45.0)
+    rt.add_argument("--neg-ratio", type=positive_float, default=D.neg_ratio)
+    rt.add_argument("--window-days", type=positive_float, default=D.window_days)
     rt.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(handler=cmd_retrain)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=0.001)
+    p.add_argument("--epochs", type=positive_int, default=D.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=D.batch_size)
+    p.add_argument("--lr", type=positive_float, default=D.lr)
     p.add_argument("--output-dir", type=Path, default=config.MODELS_DIR)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--arch", choices=("small", "default", "large"), default="default")
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--arch", choices=tuple(ARCHS), default=D.arch)

@@ -10,6 +10,8 @@ from pathlib import Path
 from ranker import config
 from ranker.cli import positive_int  # noqa: E402
 
+D = config.DEFAULTS  # every default flag value comes from here
+
 
 def _rating(text: str) -> float:
     try:
@@ -88,8 +90,8 @@ def _mode_args(p: argparse.ArgumentParser) -> None:
 
 
 def _positive_min_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--positive-min", type=_rating, default=4.0,
-                   help="a rating at or above this is also a `like` (default 4)")
+    p.add_argument("--positive-min", type=_rating, default=D.positive_min_rating,
+                   help="a rating at or above this is also a `like` (default %(default)s)")
 
 
 EVALUATE_DESCRIPTION = (
@@ -128,14 +130,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="end-to-end offline evaluation on a time split: base vs rule vs "
                                          "neural rerank (base models alone: `ranker base evaluate`)",
                         description=EVALUATE_DESCRIPTION)
-    ev.add_argument("--time-split", default="0.8,0.1,0.1",
-                    help="fractions of the interactions, by time: base fit, ranker data, test (default 0.8,0.1,0.1)")
-    ev.add_argument("--base-model", default="ensemble", help="base model that proposes the candidates")
+    ev.add_argument("--time-split", default=D.time_split,
+                    help="fractions of the interactions, by time: base fit, ranker data, test (default %(default)s)")
+    ev.add_argument("--base-model", default=D.base_model, help="base model that proposes the candidates")
     ev.add_argument("--k", type=positive_int, default=config.DEFAULT_K,
                     help=f"list length; candidates are {config.FETCH_MULTIPLIER}×k")
-    ev.add_argument("--epochs", type=positive_int, default=20, help="ranker training epochs")
-    ev.add_argument("--min-positives", type=positive_int, default=100,
+    ev.add_argument("--epochs", type=positive_int, default=D.epochs, help="ranker training epochs")
+    ev.add_argument("--min-positives", type=positive_int, default=D.min_positives,
                     help="positives the ranker's training data needs at least")
-    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--seed", type=int, default=D.seed)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=cmd_evaluate)

@@ -6,7 +6,9 @@ import argparse
 import json
 import math
 
-from ranker import keys
+from ranker import config, keys
+
+D = config.DEFAULTS  # every default flag value comes from here
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -112,15 +114,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from ranker.cli import positive_int as _positive_int
 
     sim = sub.add_parser("simulate", help="simulated traffic through recommend() on the demo world")
-    sim.add_argument("--days", type=_positive_int, default=7)
-    sim.add_argument("--requests-per-day", type=_positive_int, default=500)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--days", type=_positive_int, default=D.sim_days)
+    sim.add_argument("--requests-per-day", type=_positive_int, default=D.sim_requests_per_day)
+    sim.add_argument("--seed", type=int, default=D.sim_seed)
     sim.add_argument("--no-refit", action="store_true", help="keep the base models fixed (faster)")
     sim.set_defaults(handler=cmd_simulate)
 
     rep = sub.add_parser("report", help="online metrics per arm, A/B verdict, offline comparison with the oracle")
-    rep.add_argument("--requests", type=_positive_int, default=3000)
-    rep.add_argument("--seed", type=int, default=7)
+    rep.add_argument("--requests", type=_positive_int, default=D.report_requests)
+    rep.add_argument("--seed", type=int, default=D.report_seed)
     rep.add_argument("--compare", action="append", default=[], metavar="VERSION",
                      help="also score this registered model version on the same requests (repeatable)")
     rep.add_argument("--json", action="store_true")
@@ -164,7 +166,7 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:
     jobs = sub.add_parser("jobs", help="background jobs started from the dashboard").add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION")
     ls = jobs.add_parser("list", help="recent jobs")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=int, default=D.list_limit)
     ls.set_defaults(handler=cmd_jobs)
     run = jobs.add_parser("run", help="run a queued job in this process (the dashboard's worker)")
     run.add_argument("job_id", type=int)

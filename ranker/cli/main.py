@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from ranker import config
+
 Handler = Callable[[argparse.Namespace], int]
 #: Subcommand modules; each defines ``add_commands(sub)``, which adds its parsers and sets ``handler``.
 MODULES = (
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the synthetic demo world").add_subparsers(
         dest="demo_command", required=True, metavar="ACTION")
     init = demo.add_parser("init", help="build the demo database (users, items, 90 days of history)")
-    init.add_argument("--seed", type=int, default=42)
+    init.add_argument("--seed", type=int, default=config.DEFAULTS.seed)
     init.add_argument("--preset", choices=("default", "no-context"), default="default",
                       help="no-context: recency, popularity and diversity carry no signal")
     init.add_argument("--scale", choices=("small", "default", "large"), default="default")

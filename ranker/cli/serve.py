@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ranker import config
 from ranker.cli import CLIError, positive_int
+
+D = config.DEFAULTS  # every default flag value comes from here
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -24,9 +27,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Recommend, rerank, feedback and catalogue upserts over HTTP. Writes need "
                                    "an X-API-Key from RANKER_API_KEYS; without keys the server listens on "
                                    "loopback only.")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes (default 1); use PostgreSQL for more than a few")
+    p.add_argument("--host", default=D.api_host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=D.api_port, help="port (default %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=D.api_workers,
+                   help="worker processes (default %(default)s); use PostgreSQL for more than a few")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.set_defaults(handler=cmd_serve)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ranker import keys
+from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.rank.features import feature_columns, feature_names
 from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
@@ -159,11 +159,11 @@ def split_by_group(data: Dataset, val_fraction: float, seed: int) -> tuple[Datas
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128  # rows per batch; whole groups are kept together
-    lr: float = 1e-3
-    arch: str = "default"  # small 16/8, default 32/16, large 64/32
-    seed: int = 42
+    epochs: int = config.DEFAULTS.epochs
+    batch_size: int = config.DEFAULTS.batch_size  # rows per batch; whole groups are kept together
+    lr: float = config.DEFAULTS.lr
+    arch: str = config.DEFAULTS.arch  # small 16/8, default 32/16, large 64/32
+    seed: int = config.DEFAULTS.seed
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
