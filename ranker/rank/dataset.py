@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Engine, or_, select
+import pandas as pd
+from sqlalchemy import Connection, Engine, Select, or_, select
 from tqdm import tqdm
 
 from ranker import config, keys
@@ -38,6 +40,9 @@ from ranker.data.db import put_setting, session_scope
 from ranker.data.interactions import load_interactions, load_users
 from ranker.data.schema import Impression, Outcome
 from ranker.rank.features import REGISTRY, feature_columns, list_features, make_context
+
+if TYPE_CHECKING:
+    from ranker.base import BaseRecommender
 
 log = logging.getLogger(__name__)
 SOURCES = ("feedback", "impressions")
@@ -161,11 +166,71 @@ def _sessions(user: np.ndarray, t_us: np.ndarray, gap_us: float) -> np.ndarray:
     return np.cumsum(new) - 1
 
 
-def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
-                   show_bar: bool, base=None) -> DatasetSummary:
-    from ranker.base import make_base_model
-    from ranker.base.base import TrainingData
+@dataclass
+class _Lists:
+    """The window's interactions sorted by (user, time), cut into sessions: the lists users saw.
 
+    List ``s`` is rows ``bounds[s]:bounds[s + 1]`` of the arrays, all of shape (n,).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    kind: np.ndarray  # str
+    t_us: np.ndarray  # microseconds since 1970
+    bounds: np.ndarray  # (n_lists + 1,)
+
+    @classmethod
+    def from_window(cls, window: pd.DataFrame, gap_minutes: float) -> _Lists:
+        w = window.sort_values(["user_id", "created_at"], kind="stable")
+        user = w["user_id"].to_numpy()
+        t_us = w["created_at"].to_numpy().astype("datetime64[us]").astype(np.int64)
+        session = _sessions(user, t_us, gap_minutes * 60e6)
+        bounds = np.flatnonzero(np.r_[True, session[1:] != session[:-1], True])
+        return cls(user, w["item_id"].to_numpy(), w["kind"].astype(str).to_numpy(), t_us, bounds)
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def labelled(self, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """List ``s`` as (items shown, in order; label per item; positions of the unengaged ones),
+        or None when it holds no explicit positive or fewer than two views."""
+        a, b = self.bounds[s], self.bounds[s + 1]
+        kind, item = self.kind[a:b], self.item[a:b]
+        shown = _unique_in_order(item[kind == "view"])
+        positive_items = set(item[np.isin(kind, config.POSITIVE_KINDS)].tolist())
+        if not positive_items or len(shown) < 2:
+            return None
+        engaged_items = set(item[np.isin(kind, config.ENGAGED_KINDS)].tolist())
+        labels = np.array([i in positive_items for i in shown], dtype=np.int8)
+        negatives = np.flatnonzero([i not in engaged_items for i in shown])
+        return shown, labels, negatives
+
+
+@dataclass
+class _AsOf:
+    """What point-in-time features of a list need: the catalogue, counts over the history, users."""
+
+    catalog: Catalog
+    counts: CountIndex
+    users: pd.DataFrame  # indexed by user id
+
+    @classmethod
+    def load(cls, engine: Engine, history: pd.DataFrame) -> _AsOf:
+        counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
+                            (history["kind"] == "view").to_numpy())
+        return cls(load_catalog(engine), counts, load_users(engine).set_index("id"))
+
+
+def _sample(labels: np.ndarray, negatives: np.ndarray, neg_ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions to keep: every positive, and ``neg_ratio`` negatives per positive drawn from
+    ``negatives`` (all of them when there are fewer)."""
+    n_neg = min(len(negatives), int(np.ceil(neg_ratio * labels.sum())))
+    return np.sort(np.r_[np.flatnonzero(labels), rng.choice(negatives, n_neg, replace=False)])
+
+
+def _feedback_window(engine: Engine, cfg: DatasetConfig) -> tuple[datetime, datetime, pd.DataFrame, pd.DataFrame]:
+    """(start, end, history before end, interactions in [start, end)); ValueError when there is
+    nothing to learn from."""
     now = cfg.window_end or _clock(engine)
     start = cfg.window_start or now - timedelta(days=cfg.window_days)
     if start >= now:
@@ -177,58 +242,31 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
     if not window["kind"].isin(config.POSITIVE_KINDS).any():
         raise ValueError(f"no explicit feedback ({', '.join(config.POSITIVE_KINDS)}) in the last "
                          f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
+    return start, now, history, window
 
+
+def _fit_base(engine: Engine, cfg: DatasetConfig, start: datetime, progress: Progress | None) -> BaseRecommender:
+    """``cfg.base_model`` fitted on the interactions before ``start`` only (no label leak)."""
+    from ranker.base import make_base_model
+    from ranker.base.base import TrainingData
+
+    if progress:
+        progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
+    return make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
+
+
+def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
+                   show_bar: bool, base=None) -> DatasetSummary:
+    start, now, history, window = _feedback_window(engine, cfg)
     if base is None:
-        if progress:
-            progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
-        base = make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
-    catalog = load_catalog(engine)
-    counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
-                        (history["kind"] == "view").to_numpy())
-    users = load_users(engine).set_index("id")
-
-    w = window.sort_values(["user_id", "created_at"], kind="stable")
-    user = w["user_id"].to_numpy()
-    item = w["item_id"].to_numpy()
-    kind = w["kind"].astype(str).to_numpy()
-    t_us = w["created_at"].to_numpy().astype("datetime64[us]").astype(np.int64)
-    session = _sessions(user, t_us, cfg.session_gap_minutes * 60e6)
-    bounds = np.flatnonzero(np.r_[True, session[1:] != session[:-1], True])
-
+        base = _fit_base(engine, cfg, start, progress)
+    as_of = _AsOf.load(engine, history)
+    lists = _Lists.from_window(window, cfg.session_gap_minutes)
     rng = np.random.default_rng(cfg.seed)
-    val_from = _val_start(start, now, cfg)
-    writer = _Writer(cfg, val_from)
-    skipped_unknown = 0
-    n_sessions = len(bounds) - 1
-    bar = tqdm(total=n_sessions, desc="dataset", unit="list", disable=not show_bar)
+    writer = _Writer(cfg, _val_start(start, now, cfg))
     try:
-        for s_i in range(n_sessions):
-            a, b = bounds[s_i], bounds[s_i + 1]
-            bar.update(1)
-            if progress and s_i % 2000 == 0:
-                progress(0.1 + 0.9 * s_i / n_sessions, f"list {s_i:,}/{n_sessions:,}")
-            k = kind[a:b]
-            views = k == "view"
-            shown = _unique_in_order(item[a:b][views])
-            positive_items = set(item[a:b][np.isin(k, config.POSITIVE_KINDS)].tolist())
-            engaged_items = set(item[a:b][np.isin(k, config.ENGAGED_KINDS)].tolist())
-            if not positive_items or len(shown) < 2:
-                continue
-            uid = int(user[a])
-            if not base.knows_user(uid):
-                skipped_unknown += 1  # served trending, never reranked: not ranker data
-                continue
-            when = _to_datetime(t_us[a])
-            labels = np.array([i in positive_items for i in shown], dtype=np.int8)
-            negatives = np.flatnonzero([i not in engaged_items for i in shown])
-            if labels.sum() == 0 or len(negatives) == 0:
-                continue
-            n_neg = min(len(negatives), int(np.ceil(cfg.neg_ratio * labels.sum())))
-            keep = np.sort(np.r_[np.flatnonzero(labels), rng.choice(negatives, n_neg, replace=False)])
-            x = features_at(catalog, counts, base.score(uid, shown), shown, when, uid, users)
-            writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when)
+        skipped_unknown = _write_lists(writer, lists, base, as_of, cfg, rng, progress, show_bar)
     finally:
-        bar.close()
         writer.close()
     if skipped_unknown:
         log.info("skipped %d lists of users the base model does not know (served trending)",
@@ -237,6 +275,37 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
         raise ValueError("no list in the window holds both explicit feedback and an unengaged view; "
                          "widen --window-days or collect more feedback")
     return writer.summary("feedback", start, now)
+
+
+def _write_lists(writer: _Writer, lists: _Lists, base: BaseRecommender, as_of: _AsOf, cfg: DatasetConfig,
+                 rng: np.random.Generator, progress: Progress | None, show_bar: bool) -> int:
+    """Write the sampled rows of every usable list; returns how many lists were skipped because
+    the base model does not know their user."""
+    skipped_unknown = 0
+    n_lists = len(lists)
+    bar = tqdm(total=n_lists, desc="dataset", unit="list", disable=not show_bar)
+    try:
+        for s_i in range(n_lists):
+            bar.update(1)
+            if progress and s_i % 2000 == 0:
+                progress(0.1 + 0.9 * s_i / n_lists, f"list {s_i:,}/{n_lists:,}")
+            labelled = lists.labelled(s_i)
+            if labelled is None:
+                continue
+            uid = int(lists.user[lists.bounds[s_i]])
+            if not base.knows_user(uid):
+                skipped_unknown += 1  # served trending, never reranked: not ranker data
+                continue
+            shown, labels, negatives = labelled
+            if labels.sum() == 0 or len(negatives) == 0:
+                continue
+            keep = _sample(labels, negatives, cfg.neg_ratio, rng)
+            when = _to_datetime(lists.t_us[lists.bounds[s_i]])
+            x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users)
+            writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when)
+    finally:
+        bar.close()
+    return skipped_unknown
 
 
 def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, item_ids: np.ndarray,
@@ -274,38 +343,49 @@ def _val_start(start: datetime, end: datetime, cfg: DatasetConfig) -> datetime |
 # --- Impressions ------------------------------------------------------------------
 
 
-def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
-                      show_bar: bool) -> DatasetSummary:
+def _impressions_query(views_logged: bool) -> Select:
+    """Logged impressions with whether each was engaged, in served order per request.
+
+    Once views are logged as outcomes (``views_logged``), only looked-at impressions are kept, so
+    negatives are viewed-not-engaged as in the feedback source: an impression nobody looked at
+    says nothing about the item, only about its position.
+    """
     engaged = select(Outcome.impression_id).where(Outcome.kind.in_(config.ENGAGED_KINDS))
-    viewed = select(Outcome.impression_id).where(Outcome.kind == "view")
     stmt = (
         select(Impression.request_id, Impression.user_id, Impression.item_id, Impression.features,
                Impression.served_at, Impression.id.in_(engaged).label("engaged"))
         .order_by(Impression.request_id, Impression.position)
     )
+    if views_logged:
+        viewed = select(Outcome.impression_id).where(Outcome.kind == "view")
+        stmt = stmt.where(or_(Impression.id.in_(viewed), Impression.id.in_(engaged)))
+    return stmt
+
+
+def _served_span(conn: Connection) -> tuple[datetime, datetime]:
+    """When the first and the last impression were served; ValueError when none was."""
+    first = conn.execute(select(Impression.served_at).order_by(Impression.served_at).limit(1)).scalar()
+    if first is None:
+        raise ValueError("no impressions logged yet; serve traffic with `ranker simulate` first, "
+                         "or use --source feedback")
+    last = conn.execute(select(Impression.served_at).order_by(Impression.served_at.desc()).limit(1)).scalar()
+    return first, last
+
+
+def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
+                      show_bar: bool) -> DatasetSummary:
     with engine.connect() as conn:
         views_logged = conn.execute(select(Outcome.id).where(Outcome.kind == "view").limit(1)).first() is not None
-    if views_logged:
-        # Negatives are viewed-not-engaged, as in the feedback source: an impression nobody
-        # looked at says nothing about the item, only about its position.
-        stmt = stmt.where(or_(Impression.id.in_(viewed), Impression.id.in_(engaged)))
+        first, last = _served_span(conn)
+    stmt = _impressions_query(views_logged)
     names = list(REGISTRY)
     rng = np.random.default_rng(cfg.seed)
-    with engine.connect() as conn:
-        first, last = conn.execute(select(Impression.served_at).order_by(Impression.served_at).limit(1)
-                                   ).scalar(), None
-        if first is None:
-            raise ValueError("no impressions logged yet; serve traffic with `ranker simulate` first, "
-                             "or use --source feedback")
-        last = conn.execute(select(Impression.served_at).order_by(Impression.served_at.desc()).limit(1)
-                            ).scalar()
     writer = _Writer(cfg, _val_start(first, last, cfg))
     bar = tqdm(desc="dataset", unit="request", disable=not show_bar)
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(yield_per=5000).execute(stmt)
             current, rows = None, []
-            for row in result:
+            for row in conn.execution_options(yield_per=5000).execute(stmt):
                 if row.request_id != current and rows:
                     _write_request(writer, rows, names, cfg, rng)
                     bar.update(1)
@@ -331,9 +411,7 @@ def _write_request(writer: _Writer, rows: list, names: list[str], cfg: DatasetCo
     if missing:
         raise ValueError(f"impressions of request {rows[0].request_id} lack logged feature(s) {missing}; "
                          "they were served before those features existed: use --source feedback")
-    negatives = np.flatnonzero(labels == 0)
-    n_neg = min(len(negatives), int(np.ceil(cfg.neg_ratio * labels.sum())))
-    keep = np.sort(np.r_[np.flatnonzero(labels), rng.choice(negatives, n_neg, replace=False)])
+    keep = _sample(labels, np.flatnonzero(labels == 0), cfg.neg_ratio, rng)
     x = np.array([[float(r.features[n]) for n in names] for r in rows])
     items = np.array([r.item_id for r in rows])
     writer.write(int(rows[0].user_id), items[keep], x[keep], labels[keep], str(rows[0].request_id),
