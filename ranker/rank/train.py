@@ -80,6 +80,24 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
         ``min_positives`` positives, or a single class.
     """
     path = Path(path)
+    df = _read_csv(path)
+    item_col = next((c for c in ITEM_COLUMN_ALIASES if c in df.columns), "item_id")
+    _check_columns(df, path, ["user_id", item_col, *feature_columns(), "label"])
+    numeric = {c: _numeric_column(df, c, path) for c in [*feature_columns(), "label"]}
+    x = np.column_stack([numeric[c] for c in feature_columns()])
+    y = numeric["label"]
+    _check_values(x, y, path)
+    _check_positives(y, path, min_positives)
+    group_key = df[GROUP_COLUMN] if GROUP_COLUMN in df.columns else df["user_id"]
+    groups = pd.factorize(group_key)[0].astype(np.int64)
+    return Dataset(
+        x=x.astype(np.float32), y=y.astype(np.float32), groups=groups,
+        user_ids=df["user_id"].to_numpy(), item_ids=df[item_col].to_numpy(), source=str(path),
+    )
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The file as strings, with stripped column names; a DataError for a missing or unreadable file."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; generate it with `ranker dataset --output {path}`")
     try:
@@ -89,8 +107,11 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
     df.columns = [c.strip() for c in df.columns]
-    item_col = next((c for c in ITEM_COLUMN_ALIASES if c in df.columns), "item_id")
-    required = ["user_id", item_col, *feature_columns(), "label"]
+    return df
+
+
+def _check_columns(df: pd.DataFrame, path: Path, required: list[str]) -> None:
+    """Every required column present (suggesting a close spelling), and at least one row."""
     missing = [c for c in required if c not in df.columns]
     if missing:
         hints = []
@@ -102,9 +123,9 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
     if df.empty:
         raise DataError(f"{path} has a header but no rows; generate data with `ranker dataset`")
 
-    numeric = {c: _numeric_column(df, c, path) for c in [*feature_columns(), "label"]}
-    x = np.column_stack([numeric[c] for c in feature_columns()])
-    y = numeric["label"]
+
+def _check_values(x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """Labels are 0 or 1 and features lie in [0, 1]; the first bad line is named."""
     bad_label = ~np.isin(y, (0.0, 1.0))
     if bad_label.any():
         row = int(np.flatnonzero(bad_label)[0])
@@ -114,6 +135,9 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
         row, col = map(int, np.argwhere(outside)[0])
         raise DataError(f"{path} line {row + 2}: {feature_columns()[col]}={x[row, col]:g} is "
                         "outside [0, 1]; features must be normalised")
+
+
+def _check_positives(y: np.ndarray, path: Path, min_positives: int) -> None:
     positives = int(y.sum())
     if positives == 0 or positives == len(y):
         only = "positive" if positives else "negative"
@@ -122,12 +146,6 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
     if positives < min_positives:
         raise DataError(f"{path}: only {positives} positives; at least {min_positives} are needed "
                         "(collect more feedback, or lower --min-positives)")
-    group_key = df[GROUP_COLUMN] if GROUP_COLUMN in df.columns else df["user_id"]
-    groups = pd.factorize(group_key)[0].astype(np.int64)
-    return Dataset(
-        x=x.astype(np.float32), y=y.astype(np.float32), groups=groups,
-        user_ids=df["user_id"].to_numpy(), item_ids=df[item_col].to_numpy(), source=str(path),
-    )
 
 
 def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
@@ -297,10 +315,7 @@ def train(
     cfg = cfg or TrainConfig()
     seed_everything(cfg.seed)
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they save
-    names = feature_names()
-    named = names if len(names) == data.x.shape[1] else None  # unnamed columns: a bare array
-    model = ModelSpec.for_arch(cfg.arch, named, input_dim=data.x.shape[1]).build()
-    model.fit_input_scaling(data.x)
+    model = _new_model(data, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     rng = np.random.default_rng(cfg.seed)
     with torch.no_grad():
@@ -314,18 +329,7 @@ def train(
     best_val = math.inf
 
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        batches = _group_batches(data.groups, cfg.batch_size, rng)
-        for idx, (better, worse) in zip(batches, _batch_pairs(pairs, data.groups, batches)):
-            if should_stop and should_stop():
-                raise TrainingError("training cancelled")
-            zb = z_all[torch.from_numpy(idx)]
-            keep = torch.rand(len(idx), model.spec.hidden_dim1) >= model.spec.dropout
-            loss = pairwise_step_grads(model, zb, better, worse, keep)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
-                                    "Lower --lr or check the data for extreme values")
-            opt.step()
+        _train_epoch(model, opt, data, z_all, pairs, cfg.batch_size, rng, epoch, should_stop)
         train_loss = _pair_loss(model, data, pairs)
         val_loss = _pair_loss(model, val, val_pairs) if val_pairs is not None else None
         if not math.isfinite(train_loss):
@@ -344,6 +348,33 @@ def train(
     result.metrics = evaluate_model(model, result.eval_data)
     result.metrics["evaluated_on"] = "validation" if has_val else "training"
     return result
+
+
+def _new_model(data: Dataset, cfg: TrainConfig) -> RankerMLP:
+    """A fresh net of ``cfg.arch`` over the data's columns, its input scaling fitted to the data."""
+    names = feature_names()
+    named = names if len(names) == data.x.shape[1] else None  # unnamed columns: a bare array
+    model = ModelSpec.for_arch(cfg.arch, named, input_dim=data.x.shape[1]).build()
+    model.fit_input_scaling(data.x)
+    return model
+
+
+def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
+                 pairs: tuple[np.ndarray, np.ndarray], batch_size: int, rng: np.random.Generator, epoch: int,
+                 should_stop: Callable[[], bool] | None) -> None:
+    """One pass over the groups in shuffled batches, one optimiser step per batch."""
+    model.train()
+    batches = _group_batches(data.groups, batch_size, rng)
+    for idx, (better, worse) in zip(batches, _batch_pairs(pairs, data.groups, batches)):
+        if should_stop and should_stop():
+            raise TrainingError("training cancelled")
+        zb = z_all[torch.from_numpy(idx)]
+        keep = torch.rand(len(idx), model.spec.hidden_dim1) >= model.spec.dropout
+        loss = pairwise_step_grads(model, zb, better, worse, keep)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
+                                "Lower --lr or check the data for extreme values")
+        opt.step()
 
 
 def evaluate_model(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
