@@ -224,13 +224,24 @@ def _served(rec: Any, latency_s: float, response_model: type = schemas.Recommend
 
 
 def _v1_routes(engine: Engine) -> APIRouter:
-    from ranker.data.upserts import upsert_item, upsert_user
-    from ranker.serving import service as serve
-    from ranker.serving.experiments import FeedbackEvent, record_feedback
-
     router = APIRouter(prefix="/v1")
+    _serving_routes(router, engine)
+    _feedback_routes(router, engine)
+    _catalogue_routes(router, engine)
+
+    @router.get("/model", response_model=schemas.ModelInfo, dependencies=[Depends(require_read)])
+    def model() -> schemas.ModelInfo:
+        """The active model, its metrics, when it became active, the fallback state and the history."""
+        return _model_info(engine)
+
+    return router
+
+
+def _serving_routes(router: APIRouter, engine: Engine) -> None:
+    """/v1/recommend (POST and GET) and /v1/rank."""
+    from ranker.serving import service as serve
+
     read = [Depends(require_read)]
-    write = [Depends(require_write)]
 
     def recommend(request: Request, user_id: int, flow: str, k: int, context: dict | None):
         request.scope["ranker.flow"] = flow
@@ -269,7 +280,13 @@ def _v1_routes(engine: Engine) -> APIRouter:
         errors = [schemas.ItemError(item_id=i, error=e) for i, e in left_out.items()]
         return _served(rec, time.perf_counter() - t0, schemas.RankResponse, errors=errors)
 
-    @router.post("/feedback", response_model=schemas.FeedbackResponse, dependencies=write,
+
+
+def _feedback_routes(router: APIRouter, engine: Engine) -> None:
+    """/v1/feedback."""
+    from ranker.serving.experiments import FeedbackEvent, record_feedback
+
+    @router.post("/feedback", response_model=schemas.FeedbackResponse, dependencies=[Depends(require_write)],
                  responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
     def feedback(body: schemas.FeedbackRequest) -> schemas.FeedbackResponse:
         """Clicks, views and explicit feedback on served items. Idempotent: an event already stored is
@@ -283,6 +300,15 @@ def _v1_routes(engine: Engine) -> APIRouter:
         return schemas.FeedbackResponse(
             stored=counts["stored"], duplicates=counts["duplicate"], rejected=counts["rejected"],
             results=[schemas.EventResult(index=r.index, status=r.status, error=r.error) for r in results])
+
+
+
+def _catalogue_routes(router: APIRouter, engine: Engine) -> None:
+    """PUT /v1/items/{id} and /v1/users/{id}: validated upserts."""
+    from ranker.data.upserts import upsert_item, upsert_user
+    from ranker.serving import service as serve
+
+    write = [Depends(require_write)]
 
     def upserted(response: Response, row: dict, created: bool) -> schemas.Upserted:
         response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -306,13 +332,6 @@ def _v1_routes(engine: Engine) -> APIRouter:
         """Create or update a user (200: updated, 201: created)."""
         row, created = _domain(lambda: upsert_user(engine, user_id, **_plain(body)))
         return upserted(response, row, created)
-
-    @router.get("/model", response_model=schemas.ModelInfo, dependencies=read)
-    def model() -> schemas.ModelInfo:
-        """The active model, its metrics, when it became active, the fallback state and the history."""
-        return _model_info(engine)
-
-    return router
 
 
 def _plain(body: Any) -> dict[str, Any]:
