@@ -125,41 +125,50 @@ def candidates(
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
     engine = engine or get_engine()
+    item_type = _flow_item_type(engine, user_id, flow)
+    chosen, fallback = _serving_model(engine, model, user_id)
+    if as_of is None:
+        as_of = _serve_time(engine)
+    engaged = engaged_item_ids(engine, user_id, until=as_of)
+    ids, scores = chosen.recommend(user_id, n, item_type=item_type, as_of=as_of, exclude=engaged)
+    return Candidates(user_id=int(user_id), flow=flow, item_ids=ids, scores=scores, source=chosen.name,
+                      fallback=fallback, model_version=chosen.version_, as_of=as_of)
+
+
+def _flow_item_type(engine: Engine, user_id: int, flow: str) -> str | None:
+    """The item type ``flow`` serves, after checking that ``user_id`` exists and may request it."""
     role = user_role(engine, user_id)
     if role is None:
         raise UnknownUserError(f"unknown user {user_id}: no such user id in the database")
-    item_type = check_flow(role, flow, user_id)
+    return check_flow(role, flow, user_id)
 
+
+def _serving_model(engine: Engine, model: str | BaseRecommender | None, user_id: int) -> tuple[BaseRecommender, bool]:
+    """The model that serves ``user_id``, and whether it is the trending fallback (the requested
+    model does not know the user)."""
     if model is None or isinstance(model, str):
-        from ranker.base.store import serving_models
-
-        name = model or DEFAULT_MODEL
-        if name not in MODEL_NAMES:
-            raise ValueError(f"unknown base model {name!r}; valid: {', '.join(MODEL_NAMES)}")
-        models = serving_models(engine, [name, FALLBACK_MODEL])
-        chosen, fallback_model = models[name], models[FALLBACK_MODEL]
+        chosen, fallback_model = _stored_models(engine, model or DEFAULT_MODEL)
     else:
         chosen, fallback_model = model, None
+    if chosen.knows_user(user_id):
+        return chosen, False
+    return fallback_model or _fallback_for(chosen, engine), True
 
-    if as_of is None:
-        with session_scope(engine) as s:
-            as_of = serve_now(s)
-    engaged = engaged_item_ids(engine, user_id, until=as_of)
 
-    fallback = not chosen.knows_user(user_id)
-    if fallback:
-        chosen = fallback_model or _fallback_for(chosen, engine)
-    ids, scores = chosen.recommend(user_id, n, item_type=item_type, as_of=as_of, exclude=engaged)
-    return Candidates(
-        user_id=int(user_id),
-        flow=flow,
-        item_ids=ids,
-        scores=scores,
-        source=chosen.name,
-        fallback=fallback,
-        model_version=chosen.version_,
-        as_of=as_of,
-    )
+def _stored_models(engine: Engine, name: str) -> tuple[BaseRecommender, BaseRecommender]:
+    """Model ``name`` and the fallback, from the serving store."""
+    from ranker.base.store import serving_models
+
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown base model {name!r}; valid: {', '.join(MODEL_NAMES)}")
+    models = serving_models(engine, [name, FALLBACK_MODEL])
+    return models[name], models[FALLBACK_MODEL]
+
+
+def _serve_time(engine: Engine) -> datetime:
+    """The world clock (``ranker.data.clock.serve_now``)."""
+    with session_scope(engine) as s:
+        return serve_now(s)
 
 
 __all__ = ["Candidates", "candidates"]
