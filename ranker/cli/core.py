@@ -160,6 +160,14 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_dataset(sub)
+    _add_train(sub)
+    _add_models(sub)
+    _add_recommend(sub)
+    _add_retrain(sub)
+
+
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
     ds = sub.add_parser("dataset", help="build ranker training data (leak-free, point in time)")
     ds.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
     ds.add_argument("--neg-ratio", type=positive_float, default=D.neg_ratio,
@@ -174,6 +182,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ds.add_argument("--seed", type=int, default=D.seed)
     ds.set_defaults(handler=cmd_dataset)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train the neural ranker (pairwise loss)")
     _train_args(tr)
     tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
@@ -187,6 +197,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(handler=cmd_train)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="model registry").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     ls = models.add_parser("list", help="versions with metrics; * marks the active one")
@@ -198,6 +210,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     models.add_parser("rollback", help="re-activate the previously active version").set_defaults(
         handler=cmd_models)
 
+
+def _add_recommend(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recommend", help="one served list")
     rec.add_argument("--user-id", type=int, required=True)
     rec.add_argument("--flow", required=True,
@@ -206,6 +220,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=cmd_recommend)
 
+
+def _add_retrain(sub: argparse._SubParsersAction) -> None:
     rt = sub.add_parser("retrain", help="dataset + train + evaluate; promote only if no worse")
     _train_args(rt)
     rt.add_argument("--output", type=Path, default=config.DATA_DIR / "ranker_train.csv")
