@@ -18,7 +18,6 @@ import numpy as np
 from scipy import stats
 
 Z95 = stats.norm.ppf(0.975)
-Z_POWER80 = stats.norm.ppf(0.80)
 
 
 @dataclass
@@ -64,6 +63,24 @@ def arm_stats(clicks: np.ndarray, impressions: np.ndarray) -> ArmStats | None:
     return ArmStats(n, float(y.sum()), float(x.sum()), float(r), float(max(var, 0.0)))
 
 
+def users_needed(control: ArmStats, treatment: ArmStats, mde: float, power: float = 0.80,
+                 alpha: float = 0.05) -> int | None:
+    """Users per arm for this test to detect a relative lift of ``mde`` with ``power``.
+
+    Under the alternative t = c(1 + mde), the lift's delta-method variance with n users
+    per arm is (σ²_t + (1 + mde)² σ²_c) / (n c²), σ² being the per-user variances of the
+    arms' rates; the test detects the lift with ``power`` when
+    mde ≥ (z_{1-α/2} + z_power) · its standard error. ``tests/test_abtest_power.py``
+    checks this by simulating the test.
+    """
+    c = control.rate
+    if c <= 0:
+        return None
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    per_user_var = treatment.var * treatment.users + (1 + mde) ** 2 * control.var * control.users
+    return math.ceil(z**2 * per_user_var / (mde * c) ** 2)
+
+
 def analyse(control: ArmStats | None, treatment: ArmStats | None, mde: float = 0.05,
             min_users: int = 2, metric: str = "CTR") -> ABResult:
     """Relative lift of treatment over control with a 95% CI, p-value and a verdict."""
@@ -85,9 +102,7 @@ def analyse(control: ArmStats | None, treatment: ArmStats | None, mde: float = 0
     z = lift / se_lift if se_lift > 0 else 0.0
     p = float(2 * stats.norm.sf(abs(z)))
     lo, hi = lift - Z95 * se_lift, lift + Z95 * se_lift
-    # users per arm to detect a relative lift of ``mde`` at alpha 0.05 with 80% power
-    per_user_var = control.var * control.users + treatment.var * treatment.users
-    needed = math.ceil((Z95 + Z_POWER80) ** 2 * per_user_var / (mde * c) ** 2) if c > 0 else None
+    needed = users_needed(control, treatment, mde)
     significant = p < 0.05
     direction = "higher" if lift > 0 else "lower"
     if significant:
