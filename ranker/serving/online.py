@@ -12,6 +12,7 @@ Every function takes optional ``flow``, ``start`` and ``end`` filters, and the m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import numpy as np
@@ -102,6 +103,57 @@ def daily_metrics(engine: Engine, flow: str | None = None, start=None, end=None,
     out[keys.CTR] = out["clicks"] / out["impressions"]
     out[keys.FEEDBACK_RATE] = out["feedback"] / out["impressions"]
     return out.sort_values(["day", "arm", "flow"]).reset_index(drop=True)
+
+
+#: The list-level metrics of ``served_lists``: means over served lists.
+LIST_METRICS = (keys.ILD, keys.CATEGORY_COVERAGE, keys.CATEGORY_ENTROPY, keys.MEAN_AGE_DAYS)
+
+
+def daily_metrics_by_arm(engine: Engine, flow: str | None = None, start=None, end=None,
+                         source: str | None = None) -> pd.DataFrame:
+    """One row per (day, arm), every flow (or ``flow``) together: impressions, clicks, feedback and
+    lists, CTR and feedback rate over the impressions, and the :data:`LIST_METRICS` as means over the
+    lists. Built on :func:`daily_metrics` (SQL, per flow): each list metric is the flows' means
+    weighted by their lists. Empty frame without traffic."""
+    counts = ["impressions", "clicks", "feedback", "lists"]
+    columns = ["day", "arm", *counts, keys.CTR, keys.FEEDBACK_RATE, *LIST_METRICS]
+    daily = daily_metrics(engine, flow, start, end, source=source).reindex(columns=["day", "arm", *counts,
+                                                                                  *LIST_METRICS])
+    if daily.empty:
+        return pd.DataFrame(columns=columns)
+    weighted = daily[list(LIST_METRICS)].mul(daily["lists"], axis=0)
+    out = pd.concat([daily[["day", "arm", *counts]], weighted], axis=1).groupby(["day", "arm"], as_index=False)
+    out = out.sum(min_count=1)
+    out[list(LIST_METRICS)] = out[list(LIST_METRICS)].div(out["lists"], axis=0)
+    out["lists"] = out["lists"].fillna(0).astype(int)
+    out[keys.CTR] = out["clicks"] / out["impressions"]
+    out[keys.FEEDBACK_RATE] = out["feedback"] / out["impressions"]
+    return out[columns].sort_values(["day", "arm"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class TrafficScope:
+    """What the served traffic spans: its flows and request sources (:data:`EARLIER` for lists
+    logged without one), sorted, and its first and last day."""
+
+    flows: list[str]
+    sources: list[str]
+    first_day: date
+    last_day: date
+
+
+def traffic_scope(engine: Engine) -> TrafficScope | None:
+    """The flows, sources and days to filter the online metrics by; None without served traffic."""
+    day = _day(Impression.served_at, engine)
+    source = select(ServedList.source).select_from(Impression).outerjoin(
+        ServedList, ServedList.request_id == Impression.request_id).distinct()
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(day), func.max(day))).one()
+        if first is None:
+            return None
+        flows = sorted(conn.execute(select(Impression.flow).distinct()).scalars())
+        sources = sorted({s or EARLIER for s in conn.execute(source).scalars()})
+    return TrafficScope(flows, sources, pd.Timestamp(first).date(), pd.Timestamp(last).date())
 
 
 def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None,
@@ -225,4 +277,5 @@ def daily_requests_by_source(engine: Engine, flow: str | None = None, start=None
     return out[["day", "source", *counts]].sort_values(["day", "source"]).reset_index(drop=True)
 
 
-__all__ = ["EARLIER", "daily_metrics", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source"]
+__all__ = ["EARLIER", "LIST_METRICS", "TrafficScope", "daily_metrics", "daily_metrics_by_arm",
+           "traffic_scope", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source"]
