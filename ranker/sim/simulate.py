@@ -9,10 +9,10 @@ the hidden ground truth with the position-based click model and logged as outcom
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func, insert, select
@@ -25,7 +25,6 @@ from ranker.rank.features import age_days
 from ranker.serving.experiments import log_outcomes
 from ranker.sim.truth import GroundTruth, click_model, load_truth, save_truth
 
-log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
@@ -65,67 +64,108 @@ def simulate(engine: Engine, days: int = 7, requests_per_day: int = 500, seed: i
     from tqdm import tqdm
 
     from ranker.base.store import fit_base_models
-    from ranker.flows import own_flows
-    from ranker.serving.service import recommend, service
-    from ranker.sim.synth import POSITIVE_KIND
+    from ranker.serving.service import service
 
     if days <= 0 or requests_per_day <= 0:
         raise ValueError("--days and --requests-per-day must be positive")
     truth = _require_world(engine)
-    rng = np.random.default_rng(seed)
-    with session_scope(engine) as s:
-        start = serve_now(s)
-        users = s.execute(select(User.id, User.role).order_by(User.id)).all()
-        type_counts = dict(s.execute(select(Item.item_type, func.count()).group_by(Item.item_type)).all())
-    user_ids = np.array([u for u, _ in users])
-    roles = {u: r for u, r in users}
+    start, user_ids, roles, type_counts = _population(engine)
     summary = SimulationSummary(days, 0, 0, 0, 0, 0, start.isoformat(), start.isoformat())
     svc = service(engine)
     bar = tqdm(total=days * requests_per_day, desc="simulate", unit="req", disable=not show_bar)
-
+    run = _Run(engine, svc, np.random.default_rng(seed), user_ids, roles, days, requests_per_day, k, seed,
+               summary, bar, progress, should_stop)
     try:
         for day in range(days):
             day_start = start + timedelta(days=day)
-            truth = _add_items(engine, rng, truth, type_counts, new_items_per_day, day_start, summary)
+            truth = _add_items(engine, run.rng, truth, type_counts, new_items_per_day, day_start, summary)
             if refit_base:
                 fit_base_models(engine, cutoff=day_start)
             svc.invalidate()
-            times = np.sort(rng.uniform(0, 86400, size=requests_per_day))
-            picks = rng.choice(user_ids, size=requests_per_day)
-            for i, (secs, uid) in enumerate(zip(times, picks)):
-                if should_stop and should_stop():
-                    raise RuntimeError("simulation cancelled")
-                flows = own_flows(roles[int(uid)])
-                flow = flows[int(rng.integers(len(flows)))]
-                t = day_start + timedelta(seconds=float(secs))
-                rec = recommend(int(uid), flow, k, engine=engine, as_of=t, source="sim",
-                                request_id=f"sim{seed}-{day_start:%Y%m%d}-{i}-{rng.integers(1 << 30):x}")
-                bar.update(1)
-                summary.requests += 1
-                if not rec.items:
-                    continue
-                events = _user_response(rng, truth, svc, rec, t, POSITIVE_KIND)
-                _write_response(engine, rec, events)
-                arm = summary.by_arm.setdefault(rec.arm, {"requests": 0, "impressions": 0, "clicks": 0})
-                arm["requests"] += 1
-                arm["impressions"] += len(rec.items)
-                clicks = sum(1 for _, kind, _ in events if kind == "click")
-                arm["clicks"] += clicks
-                summary.impressions += len(rec.items)
-                summary.clicks += clicks
-                summary.positives += sum(1 for _, kind, _ in events if kind in config.POSITIVE_KINDS)
-                if progress and i % 50 == 0:
-                    progress((day + (i + 1) / requests_per_day) / days, f"day {day + 1}/{days}")
-            day_end = day_start + timedelta(days=1)
-            with session_scope(engine) as s:
-                set_clock(s, day_end)
-            summary.end = day_end.isoformat()
+            _serve_day(run, truth, day, day_start)
+            summary.end = _end_day(engine, day_start)
     finally:
         bar.close()
     with session_scope(engine) as s:
         audit(s, "simulate", {"days": days, "requests_per_day": requests_per_day, "seed": seed,
                               "requests": summary.requests}, actor)
     return summary
+
+
+@dataclass
+class _Run:
+    """One simulation run: its settings, the shared random generator, and what it has counted so far."""
+
+    engine: Engine
+    svc: Any  # ranker.serving.service.Service
+    rng: np.random.Generator
+    user_ids: np.ndarray
+    roles: dict[int, str]
+    days: int
+    requests_per_day: int
+    k: int
+    seed: int
+    summary: SimulationSummary
+    bar: Any  # tqdm
+    progress: Progress | None
+    should_stop: Callable[[], bool] | None
+
+
+def _population(engine: Engine) -> tuple[datetime, np.ndarray, dict[int, str], dict[str, int]]:
+    """(the world clock, user ids, role by user id, item count by item type)."""
+    with session_scope(engine) as s:
+        start = serve_now(s)
+        users = s.execute(select(User.id, User.role).order_by(User.id)).all()
+        type_counts = dict(s.execute(select(Item.item_type, func.count()).group_by(Item.item_type)).all())
+    return start, np.array([u for u, _ in users]), {u: r for u, r in users}, type_counts
+
+
+def _serve_day(run: _Run, truth: GroundTruth, day: int, day_start: datetime) -> None:
+    """Serve one day's requests at random times through ``recommend()`` and log what users do."""
+    from ranker.flows import own_flows
+    from ranker.serving.service import recommend
+    from ranker.sim.synth import POSITIVE_KIND
+
+    rng, n = run.rng, run.requests_per_day
+    times = np.sort(rng.uniform(0, 86400, size=n))
+    picks = rng.choice(run.user_ids, size=n)
+    for i, (secs, uid) in enumerate(zip(times, picks)):
+        if run.should_stop and run.should_stop():
+            raise RuntimeError("simulation cancelled")
+        flows = own_flows(run.roles[int(uid)])
+        flow = flows[int(rng.integers(len(flows)))]
+        t = day_start + timedelta(seconds=float(secs))
+        rec = recommend(int(uid), flow, run.k, engine=run.engine, as_of=t, source="sim",
+                        request_id=f"sim{run.seed}-{day_start:%Y%m%d}-{i}-{rng.integers(1 << 30):x}")
+        run.bar.update(1)
+        run.summary.requests += 1
+        if not rec.items:
+            continue
+        events = _user_response(rng, truth, run.svc, rec, t, POSITIVE_KIND)
+        _write_response(run.engine, rec, events)
+        _count_response(run.summary, rec, events)
+        if run.progress and i % 50 == 0:
+            run.progress((day + (i + 1) / n) / run.days, f"day {day + 1}/{run.days}")
+
+
+def _count_response(summary: SimulationSummary, rec, events) -> None:
+    """Add one served list and its events to the totals, overall and for its arm."""
+    clicks = sum(1 for _, kind, _ in events if kind == "click")
+    arm = summary.by_arm.setdefault(rec.arm, {"requests": 0, "impressions": 0, "clicks": 0})
+    arm["requests"] += 1
+    arm["impressions"] += len(rec.items)
+    arm["clicks"] += clicks
+    summary.impressions += len(rec.items)
+    summary.clicks += clicks
+    summary.positives += sum(1 for _, kind, _ in events if kind in config.POSITIVE_KINDS)
+
+
+def _end_day(engine: Engine, day_start: datetime) -> str:
+    """Move the world clock to the end of the day; returns that moment in ISO format."""
+    day_end = day_start + timedelta(days=1)
+    with session_scope(engine) as s:
+        set_clock(s, day_end)
+    return day_end.isoformat()
 
 
 def _add_items(engine, rng, truth, type_counts, rate, when, summary) -> GroundTruth:

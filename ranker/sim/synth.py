@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from ranker import config, keys
 from ranker.data.clock import set_clock
-from ranker.data.db import WorldExistsError, audit, ensure_schema, is_empty, put_setting, session_scope
+from ranker.data.db import (
+    WorldExistsError,
+    audit,
+    ensure_schema,
+    is_empty,
+    put_setting,
+    session_scope,
+    table_counts,
+)
 from ranker.data.schema import (
     Impression,
     Interaction,
@@ -136,6 +144,30 @@ def build_world(
     params = WorldParams.preset(preset)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
+    _make_room(engine, force)
+
+    rng = np.random.default_rng(seed)
+    sc = SCALES[scale]
+    start = WORLD_END - timedelta(days=HISTORY_DAYS)
+
+    users = _make_users(rng, sc, start)
+    items = _make_items(rng, sc, start)
+    user_ids, item_ids = _insert_entities(engine, users, items)
+
+    truth = _make_truth(rng, params, users, items, user_ids, item_ids)
+    with session_scope(engine) as s:
+        save_truth(s, truth)
+
+    views, engaged = _simulate_history(
+        engine, rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
+    )
+    _record_world(engine, item_ids, views, engaged, start,
+                  {"seed": seed, "preset": preset, "scale": scale, "force": force})
+    return table_counts(engine)
+
+
+def _make_room(engine: Engine, force: bool) -> None:
+    """Create the schema; wipe an existing world only when ``force`` (else WorldExistsError)."""
     ensure_schema(engine)
     if not is_empty(engine):
         if not force:
@@ -145,39 +177,32 @@ def build_world(
             )
         wipe(engine)
 
-    rng = np.random.default_rng(seed)
-    sc = SCALES[scale]
-    start = WORLD_END - timedelta(days=HISTORY_DAYS)
 
-    users = _make_users(rng, sc, start)
-    items = _make_items(rng, sc, start)
+def _insert_entities(engine: Engine, users: dict, items: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Insert the user and item rows; returns their database ids, sorted."""
     with session_scope(engine) as s:
         s.execute(insert(User), users["rows"])
         s.execute(insert(Item), items["rows"])
     with engine.connect() as conn:
         user_ids = np.array(conn.execute(select(User.id).order_by(User.id)).scalars().all())
         item_ids = np.array(conn.execute(select(Item.id).order_by(Item.id)).scalars().all())
+    return user_ids, item_ids
 
-    truth = _make_truth(rng, params, users, items, user_ids, item_ids)
-    with session_scope(engine) as s:
-        save_truth(s, truth)
 
-    views, engaged = _simulate_history(
-        engine, rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
-    )
+def _record_world(engine: Engine, item_ids: np.ndarray, views: np.ndarray, engaged: np.ndarray,
+                  start: datetime, run: dict) -> None:
+    """Item view counts, the popularity scale, the world record, the clock and the audit entry.
 
+    ``run`` holds the ``build_world`` arguments to record: seed, preset, scale and force.
+    """
     with session_scope(engine) as s:
         s.execute(update(Item), [{"id": int(i), "views": int(v)} for i, v in zip(item_ids, views)])
         peak = float((views + config.INTERACTION_POPULARITY_WEIGHT * engaged + 1).max())
         put_setting(s, keys.POPULARITY_MAX_VIEWS, int(np.ceil(peak / 100.0) * 100))
-        put_setting(s, keys.WORLD, {"seed": seed, "preset": preset, "scale": scale,
+        put_setting(s, keys.WORLD, {"seed": run["seed"], "preset": run["preset"], "scale": run["scale"],
                                  "start": start.isoformat(), "end": WORLD_END.isoformat()})
         set_clock(s, WORLD_END)
-        audit(s, "demo_init", {"seed": seed, "preset": preset, "scale": scale, "force": force})
-
-    from ranker.data.db import table_counts
-
-    return table_counts(engine)
+        audit(s, "demo_init", run)
 
 
 # --- Entities -------------------------------------------------------------------
@@ -301,69 +326,97 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
     Returns per-item totals (views, engaged interactions), aligned with ``item_ids``.
     """
     n_items = len(item_ids)
-    views = np.zeros(n_items, dtype=np.int64)
-    engaged = np.zeros(n_items, dtype=np.int64)
-    item_age_ref = np.where(items["updated"] > items["created"], items["updated"], items["created"])
-    by_type = {t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES}
-    role_of = users["role"]
+    history = _History(
+        rng=rng, truth=truth, users=users, items=items, user_ids=user_ids, item_ids=item_ids,
+        views=np.zeros(n_items, dtype=np.int64), engaged=np.zeros(n_items, dtype=np.int64),
+        age_ref=np.where(items["updated"] > items["created"], items["updated"], items["created"]),
+        by_type={t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES},
+    )
     buffer: list[dict] = []
-
-    def flush() -> None:
-        if buffer:
-            with session_scope(engine) as s:
-                s.execute(insert(Interaction), buffer)
-            buffer.clear()
-
     days = range(HISTORY_DAYS)
     bar = tqdm(days, desc="demo history", unit="day", disable=not show_bar)
     for day in bar:
         day_start = start + timedelta(days=day)
-        day64 = np.datetime64(day_start, "s")
         n_sessions = rng.poisson(sc.sessions_per_user_day * users["activity"])
         session_users = np.repeat(np.arange(len(user_ids)), n_sessions)
         rng.shuffle(session_users)
         for u in session_users:
-            role = role_of[u]
-            flows = own_flows(role)
-            item_type = flow_item_type(flows[rng.integers(len(flows))])
-            secs = int(rng.integers(0, 86400))
-            t = day_start + timedelta(seconds=secs)
-            t64 = day64 + np.timedelta64(secs, "s")
-            pool = by_type[item_type]
-            pool = pool[items["created"][pool] <= t64]
-            if len(pool) < LIST_LENGTH:
-                continue
-            shown = _legacy_list(rng, pool, users["category"][u], items, views, truth.item_quality, t64)
-            # The item's age as of t: the last edit only counts once it has happened.
-            ref = np.where(items["updated"][shown] <= t64, item_age_ref[shown], items["created"][shown])
-            age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
-            draws = (rng.random(LIST_LENGTH), rng.random(LIST_LENGTH), rng.random(LIST_LENGTH))
-            seen = click_model(truth, int(user_ids[u]), item_ids[shown], age_days, items["category"][shown], *draws)
-            exam, click, positive = seen.examined, seen.clicked, seen.positive
-            uid = int(user_ids[u])
-            for pos in np.flatnonzero(exam):
-                i = shown[pos]
-                iid = int(item_ids[i])
-                ts = t + timedelta(seconds=int(5 * pos))
-                buffer.append({"user_id": uid, "item_id": iid, "kind": "view", "created_at": ts,
-                               "rating": None})
-                views[i] += 1
-                if click[pos]:
-                    buffer.append({"user_id": uid, "item_id": iid, "kind": "click",
-                                   "created_at": ts + timedelta(seconds=2), "rating": None})
-                    engaged[i] += 1
-                if positive[pos]:
-                    kinds = POSITIVE_KIND[item_type]
-                    buffer.append({"user_id": uid, "item_id": iid,
-                                   "kind": kinds[rng.integers(len(kinds))],
-                                   "created_at": ts + timedelta(seconds=30), "rating": None})
-                    engaged[i] += 1
+            buffer += _legacy_session(history, u, day_start)
         if len(buffer) >= INSERT_BATCH:
-            flush()
+            _flush(engine, buffer)
         if progress:
             progress((day + 1) / HISTORY_DAYS, f"day {day + 1}/{HISTORY_DAYS}")
-    flush()
-    return views, engaged
+    _flush(engine, buffer)
+    return history.views, history.engaged
+
+
+@dataclass
+class _History:
+    """The world the legacy history is drawn from, and the per-item totals so far."""
+
+    rng: np.random.Generator
+    truth: GroundTruth
+    users: dict  # _make_users' arrays, by user row
+    items: dict  # _make_items' arrays, by item row
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    views: np.ndarray  # (n_items,) int64, updated in place
+    engaged: np.ndarray  # (n_items,) int64, clicks and explicit positives, updated in place
+    age_ref: np.ndarray  # (n_items,) datetime64[s]: the later of creation and last edit
+    by_type: dict[str, np.ndarray]  # item type -> item rows
+
+
+def _flush(engine: Engine, buffer: list[dict]) -> None:
+    """Insert the buffered interaction rows, then empty the buffer."""
+    if buffer:
+        with session_scope(engine) as s:
+            s.execute(insert(Interaction), buffer)
+        buffer.clear()
+
+
+def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
+    """One session of user row ``u`` on the legacy feed at a random time of the day: the
+    interactions it produced (none when the flow has fewer than ``LIST_LENGTH`` items yet)."""
+    rng, items = h.rng, h.items
+    flows = own_flows(h.users["role"][u])
+    item_type = flow_item_type(flows[rng.integers(len(flows))])
+    secs = int(rng.integers(0, 86400))
+    t = day_start + timedelta(seconds=secs)
+    t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
+    pool = h.by_type[item_type]
+    pool = pool[items["created"][pool] <= t64]
+    if len(pool) < LIST_LENGTH:
+        return []
+    shown = _legacy_list(rng, pool, h.users["category"][u], items, h.views, h.truth.item_quality, t64)
+    # The item's age as of t: the last edit only counts once it has happened.
+    ref = np.where(items["updated"][shown] <= t64, h.age_ref[shown], items["created"][shown])
+    age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    draws = (rng.random(LIST_LENGTH), rng.random(LIST_LENGTH), rng.random(LIST_LENGTH))
+    seen = click_model(h.truth, int(h.user_ids[u]), h.item_ids[shown], age_days, items["category"][shown], *draws)
+    return _session_rows(h, int(h.user_ids[u]), shown, seen, POSITIVE_KIND[item_type], t)
+
+
+def _session_rows(h: _History, uid: int, shown: np.ndarray, seen, positive_kinds: tuple[str, ...],
+                  t: datetime) -> list[dict]:
+    """Interaction rows of one list (a view per examined item, then its click and explicit
+    positive), counted into ``h.views`` and ``h.engaged``."""
+    rows = []
+    for pos in np.flatnonzero(seen.examined):
+        i = shown[pos]
+        iid = int(h.item_ids[i])
+        ts = t + timedelta(seconds=int(5 * pos))
+        rows.append({"user_id": uid, "item_id": iid, "kind": "view", "created_at": ts, "rating": None})
+        h.views[i] += 1
+        if seen.clicked[pos]:
+            rows.append({"user_id": uid, "item_id": iid, "kind": "click",
+                         "created_at": ts + timedelta(seconds=2), "rating": None})
+            h.engaged[i] += 1
+        if seen.positive[pos]:
+            rows.append({"user_id": uid, "item_id": iid,
+                         "kind": positive_kinds[h.rng.integers(len(positive_kinds))],
+                         "created_at": ts + timedelta(seconds=30), "rating": None})
+            h.engaged[i] += 1
+    return rows
 
 
 def _legacy_list(rng, pool, user_category, items, views, quality, t64) -> np.ndarray:
