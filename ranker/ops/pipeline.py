@@ -28,6 +28,7 @@ from ranker.rank.registry import (
     register,
 )
 from ranker.rank.train import (
+    Dataset,
     EpochCallback,
     TrainConfig,
     evaluate_model,
@@ -113,11 +114,7 @@ def retrain(
     """
     from ranker.rank.tuning import current_weights, offline_ndcg
 
-    dataset_cfg = dataset_cfg or DatasetConfig(
-        output=config.DATA_DIR / "ranker_train.csv", val_output=config.DATA_DIR / "ranker_val.csv")
-    if dataset_cfg.val_output is None:
-        out = Path(dataset_cfg.output)
-        dataset_cfg.val_output = out.with_name(out.stem + "_val.csv")
+    dataset_cfg = _with_val_output(dataset_cfg)
     train_cfg = train_cfg or TrainConfig()
     backup = backup_active()
     summary = build_dataset(engine, dataset_cfg, show_bar=show_bar)
@@ -126,21 +123,9 @@ def retrain(
     new_ndcg = outcome.metrics["model"][keys.NDCG_AT_10] or 0.0
     val_set = load_dataset(dataset_cfg.val_output, min_positives=1)  # training loaded it fine already
     current = active_version(engine)
-    current_ndcg = None
-    if current is not None:
-        try:
-            ckpt = load_checkpoint(active_path())
-            with torch.no_grad():
-                current_ndcg = evaluate_model(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
-        except (CheckpointError, ValueError) as exc:
-            log.warning("active model could not be evaluated (%s); treating it as absent", exc)
+    current_ndcg = _active_ndcg(val_set) if current is not None else None
     rule_ndcg = offline_ndcg(current_weights(engine), val_set)
-    if new_ndcg < rule_ndcg:
-        promote, why = False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f}"
-    elif current_ndcg is not None and new_ndcg < current_ndcg:
-        promote, why = False, f"not promoted: below the active model's NDCG@10 {current_ndcg:.4f}"
-    else:
-        promote, why = True, "promoted"
+    promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
     if promote:
         activate_version(engine, outcome.version, actor="retrain")
     return {
@@ -155,3 +140,34 @@ def retrain(
         "backup": str(backup) if backup else None,
         "metrics": outcome.metrics,
     }
+
+
+def _with_val_output(dataset_cfg: DatasetConfig | None) -> DatasetConfig:
+    """``dataset_cfg`` (default: the train and validation files in ``config.DATA_DIR``), its
+    ``val_output`` set next to ``output`` when missing."""
+    dataset_cfg = dataset_cfg or DatasetConfig(
+        output=config.DATA_DIR / "ranker_train.csv", val_output=config.DATA_DIR / "ranker_val.csv")
+    if dataset_cfg.val_output is None:
+        out = Path(dataset_cfg.output)
+        dataset_cfg.val_output = out.with_name(out.stem + "_val.csv")
+    return dataset_cfg
+
+
+def _active_ndcg(val_set: Dataset) -> float | None:
+    """NDCG@10 of the active model on ``val_set``, or None when its checkpoint cannot be evaluated."""
+    try:
+        ckpt = load_checkpoint(active_path())
+        with torch.no_grad():
+            return evaluate_model(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
+    except (CheckpointError, ValueError) as exc:
+        log.warning("active model could not be evaluated (%s); treating it as absent", exc)
+        return None
+
+
+def _verdict(new_ndcg: float, rule_ndcg: float, current_ndcg: float | None) -> tuple[bool, str]:
+    """(promote?, why): the candidate must be no worse than the rule-based ranker and the active model."""
+    if new_ndcg < rule_ndcg:
+        return False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f}"
+    if current_ndcg is not None and new_ndcg < current_ndcg:
+        return False, f"not promoted: below the active model's NDCG@10 {current_ndcg:.4f}"
+    return True, "promoted"

@@ -10,8 +10,8 @@ CTR gap each policy closes.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,6 @@ from ranker.rank.features import feature_names
 from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
 from ranker.sim.truth import GroundTruth, attraction_logits, click_model, load_truth
-
-log = logging.getLogger(__name__)
 
 
 class LightGBMScorer:
@@ -107,11 +105,31 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     """CTR, diversity and freshness of each policy on the same requests and random numbers."""
     from tqdm import tqdm
 
-    from ranker.flows import own_flows
-    from ranker.rank.features import make_context
-    from ranker.serving.candidates import candidates
     from ranker.serving.service import service
 
+    truth, as_of, users = _report_world(engine)
+    counts = service(engine).counts(as_of)
+    scorers = dict(scorers or {})
+    out = {p: PolicyStats() for p in ["base", *scorers, "oracle"]}
+    rng = np.random.default_rng(seed)
+    skipped = 0
+    for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
+        request = _draw_request(engine, rng, users, k, as_of, counts)
+        if request is None:
+            skipped += 1
+            continue
+        uid, ctx, u_exam, u_click = request
+        orders = {"base": np.arange(k)}
+        for name, sc in scorers.items():
+            orders[name] = greedy_rerank(ctx, sc, k).order
+        orders["oracle"] = _oracle_order(truth, uid, ctx, k)
+        for name, order in orders.items():  # the same draws for every policy: common random numbers
+            _observe(out[name], truth, uid, ctx, order, u_exam, u_click, k)
+    return _compare_policies(out, requests, skipped, k)
+
+
+def _report_world(engine) -> tuple[GroundTruth, datetime, list]:
+    """(the hidden ground truth, the world clock, every user's id, role, category and field)."""
     with session_scope(engine) as s:
         truth = load_truth(s)
         as_of = serve_now(s)
@@ -121,40 +139,52 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     if truth is None:
         raise ValueError("no synthetic ground truth in this database: the oracle comparison needs the demo "
                          "world (`ranker demo init`)")
-    svc = service(engine)
-    catalog, views, other = svc.counts(as_of)
-    scorers = dict(scorers or {})
-    policies = ["base", *scorers, "oracle"]
-    out = {p: PolicyStats() for p in policies}
-    rng = np.random.default_rng(seed)
-    skipped = 0
-    for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
-        uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
-        flows = own_flows(role)
-        flow = flows[int(rng.integers(len(flows)))]
-        u_exam = rng.random(k)
-        cands = candidates(uid, flow, config.FETCH_MULTIPLIER * k, engine=engine, as_of=as_of)
-        u_click = rng.random(len(cands.item_ids))
-        if cands.fallback or len(cands.item_ids) < k:
-            skipped += 1
-            continue
-        rows = catalog.index(cands.item_ids)
-        ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, uid, ucat, ufield)
-        orders = {"base": np.arange(k)}
-        for name, sc in scorers.items():
-            orders[name] = greedy_rerank(ctx, sc, k).order
-        orders["oracle"] = _oracle_order(truth, uid, ctx, k)
-        for name, order in orders.items():  # the same draws for every policy: common random numbers
-            seen = click_model(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order],
-                               u_exam, u_click[order])
-            clicks = int(seen.clicked.sum())
-            st = out[name]
-            st.clicks += clicks
-            st.impressions += k
-            st.expected_clicks += float(seen.click_probability.sum())
-            st.ild.append(intra_list_diversity(ctx.category[order], ctx.field[order], ctx.type[order]))
-            st.age.append(float(ctx.age_days[order].mean()))
-            st.per_user[uid] = st.per_user.get(uid, 0) + clicks
+    return truth, as_of, users
+
+
+def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: datetime, counts: tuple):
+    """A random user and flow, their base candidates and the click model's random numbers.
+
+    Returns (user id, candidate context, examination draws (k,), click draws per candidate),
+    or None when the request gets the trending fallback or fewer than ``k`` candidates.
+    ``counts`` is ``Service.counts(as_of)``: (catalogue, views, other interactions).
+    """
+    from ranker.flows import own_flows
+    from ranker.rank.features import make_context
+    from ranker.serving.candidates import candidates
+
+    uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
+    flows = own_flows(role)
+    flow = flows[int(rng.integers(len(flows)))]
+    u_exam = rng.random(k)
+    cands = candidates(uid, flow, config.FETCH_MULTIPLIER * k, engine=engine, as_of=as_of)
+    u_click = rng.random(len(cands.item_ids))
+    if cands.fallback or len(cands.item_ids) < k:
+        return None
+    catalog, views, other = counts
+    rows = catalog.index(cands.item_ids)
+    ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, uid, ucat, ufield)
+    return uid, ctx, u_exam, u_click
+
+
+def _observe(st: PolicyStats, truth: GroundTruth, uid: int, ctx, order: np.ndarray, u_exam: np.ndarray,
+             u_click: np.ndarray, k: int) -> None:
+    """Show the candidates in ``order`` to the user through the click model; add the outcome to ``st``."""
+    seen = click_model(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order],
+                       u_exam, u_click[order])
+    clicks = int(seen.clicked.sum())
+    st.clicks += clicks
+    st.impressions += k
+    st.expected_clicks += float(seen.click_probability.sum())
+    st.ild.append(intra_list_diversity(ctx.category[order], ctx.field[order], ctx.type[order]))
+    st.age.append(float(ctx.age_days[order].mean()))
+    st.per_user[uid] = st.per_user.get(uid, 0) + clicks
+
+
+def _compare_policies(out: dict[str, PolicyStats], requests: int, skipped: int, k: int) -> dict[str, Any]:
+    """Each policy's metrics with its lift over base, the share of the base→oracle gap it closes
+    and, but for base, the paired p-value against base."""
+    policies = list(out)
     result: dict[str, Any] = {"requests": requests, "skipped_trending": skipped, "k": k,
                               "policies": {p: out[p].as_dict() for p in policies}}
     base_ctr, oracle_ctr = result["policies"]["base"][keys.CTR], result["policies"]["oracle"][keys.CTR]
