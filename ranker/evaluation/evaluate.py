@@ -189,19 +189,11 @@ def top_k_metrics(item_rows: np.ndarray, relevant: np.ndarray, catalog: Catalog,
 # --- The run -------------------------------------------------------------------------------------
 
 
-def evaluate_end_to_end(
-    engine: Engine,
-    split: str | Sequence[float] = DEFAULT_SPLIT,
-    base_model: str = "ensemble",
-    k: int = config.DEFAULT_K,
-    fetch_multiplier: int = config.FETCH_MULTIPLIER,
-    neg_ratio: float = 2.0,
-    train_config: TrainConfig | None = None,
-    min_positives: int = 100,
-    seed: int = 42,
-    progress: Progress | None = None,
-    show_bar: bool = False,
-) -> EndToEndEvaluation:
+def evaluate_end_to_end(engine: Engine, split: str | Sequence[float] = DEFAULT_SPLIT, base_model: str = "ensemble",
+                        k: int = config.DEFAULT_K, fetch_multiplier: int = config.FETCH_MULTIPLIER,
+                        neg_ratio: float = 2.0, train_config: TrainConfig | None = None, min_positives: int = 100,
+                        seed: int = 42, progress: Progress | None = None,
+                        show_bar: bool = False) -> EndToEndEvaluation:
     """Fit, build, train and compare the three orders on a time split (see the module docstring).
 
     Parameters
@@ -235,51 +227,87 @@ def evaluate_end_to_end(
     if k < 1 or fetch_multiplier < 1:
         raise ValueError(f"k and fetch_multiplier must be positive, got {k} and {fetch_multiplier}")
     tcfg = train_config or TrainConfig(seed=seed)
-    threads = torch.get_num_threads()
-    # Every model here multiplies small matrices: extra threads cost more in synchronisation
-    # than they save (ten times more on a busy 2-core machine), as in ranker.rank.train.
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         return _evaluate(engine, fractions, base_model, k, fetch_multiplier, neg_ratio, tcfg, min_positives,
                          seed, progress, show_bar)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread, then restore the previous number.
+
+    Every model here multiplies small matrices: extra threads cost more in synchronisation
+    than they save (ten times more on a busy 2-core machine), as in ranker.rank.train.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+class _Laps:
+    """Wall-clock seconds of each stage, reported to ``progress`` and the log as each one ends."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str, fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._clock, 2)
+        self._clock = now
+        if self.progress:
+            self.progress(fraction, message)
+        log.info("%s (%.1fs)", message, self.seconds[name])
 
 
 def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model: str, k: int,
               fetch_multiplier: int, neg_ratio: float, tcfg: TrainConfig, min_positives: int, seed: int,
               progress: Progress | None, show_bar: bool) -> EndToEndEvaluation:
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str, fraction: float, message: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 2)
-        clock = now
-        if progress:
-            progress(fraction, message)
-        log.info("%s (%.1fs)", message, seconds[name])
-
+    laps = _Laps(progress)
     history = load_interactions(engine)
     first, t_fit, t_test, last = split_points(history["created_at"].to_numpy(), fractions)
     base = make_base_model(base_model).fit(TrainingData.from_engine(engine, t_fit))
-    lap("fit_base", 0.3, f"fitted {base_model} on interactions before {t_fit:%Y-%m-%d %H:%M}")
+    laps.lap("fit_base", 0.3, f"fitted {base_model} on interactions before {t_fit:%Y-%m-%d %H:%M}")
 
     neural, dataset_info, ranker_metrics = _train_ranker(
         engine, base, base_model, t_fit, t_test, neg_ratio, tcfg, min_positives, seed, show_bar)
-    lap("dataset_and_train", 0.7, f"trained the neural ranker on {dataset_info['rows']:,} rows")
+    laps.lap("dataset_and_train", 0.7, f"trained the neural ranker on {dataset_info['rows']:,} rows")
 
     test = _test_positives(history, base, t_test)
     if not test:
         raise ValueError(f"no user with an explicit positive after {t_test:%Y-%m-%d %H:%M} is known to the "
                          f"base model: nothing to evaluate; give the test part more time (--time-split)")
+    n = fetch_multiplier * k
+    per_order, n_positives = _score_orders(engine, history, base, neural, test, t_fit, t_test, n, k, show_bar)
+    n_users = len(per_order["base"])
+    if n_users == 0:
+        raise ValueError("the base model returned no candidates for any test user")
+    metrics = {name: OrderMetrics(*(float(np.nanmean(col)) for col in zip(*values)))
+               for name, values in per_order.items()}
+    laps.lap("test", 1.0, f"evaluated {n_users:,} test users")
+    seconds = laps.seconds
+    seconds["total"] = round(sum(seconds.values()), 2)
+    return EndToEndEvaluation(
+        split=fractions, first=first, t_fit=t_fit, t_test=t_test, last=last, base_model=base_model, k=k,
+        n_candidates=n, n_users=n_users, n_positives=n_positives, dataset=dataset_info, ranker=ranker_metrics,
+        orders=metrics, seconds=seconds,
+    )
+
+
+def _score_orders(engine: Engine, history: pd.DataFrame, base: BaseRecommender, neural: NeuralScorer,
+                  test: dict[int, np.ndarray], t_fit: datetime, t_test: datetime, n: int, k: int,
+                  show_bar: bool) -> tuple[dict[str, list[tuple[float, float, float, float]]], int]:
+    """Top-k metrics of each order for every test user with candidates (``n`` from the base model,
+    features as of ``t_test``), and the number of their test positives."""
     catalog = load_catalog(engine)
     views, other = counts_as_of(engine, catalog, t_test)
     users = load_users(engine).set_index("id")
     engaged_before = _engaged_between(history, t_fit, t_test)
     scorers: dict[str, Scorer] = {"rule": RuleScorer(), "neural": neural}
-    n = fetch_multiplier * k
     per_order: dict[str, list[tuple[float, float, float, float]]] = {o: [] for o in ORDERS}
     n_positives = 0
     for user_id, items in tqdm(test.items(), desc="evaluate", unit="user", disable=not show_bar):
@@ -298,18 +326,7 @@ def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model:
             orders[name] = rows[greedy_rerank(ctx, scorer, k).order]
         for name, order in orders.items():
             per_order[name].append(top_k_metrics(order, relevant, catalog, t_test, k))
-    n_users = len(per_order["base"])
-    if n_users == 0:
-        raise ValueError("the base model returned no candidates for any test user")
-    metrics = {name: OrderMetrics(*(float(np.nanmean(col)) for col in zip(*values)))
-               for name, values in per_order.items()}
-    lap("test", 1.0, f"evaluated {n_users:,} test users")
-    seconds["total"] = round(sum(seconds.values()), 2)
-    return EndToEndEvaluation(
-        split=fractions, first=first, t_fit=t_fit, t_test=t_test, last=last, base_model=base_model, k=k,
-        n_candidates=n, n_users=n_users, n_positives=n_positives, dataset=dataset_info, ranker=ranker_metrics,
-        orders=metrics, seconds=seconds,
-    )
+    return per_order, n_positives
 
 
 def _train_ranker(engine: Engine, base: BaseRecommender, base_model: str, t_fit: datetime, t_test: datetime,

@@ -72,10 +72,6 @@ class BaseEvaluation:
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.model for r in self.rows))
 
-    def beats_baseline(self, model: str, flow: str = OVERALL) -> bool:
-        """True when ``model`` has a higher Recall@k than popularity."""
-        return self.get(model, flow).recall > self.get(BASELINE, flow).recall
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "cutoff": self.cutoff.isoformat(),
@@ -233,12 +229,28 @@ def evaluate_base(
     ValueError
         Nothing to train on before T, or no test pair in the holdout.
     """
+    data, test = _nonempty_holdout(engine, holdout_days, end)
+    rows, fit_seconds = _fit_and_score(data, test, names, k, ndcg_k, seed, params, progress)
+    clock = data.cutoff + timedelta(days=holdout_days)
+    return BaseEvaluation(cutoff=data.cutoff, clock=clock, holdout_days=holdout_days, k=k,
+                          ndcg_k=ndcg_k, rows=rows, fit_seconds=fit_seconds)
+
+
+def _nonempty_holdout(engine: Engine, holdout_days: float, end: datetime | None) -> tuple[TrainingData, pd.DataFrame]:
+    """:func:`holdout_split`, refusing a holdout without any test pair."""
     data, test = holdout_split(engine, holdout_days, end)
     if test.empty:
         raise ValueError(
             f"no engaged interaction in the last {holdout_days:g} days by users with earlier history: "
             "nothing to evaluate; use a longer holdout or more data"
         )
+    return data, test
+
+
+def _fit_and_score(data: TrainingData, test: pd.DataFrame, names: Sequence[str], k: int, ndcg_k: int, seed: int,
+                   params: Mapping[str, Mapping[str, Any]] | None,
+                   progress: Callable[[float, str], None] | None) -> tuple[list[MetricRow], dict[str, float]]:
+    """Fit popularity and ``names`` on ``data``, score them on ``test``; returns the rows and fit seconds."""
     wanted = [BASELINE] + [n for n in names if n != BASELINE]
     fit_seconds: dict[str, float] = {}
     models = fit_models(data, wanted, seed=seed, params=params, progress=progress,
@@ -247,6 +259,4 @@ def evaluate_base(
     rows = score_models({n: models[n] for n in wanted}, test, k=k, ndcg_k=ndcg_k)
     if progress:
         progress(1.0, f"scored {len(wanted)} models in {time.perf_counter() - t0:.1f}s")
-    clock = data.cutoff + timedelta(days=holdout_days)
-    return BaseEvaluation(cutoff=data.cutoff, clock=clock, holdout_days=holdout_days, k=k,
-                          ndcg_k=ndcg_k, rows=rows, fit_seconds=fit_seconds)
+    return rows, fit_seconds
