@@ -360,16 +360,9 @@ class BaseRecommender(ABC):
             out[known] = self._score(urow, rows[known])
         return out
 
-    def recommend(
-        self,
-        user_id: int,
-        n: int = 20,
-        *,
-        item_type: str | None = None,
-        as_of: datetime | None = None,
-        exclude: Sequence[int] | np.ndarray | None = None,
-        filter_engaged: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, user_id: int, n: int = 20, *, item_type: str | None = None, as_of: datetime | None = None,
+                  exclude: Sequence[int] | np.ndarray | None = None,
+                  filter_engaged: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best items for a user, among items of ``item_type`` created at or before ``as_of``.
 
         Parameters
@@ -405,17 +398,22 @@ class BaseRecommender(ABC):
         if len(rows) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         scores = np.asarray(self._score(urow, rows), dtype=np.float32)
+        banned = self._banned_rows(urow, exclude, filter_engaged)
+        if len(banned):
+            keep = ~np.isin(rows, banned)
+            rows, scores = rows[keep], scores[keep]
+        return self._top(rows, scores, n)
 
+    def _banned_rows(self, urow: int, exclude: Sequence[int] | np.ndarray | None,
+                     filter_engaged: bool) -> np.ndarray:
+        """Catalogue rows :meth:`recommend` leaves out: the user's engaged items, then ``exclude``."""
         banned = np.empty(0, dtype=np.int64)
         if filter_engaged and urow >= 0:
             banned = self.engaged_rows_[self.engaged_indptr_[urow]:self.engaged_indptr_[urow + 1]]
         if exclude is not None and len(exclude):
             extra = self.item_rows(exclude)
             banned = np.concatenate([banned, extra[extra >= 0]])
-        if len(banned):
-            keep = ~np.isin(rows, banned)
-            rows, scores = rows[keep], scores[keep]
-        return self._top(rows, scores, n)
+        return banned
 
     def _top(self, rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The n best rows by score, ties broken by item id (rows are id-sorted)."""

@@ -26,7 +26,7 @@ from ranker.data.schema import AuditLog, Base, Interaction, Item, User
 log = logging.getLogger(__name__)
 
 INSERT_BATCH = 20_000
-#: The setting that says what data the database holds (``ranker demo init`` writes it too).
+#: An external id written as a positive integer of at most ten digits (kept as the database id, see _assign_ids).
 _INT_ID = re.compile(r"^[1-9][0-9]{0,9}$")
 Progress = Callable[[float, str], None]
 
@@ -56,17 +56,9 @@ class ImportSummary:
         return asdict(self)
 
 
-def write_import(
-    engine: Engine,
-    data: SourceData,
-    *,
-    append: bool = False,
-    force: bool = False,
-    positive_min: float = DEFAULT_POSITIVE_MIN,
-    show_bar: bool = False,
-    progress: Progress | None = None,
-    actor: str = "cli",
-) -> ImportSummary:
+def write_import(engine: Engine, data: SourceData, *, append: bool = False, force: bool = False,
+                 positive_min: float = DEFAULT_POSITIVE_MIN, show_bar: bool = False,
+                 progress: Progress | None = None, actor: str = "cli") -> ImportSummary:
     """Write ``data`` into the database in one transaction: all of it, or nothing.
 
     Parameters
@@ -96,6 +88,22 @@ def write_import(
         Both flags, a non-finite ``positive_min``, or no interactions.
     """
     t0 = time.perf_counter()
+    rows, mode = _plan(engine, data, append, force, positive_min)
+    total = len(rows.users) + len(rows.items) + len(rows.interactions)
+    bar = tqdm(total=total, desc=f"import {data.source}", unit="row", disable=not show_bar)
+    try:
+        summary = _write(engine, data, rows, mode, positive_min, actor, _stepper(bar, total, progress))
+    finally:
+        bar.close()
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    log.info("imported %s: %d users, %d items, %d interactions in %.1fs", data.source, summary.users,
+             summary.items, summary.interactions, summary.seconds)
+    return summary
+
+
+def _plan(engine: Engine, data: SourceData, append: bool, force: bool, positive_min: float) -> tuple[ImportRows, str]:
+    """Check the flags, map ``data`` to rows and check the database may take them; returns the rows
+    and the mode (new, append or force)."""
     if append and force:
         raise ValueError("choose one of --append (add to the database) and --force (replace it)")
     if not np.isfinite(positive_min):
@@ -106,40 +114,44 @@ def write_import(
         raise WorldExistsError(
             "the database already holds users, items or interactions; re-run with --append to add "
             "this data set to them, or --force to replace them")
-    mode = "force" if force else ("append" if append else "new")
+    return rows, "force" if force else ("append" if append else "new")
 
-    total = len(rows.users) + len(rows.items) + len(rows.interactions)
-    bar = tqdm(total=total, desc=f"import {data.source}", unit="row", disable=not show_bar)
 
+def _stepper(bar: tqdm, total: int, progress: Progress | None) -> Callable[[int, str], None]:
+    """The callback :func:`_insert_rows` calls after each batch: advance ``bar`` and report progress."""
     def step(n: int, what: str) -> None:
         bar.update(n)
         if progress:
             progress(bar.n / total, what)
+    return step
 
-    try:
-        with session_scope(engine) as s:
-            if force:
-                _wipe(s)
-            user_ids, user_mode = _assign_ids(s, User, rows.users["ext_id"].to_numpy(dtype=object), "user")
-            item_ids, item_mode = _assign_ids(s, Item, rows.items["ext_id"].to_numpy(dtype=object), "item")
-            _insert_rows(s, rows, user_ids, item_ids, step)
-            _sync_id_sequences(s)
-            max_views, clock = _refresh_settings(s)
-            summary = _summary(data, rows, mode, clock, max_views, user_mode, item_mode)
-            world = {"source": data.source, "files": summary.files, "mode": mode, "positive_min": positive_min,
-                     "start": summary.first_interaction, "end": summary.last_interaction,
-                     "imported_at": utcnow().isoformat(timespec="seconds")}
-            if append:
-                world["appended_to"] = get_setting(s, keys.WORLD)
-            # Saved base models are tied to this record (ranker.base.store): a new import invalidates them.
-            put_setting(s, keys.WORLD, world)
-            audit(s, "import", {k: v for k, v in summary.as_dict().items() if k != "seconds"}, actor=actor)
-    finally:
-        bar.close()
-    summary.seconds = round(time.perf_counter() - t0, 2)
-    log.info("imported %s: %d users, %d items, %d interactions in %.1fs", data.source, summary.users,
-             summary.items, summary.interactions, summary.seconds)
+
+def _write(engine: Engine, data: SourceData, rows: ImportRows, mode: str, positive_min: float, actor: str,
+           step: Callable[[int, str], None]) -> ImportSummary:
+    """The import's one transaction: wipe (mode force), insert every row, then settings, world record and audit."""
+    with session_scope(engine) as s:
+        if mode == "force":
+            _wipe(s)
+        user_ids, user_mode = _assign_ids(s, User, rows.users["ext_id"].to_numpy(dtype=object), "user")
+        item_ids, item_mode = _assign_ids(s, Item, rows.items["ext_id"].to_numpy(dtype=object), "item")
+        _insert_rows(s, rows, user_ids, item_ids, step)
+        _sync_id_sequences(s)
+        max_views, clock = _refresh_settings(s)
+        summary = _summary(data, rows, mode, clock, max_views, user_mode, item_mode)
+        _record_world(s, data, summary, mode, positive_min)
+        audit(s, "import", {k: v for k, v in summary.as_dict().items() if k != "seconds"}, actor=actor)
     return summary
+
+
+def _record_world(session: Session, data: SourceData, summary: ImportSummary, mode: str, positive_min: float) -> None:
+    """Write the record of what data the database holds (an append keeps the previous record inside)."""
+    world = {"source": data.source, "files": summary.files, "mode": mode, "positive_min": positive_min,
+             "start": summary.first_interaction, "end": summary.last_interaction,
+             "imported_at": utcnow().isoformat(timespec="seconds")}
+    if mode == "append":
+        world["appended_to"] = get_setting(session, keys.WORLD)
+    # Saved base models are tied to this record (ranker.base.store): a new import invalidates them.
+    put_setting(session, keys.WORLD, world)
 
 
 def _wipe(session: Session) -> None:
