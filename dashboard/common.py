@@ -1,4 +1,5 @@
-"""Shared dashboard plumbing: the engine, operator auth and audit, cached queries, empty states."""
+"""Shared dashboard plumbing: the engine and the serving warm-up, operator auth and audit, flash
+messages, links and empty states. Caches live in :mod:`dashboard.cached`."""
 
 from __future__ import annotations
 
@@ -8,58 +9,33 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import preview
+from dashboard import cached
 from ranker.data import db
 
 ACTOR = "dashboard"
 
 
-@st.cache_resource(show_spinner=False)
-def engine(url: str) -> Engine:
-    """The process-wide engine for ``url``, schema created or upgraded once."""
-    return db.ensure_schema(db.get_engine(url))
-
-
 def get_engine_or_stop() -> Engine:
-    """The engine, or an error box that says what to check, and stop the page.
-
-    The first call in a process also starts loading the serving state in the background.
-    """
-    url = db.database_url()
+    """The engine, or an error box that says what to check, and stop the page."""
     try:
-        eng = engine(url)
+        return cached.engine(db.database_url())
     except db.DatabaseError as exc:
         st.error(f"Database unavailable. {exc}")
         st.stop()
-    preview.warm_up(url)
-    return eng
+
+
+def warm_up() -> None:
+    """Load the serving state before the first page of a process runs (see :func:`cached.warm_up`);
+    a database that cannot be opened is left for the page to report."""
+    try:
+        engine = cached.engine(db.database_url())
+    except db.DatabaseError:
+        return
+    cached.warm_up(engine)
 
 
 def database_label(eng: Engine) -> str:
     return db.mask_url(eng.url.render_as_string(hide_password=False))
-
-
-@st.cache_data(ttl=10, show_spinner=False)
-def table_counts(_engine: Engine, url: str) -> dict[str, int]:
-    return db.table_counts(_engine)
-
-
-@st.cache_data(ttl=60, show_spinner=False)
-def rerank_latency(_engine: Engine, url: str, scorer_version: str) -> dict:
-    """p50/p99 of the serving rerank (300 timed reranks), measured once a minute per scorer."""
-    from ranker.serving.service import service
-
-    return service(_engine).rerank_latency()
-
-
-@st.cache_data(ttl=5, show_spinner=False)
-def api_server(_engine: Engine, url: str) -> dict[str, Any] | None:
-    """The server ``ranker serve`` recorded (url, pid, workers, started_at) with ``ready``, its
-    ``/readyz`` answer (None when nothing answers); None when no server is recorded."""
-    from ranker.api.server import probe, running_server
-
-    server = running_server(_engine)
-    return None if server is None else {**server, "ready": probe(server["url"])}
 
 
 def api_status(ready: dict[str, Any] | None) -> str:
@@ -72,15 +48,10 @@ def api_status(ready: dict[str, Any] | None) -> str:
     return f"ready, serving {'the rule-based ranker' if scorer == 'rule' else scorer}"
 
 
-def clear_caches() -> None:
-    """Call after any write, so no page shows data cached from before it."""
-    st.cache_data.clear()
-
-
 def done(message: str) -> None:
     """After a write: clear caches and rerun the page; the new run shows ``message`` where the page
     calls :func:`show_done`."""
-    clear_caches()
+    cached.clear()
     st.session_state["_flash"] = message
     st.rerun()
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import charts, common
+from dashboard import cached, charts, common
 from ranker.data.schema import Job
 from ranker.ops import jobs
 
@@ -42,7 +42,7 @@ def _live(engine: Engine, kind: str, job_id: int, can_edit: bool) -> None:
     job = jobs.get(engine, job_id)
     _render(engine, job, can_edit)
     if job.status not in jobs.ACTIVE:
-        common.clear_caches()
+        cached.clear()
         st.rerun()  # the whole page, so results below the job appear
 
 

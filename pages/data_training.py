@@ -3,21 +3,21 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, common, jobs_ui
-from ranker import config, keys
+from dashboard import cached, charts, common, jobs_ui
+from ranker import keys
 from ranker.ops import jobs
 from ranker.rank import registry
+from ranker.rank.dataset_files import train_csv, val_csv
 from ranker.rank.features import feature_columns
 from ranker.rank.model import ARCHS
 
 st.title("Data & Training")
 engine = common.get_engine_or_stop()
-if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+if common.empty_database_notice(cached.table_counts(engine)):
     st.stop()
 
 can_edit = common.operator_gate()
-TRAIN_CSV = config.DATA_DIR / "ranker_train.csv"
-VAL_CSV = config.DATA_DIR / "ranker_val.csv"
+TRAIN_CSV, VAL_CSV = train_csv(), val_csv()
 
 # --- Dataset ------------------------------------------------------------------------
 st.header("1. Training data")
@@ -36,33 +36,22 @@ if go and can_edit:
     st.toast(f"Dataset job #{job.id} started")
 jobs_ui.job_status(engine, "dataset", can_edit)
 
-
-PREVIEW_ROWS, HISTOGRAM_ROWS = 200_000, 20_000
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def read_dataset(path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_csv(path, nrows=PREVIEW_ROWS)
-
-
-df = read_dataset(str(TRAIN_CSV), TRAIN_CSV.stat().st_mtime) if TRAIN_CSV.exists() else None
-missing = [] if df is None else [c for c in (*feature_columns(), "label") if c not in df.columns]
-if missing:
-    st.error(f"`{TRAIN_CSV}` has no column(s) {', '.join(missing)}, so training on it will fail. "
+data = cached.dataset_preview(TRAIN_CSV)
+if data is None:
+    st.info("No dataset yet: generate one above (or `ranker dataset`).")
+elif data.missing:
+    st.error(f"`{TRAIN_CSV}` has no column(s) {', '.join(data.missing)}, so training on it will fail. "
              "Generate a new dataset above (or `ranker dataset`).")
-elif df is not None:
-    first = "the first " if len(df) == PREVIEW_ROWS else ""
-    st.caption(f"`{TRAIN_CSV}` ({TRAIN_CSV.stat().st_size / 1e6:.1f} MB): {first}{len(df):,} rows below"
+else:
+    first = "" if data.complete else "the first "
+    st.caption(f"`{TRAIN_CSV}` ({data.size_bytes / 1e6:.1f} MB): {first}{data.rows:,} rows below"
                + (f"; validation rows in `{VAL_CSV}`" if VAL_CSV.exists() else ""))
     c1, c2, c3 = st.columns(3)
-    c1.metric("Rows", f"{len(df):,}")
-    c2.metric("Positives", f"{int(df['label'].sum()):,}")
-    c3.metric("Positive share", f"{df['label'].mean():.1%}")
-    st.dataframe(df.head(20), hide_index=True, width="stretch")
-    sample = df.sample(min(len(df), HISTOGRAM_ROWS), random_state=0)  # the browser gets every value plotted
-    st.plotly_chart(charts.feature_histograms(sample, feature_columns()))
-else:
-    st.info("No dataset yet: generate one above (or `ranker dataset`).")
+    c1.metric("Rows", f"{data.rows:,}")
+    c2.metric("Positives", f"{data.positives:,}")
+    c3.metric("Positive share", f"{data.positive_share:.1%}")
+    st.dataframe(data.head, hide_index=True, width="stretch")
+    st.plotly_chart(charts.feature_histograms(data.sample, feature_columns()))
 
 # --- Training -----------------------------------------------------------------------
 st.header("2. Train the neural ranker")

@@ -4,39 +4,17 @@ from datetime import timedelta
 
 import streamlit as st
 
-from dashboard import charts, common, jobs_ui
+from dashboard import cached, charts, common, jobs_ui
 from ranker import keys
 from ranker.ops import jobs
 from ranker.serving import experiments, online
 
 st.title("Metrics & A/B")
 engine = common.get_engine_or_stop()
-if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+if common.empty_database_notice(cached.table_counts(engine)):
     st.stop()
 can_edit = common.operator_gate()
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def daily(_engine, url: str, flow: str | None, start, end, source: str | None = None):
-    return online.daily_metrics(_engine, flow, start, end, source=source)
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def verdict(_engine, url: str, flow: str | None, start, end, mde: float, source: str | None):
-    return online.ab_test(_engine, flow, start, end, mde=mde, source=source)
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def guardrails(_engine, url: str, flow: str | None, start, end, source: str | None):
-    return online.guardrail_tests(_engine, flow, start, end, source=source)
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def by_source(_engine, url: str, flow: str | None, start, end):
-    return online.daily_requests_by_source(_engine, flow, start, end)
-
-
-everything = daily(engine, str(engine.url), None, None, None)
+scope = cached.traffic_scope(engine)  # None without served traffic
 common.show_done()
 
 # --- Experiment controls ------------------------------------------------------------
@@ -58,7 +36,7 @@ with st.expander(f"Experiment: {'running' if exp.running else 'stopped'}, rollou
         common.done("Experiment started.")
 
 # --- Simulated traffic --------------------------------------------------------------
-with st.expander("Run simulated traffic on the demo world", expanded=everything.empty):
+with st.expander("Run simulated traffic on the demo world", expanded=scope is None):
     c1, c2, c3 = st.columns(3)
     days = c1.number_input("Days", 1, 60, 3)
     per_day = c2.number_input("Requests per day", 10, 20000, 300, 50)
@@ -70,43 +48,30 @@ with st.expander("Run simulated traffic on the demo world", expanded=everything.
 jobs_ui.job_status(engine, "simulate", can_edit)
 
 # --- Filters ------------------------------------------------------------------------
-if everything.empty:
+if scope is None:
     st.info("No served traffic yet. Online metrics need served lists with outcomes: run simulated traffic above "
             "(demo world) or serve real requests over HTTP (`ranker serve`) or through `recommend()`; imported "
             "data sets have no served traffic until then.")
     st.stop()
 c1, c2, c3 = st.columns([1, 1, 2])
-flow = c1.selectbox("Flow", ["all", *sorted(everything["flow"].unique())])
-sources = by_source(engine, str(engine.url), None, None, None)["source"].unique()
-source = c2.selectbox("Source", ["all", *sorted(sources)],
+flow = c1.selectbox("Flow", ["all", *scope.flows])
+source = c2.selectbox("Source", ["all", *scope.sources],
                       help="Where the requests came from: api (HTTP), sim (simulator), cli (`ranker recommend`), "
                            "earlier (logged before sources were recorded)")
-lo, hi = everything["day"].min(), everything["day"].max()
+lo, hi = scope.first_day, scope.last_day
 picked = c3.date_input("Dates", (lo, hi), min_value=lo, max_value=hi)
 start, end = (picked[0], picked[1] + timedelta(days=1)) if len(picked) == 2 else (lo, hi + timedelta(days=1))
 flow_f, source_f = (None if flow == "all" else flow), (None if source == "all" else source)
-df = daily(engine, str(engine.url), flow_f, start, end, source_f)
-if df.empty:
+per_day_arm = cached.metrics_by_arm(engine, flow_f, start, end, source_f)
+if per_day_arm.empty:
     st.info("No served traffic for these filters.")
     st.stop()
-per_day_arm = df.groupby(["day", "arm"], as_index=False).agg(
-    impressions=("impressions", "sum"), clicks=("clicks", "sum"), feedback=("feedback", "sum"),
-    lists=("lists", "sum"))
-weighted = df.assign(ild_w=df[keys.ILD] * df["lists"], age_w=df[keys.MEAN_AGE_DAYS] * df["lists"],
-                     cov_w=df[keys.CATEGORY_COVERAGE] * df["lists"]).groupby(["day", "arm"], as_index=False)[
-    ["ild_w", "age_w", "cov_w"]].sum()
-per_day_arm = per_day_arm.merge(weighted, on=["day", "arm"])
-per_day_arm["CTR"] = per_day_arm["clicks"] / per_day_arm["impressions"]
-per_day_arm["Feedback rate"] = per_day_arm["feedback"] / per_day_arm["impressions"]
-per_day_arm["ILD"] = per_day_arm["ild_w"] / per_day_arm["lists"]
-per_day_arm["Category coverage"] = per_day_arm["cov_w"] / per_day_arm["lists"]
-per_day_arm["Mean age (days)"] = per_day_arm["age_w"] / per_day_arm["lists"]
 
 # --- Verdict --------------------------------------------------------------------------
 st.subheader("A/B verdict")
 mde = st.select_slider("Minimum detectable lift", [0.01, 0.02, 0.05, 0.1, 0.2], value=0.05,
                        format_func=lambda v: f"{v:.0%}")
-res = verdict(engine, str(engine.url), flow_f, start, end, mde, source_f)
+res = cached.ab_test(engine, flow_f, start, end, mde, source_f)
 (st.success if res.enough_data and res.p_value is not None and res.p_value < 0.05 else st.info)(res.verdict)
 if res.enough_data:
     c1, c2, c3, c4 = st.columns(4)
@@ -115,7 +80,7 @@ if res.enough_data:
     c3.metric("Lift (95% CI)", f"{res.lift:+.1%}", help=f"{res.ci_low:+.1%} to {res.ci_high:+.1%}")
     c4.metric(f"Users/arm for {mde:.0%} lift", f"{res.users_needed_per_arm:,}")
     st.plotly_chart(charts.lift_interval(res.lift, res.ci_low, res.ci_high))
-    guard = guardrails(engine, str(engine.url), flow_f, start, end, source_f)
+    guard = cached.guardrail_tests(engine, flow_f, start, end, source_f)
     st.markdown("**Diversity and freshness**, per-user delta method as for CTR (a lower age is fresher)")
     st.dataframe(
         [{"metric": online.GUARDRAILS[column], "control": g.control.rate, "treatment": g.treatment.rate,
@@ -129,18 +94,20 @@ if res.enough_data:
 
 # --- Over time ------------------------------------------------------------------------
 st.subheader("Over time, per arm")
-RATES = ("CTR", "Feedback rate")
-for i, metric in enumerate((*RATES, "ILD", "Category coverage", "Mean age (days)")):
+OVER_TIME = {keys.CTR: "CTR", keys.FEEDBACK_RATE: "Feedback rate", keys.ILD: "ILD",
+             keys.CATEGORY_COVERAGE: "Category coverage", keys.MEAN_AGE_DAYS: "Mean age (days)"}
+for i, (metric, title) in enumerate(OVER_TIME.items()):
     if i % 2 == 0:
         cols = st.columns(2)
     with cols[i % 2]:
-        st.plotly_chart(charts.metric_over_time(per_day_arm, metric, metric, percent=metric in RATES),
+        st.plotly_chart(charts.metric_over_time(per_day_arm, metric, title,
+                                                percent=metric in (keys.CTR, keys.FEEDBACK_RATE)),
                         key=f"chart_{metric}")
 st.caption("Aggregated in SQL per day, arm and flow. Diversity is intra-list diversity (1 − mean pairwise "
            "similarity over category, field and type); freshness is the mean age of served items.")
 
 # --- Traffic by source ----------------------------------------------------------------
 st.subheader("Traffic by source")
-st.plotly_chart(charts.lists_by_source(by_source(engine, str(engine.url), flow_f, start, end)), key="chart_sources")
+st.plotly_chart(charts.lists_by_source(cached.requests_by_source(engine, flow_f, start, end)), key="chart_sources")
 st.caption("Every source, for the flow and dates above: api is HTTP traffic (`ranker serve`), sim simulated "
            "traffic, cli `ranker recommend`; earlier lists were logged before sources were recorded.")

@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
+from dashboard import cached, common
 from ranker import keys
 from ranker.rank import registry
 
 st.title("Models")
 engine = common.get_engine_or_stop()
-if common.empty_database_notice(common.table_counts(engine, common.database_label(engine))):
+if common.empty_database_notice(cached.table_counts(engine)):
     st.stop()
 can_edit = common.operator_gate()
 

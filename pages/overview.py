@@ -5,17 +5,17 @@ import json
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
+from dashboard import cached, common
 from ranker import keys
 from ranker.data import db
 from ranker.rank.rerank import FreshnessBoosted
-from ranker.serving import online
+from ranker.serving import online, views
 from ranker.serving.service import service
 
 st.title("Overview")
 engine = common.get_engine_or_stop()
 url = common.database_label(engine)
-counts = common.table_counts(engine, url)
+counts = cached.table_counts(engine)
 st.caption(f"Database: `{url}`")
 if common.empty_database_notice(counts):
     st.stop()
@@ -37,7 +37,7 @@ else:
 
 # --- HTTP API -----------------------------------------------------------------------
 st.subheader("HTTP API")
-api = common.api_server(engine, url)
+api = cached.api_server(engine)
 if api is None:
     st.caption("No API server running. Start one with `ranker serve` (see docs/api.md).")
 else:
@@ -51,9 +51,8 @@ cols = st.columns(5)
 for col, name in zip(cols, ("users", "items", "interactions", "impressions", "outcomes")):
     col.metric(name.capitalize(), f"{counts[name]:,}")
 
-with db.session_scope(engine) as s:
-    last_dataset = db.get_setting(s, keys.LAST_DATASET)
-    last_training = db.get_setting(s, keys.LAST_TRAINING)
+latest = views.latest_runs(engine)
+last_dataset, last_training = latest.dataset, latest.training
 left, right = st.columns(2)
 with left:
     st.markdown("**Last dataset**")
@@ -93,7 +92,7 @@ else:
 
 # --- Latency ------------------------------------------------------------------------
 st.subheader("Rerank latency")
-lat = common.rerank_latency(engine, common.database_label(engine), scorer.version)
+lat = cached.rerank_latency(engine, scorer.version)
 c1, c2 = st.columns(2)
 c1.metric("p50 (ms, 20 → 10)", common.fmt(lat["p50_ms"], ".3f"))
 c2.metric("p99 (ms, 20 → 10)", common.fmt(lat["p99_ms"], ".3f"))

@@ -2,20 +2,21 @@
 
 import streamlit as st
 
-from dashboard import common, preview
+from dashboard import cached, common, preview
 from ranker import config, keys
 from ranker.flows import personalised_flows
+from ranker.serving import views
 
 st.title("Ranking preview")
 engine = common.get_engine_or_stop()
-counts = common.table_counts(engine, common.database_label(engine))
+counts = cached.table_counts(engine)
 if common.empty_database_notice(counts):
     st.stop()
 
 c1, c2, c3 = st.columns([1, 2, 1])
-flow = c1.selectbox("Flow", preview.flows_with_users(engine, str(engine.url)) or personalised_flows())
-users = preview.users_for_flow(engine, str(engine.url), flow)
-example = preview.example_user(engine)
+flow = c1.selectbox("Flow", cached.flows_with_users(engine) or personalised_flows())
+users = cached.users_for_flow(engine, flow)
+example = cached.example_user(engine)
 labels = {int(r.id): f"{r.id} · {r.name} ({r.category or '–'}/{r.field or '–'})" for r in users.itertuples()}
 ids = list(labels)
 default = ids.index(example[0]) if example and example[0] in labels and example[1] == flow else 0
@@ -40,7 +41,7 @@ st.caption(f"Candidates: {config.FETCH_MULTIPLIER}×k from the **{ranked.base_mo
 left, right = st.columns(2)
 for col, title, rec, other in ((left, "Base order", base, None), (right, "Reranked", ranked, base)):
     with col:
-        q = preview.list_quality(engine, rec)
+        q = views.list_quality(engine, rec)
         st.subheader(title)
         m1, m2 = st.columns(2)
         m1.metric("Diversity (ILD)", common.fmt(q[keys.ILD], ".3f"))
@@ -55,7 +56,7 @@ with st.expander("Features and score contributions of the reranked list"):
                "the neural model).")
 
 st.subheader("Recent interactions")
-recent = preview.recent_interactions(engine, user_id)
+recent = views.recent_interactions(engine, user_id)
 if recent.empty:
     st.caption("This user has no interactions yet.")
 else:

@@ -3,7 +3,7 @@ ranker's freshness boost."""
 
 import streamlit as st
 
-from dashboard import common, preview
+from dashboard import cached, common, preview
 from ranker import config
 from ranker.rank import tuning
 from ranker.rank.features import feature_names
@@ -11,7 +11,7 @@ from ranker.rank.rerank import MAX_FRESHNESS_BOOST, RuleScorer
 
 st.title("Rule weights")
 engine = common.get_engine_or_stop()
-counts = common.table_counts(engine, common.database_label(engine))
+counts = cached.table_counts(engine)
 if common.empty_database_notice(counts):
     st.stop()
 can_edit = common.operator_gate()
@@ -39,20 +39,20 @@ if c2.button("Reset to defaults", disabled=not can_edit):
     st.rerun()
 
 st.subheader("Preview")
-held = preview.held_out_data()
+held = cached.held_out()
 if held is None:
     st.info("Offline NDCG needs held-out data: generate a dataset on the **Data & Training** page.")
 else:
-    data, source = held
+    data = held.data
     ndcg_new, ndcg_saved = tuning.offline_ndcg(weights, data), tuning.offline_ndcg(saved, data)
     tau = tuning.rank_correlation(saved, weights, data)
     m1, m2 = st.columns(2)
     m1.metric("Offline NDCG@10 (these weights)", f"{ndcg_new:.4f}",
               delta=f"{ndcg_new - ndcg_saved:+.4f} vs saved" if weights != saved else None)
     m2.metric("Rank correlation with saved weights (Kendall τ)", f"{tau:.3f}")
-    st.caption(f"On {len(data):,} held-out rows in {len(set(data.groups.tolist())):,} lists from `{source}`.")
+    st.caption(f"On {len(data):,} held-out rows in {held.lists:,} lists from `{held.path}`.")
 
-example = preview.example_user(engine)
+example = cached.example_user(engine)
 if example is not None and preview.ensure_base_models(engine, counts["interactions"]):
     user_id, flow = example
     before = preview.reranked(engine, user_id, flow, RuleScorer(saved))

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 from sqlalchemy import bindparam, text
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
 from dashboard.common import PAGES
@@ -31,7 +32,7 @@ from ranker.data import db
 from ranker.ops import jobs
 from ranker.rank import registry, tuning
 from ranker.rank.train import load_dataset
-from ranker.serving import online
+from ranker.serving import online, views
 from ranker.serving.experiments import log_outcomes
 from ranker.serving.service import _SERVICES, recommend
 from ranker.sim.simulate import simulate
@@ -83,22 +84,6 @@ def empty_db(tmp_path, isolated_dirs, monkeypatch) -> Path:
     path = tmp_path / "empty.db"
     monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{path}")
     return path
-
-
-@pytest.fixture(autouse=True)
-def no_background_warm_up(monkeypatch):
-    """Keep the dashboard's serving warm-up thread asleep in these tests.
-
-    It loads .npz model files, and numpy parses their headers with ``ast.literal_eval``.
-    Under CPython 3.11, an ``ast.parse`` in one thread while Streamlit parses a page
-    script in another can fail with "SystemError: AST constructor recursion depth
-    mismatch" (the AST module's recursion counter is per interpreter). Pages here open
-    in quick succession, which made that race fail CI runs. The warm-up is only a head
-    start; nothing here depends on it.
-    """
-    from dashboard import preview
-
-    monkeypatch.setattr(preview, "WARM_UP_DELAY_S", 24 * 3600.0)
 
 
 def open_page(name: str, password: str | None = None) -> AppTest:
@@ -301,6 +286,30 @@ def test_metrics_page_verdict_and_overview_ctr_match_the_logs_after_simulated_tr
     ctr = metrics(overview)["CTR: treatment"]
     assert ctr == f"{arms['ctr']['treatment']:.2%}"
     assert metrics(overview)["Impressions"] == f"{db.table_counts(demo)['impressions']:,}" != "0"
+
+
+def test_the_serving_warm_up_runs_once_inside_the_first_script_run(demo, monkeypatch):
+    """Regression: the warm-up loads .npz base models, and numpy parses their headers with
+    ``ast.literal_eval``. Under CPython 3.11 the ast module's recursion counter is shared by threads,
+    so a warm-up thread beside Streamlit's ``ast.parse`` of a page could fail it with "SystemError: AST
+    constructor recursion depth mismatch". It now runs in the script thread, before the page, once
+    per process, and leaves no thread behind."""
+    calls, real = [], views.warm_up
+
+    def spy(engine):
+        calls.append({"in_script_run": get_script_run_ctx(suppress_warning=True) is not None,
+                      "served": real(engine)})
+        return calls[-1]["served"]
+
+    monkeypatch.setattr(views, "warm_up", spy)
+    threads = set(threading.enumerate())
+
+    first = open_page("ranking_preview")
+    second = open_page("metrics_ab")  # another session, on another page
+
+    assert calls == [{"in_script_run": True, "served": "v1"}]
+    assert not first.exception and not second.exception
+    assert set(threading.enumerate()) <= threads
 
 
 # --- HTTP API and traffic by source ---------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Every cache of the dashboard, in one place: ``st.cache_resource`` for the engine and the serving
+warm-up, ``st.cache_data`` with a time to live for each ``ranker`` read a page shows.
+
+A cached read takes the engine first; it is cached per database URL. Writes call :func:`clear`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+
+from ranker.data import db
+from ranker.evaluation.abtest import ABResult
+from ranker.rank import dataset_files
+from ranker.serving import online, views
+
+#: Engines are cached per URL (with its password: two users of one server are two databases here).
+BY_URL = {Engine: lambda engine: engine.url.render_as_string(hide_password=False)}
+Day = date | datetime | None
+
+
+def clear() -> None:
+    """Call after any write, so no page shows data cached from before it."""
+    st.cache_data.clear()
+
+
+@st.cache_resource(show_spinner=False)
+def engine(url: str) -> Engine:
+    """The process-wide engine for ``url``, schema created or upgraded once."""
+    return db.ensure_schema(db.get_engine(url))
+
+
+@st.cache_resource(show_spinner="Loading the serving state (once after a start)…", hash_funcs=BY_URL)
+def warm_up(engine: Engine) -> str | None:
+    """Once per process and database, in the script run that calls it: :func:`ranker.serving.views.warm_up`.
+
+    It runs in the script thread, never beside one. numpy reads the headers of the base models'
+    ``.npz`` files with ``ast.literal_eval``, and under CPython 3.11 that can break Streamlit's
+    ``ast.parse`` of a page in another thread ("SystemError: AST constructor recursion depth
+    mismatch", python/cpython#106905). A second session that asks meanwhile waits for this one.
+    """
+    return views.warm_up(engine)
+
+
+# --- Database ---------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=10, show_spinner=False, hash_funcs=BY_URL)
+def table_counts(engine: Engine) -> dict[str, int]:
+    return db.table_counts(engine)
+
+
+@st.cache_data(ttl=5, show_spinner=False, hash_funcs=BY_URL)
+def api_server(engine: Engine) -> dict[str, Any] | None:
+    """The server ``ranker serve`` recorded (url, pid, workers, started_at) with ``ready``, its
+    ``/readyz`` answer (None when nothing answers); None when no server is recorded."""
+    from ranker.api.server import probe, running_server
+
+    server = running_server(engine)
+    return None if server is None else {**server, "ready": probe(server["url"])}
+
+
+# --- Serving ----------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=60, show_spinner=False, hash_funcs=BY_URL)
+def rerank_latency(engine: Engine, scorer_version: str) -> dict:
+    """p50/p99 of the serving rerank (300 timed reranks), measured once a minute per scorer."""
+    from ranker.serving.service import service
+
+    return service(engine).rerank_latency()
+
+
+@st.cache_data(ttl=300, show_spinner=False, hash_funcs=BY_URL)
+def example_user(engine: Engine) -> tuple[int, str] | None:
+    """A stable example user for previews: (user id, flow)."""
+    return views.recently_active_user(engine)
+
+
+@st.cache_data(ttl=300, show_spinner=False, hash_funcs=BY_URL)
+def flows_with_users(engine: Engine) -> list[str]:
+    return views.flows_with_users(engine)
+
+
+@st.cache_data(ttl=300, show_spinner=False, hash_funcs=BY_URL)
+def users_for_flow(engine: Engine, flow: str) -> pd.DataFrame:
+    return views.users_for_flow(engine, flow)
+
+
+# --- Online metrics ---------------------------------------------------------------------
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def traffic_scope(engine: Engine) -> online.TrafficScope | None:
+    return online.traffic_scope(engine)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def metrics_by_arm(engine: Engine, flow: str | None, start: Day, end: Day, source: str | None) -> pd.DataFrame:
+    return online.daily_metrics_by_arm(engine, flow, start, end, source=source)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def ab_test(engine: Engine, flow: str | None, start: Day, end: Day, mde: float, source: str | None) -> ABResult:
+    return online.ab_test(engine, flow, start, end, mde=mde, source=source)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def guardrail_tests(engine: Engine, flow: str | None, start: Day, end: Day,
+                    source: str | None) -> dict[str, ABResult]:
+    return online.guardrail_tests(engine, flow, start, end, source=source)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def requests_by_source(engine: Engine, flow: str | None, start: Day, end: Day) -> pd.DataFrame:
+    return online.daily_requests_by_source(engine, flow, start, end)
+
+
+# --- Dataset files ----------------------------------------------------------------------
+
+
+def dataset_preview(path: Path) -> dataset_files.DatasetPreview | None:
+    """:func:`ranker.rank.dataset_files.preview_dataset`, read again when the file changes."""
+    return _dataset_preview(str(path), _mtime(path))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _dataset_preview(path: str, mtime: float | None) -> dataset_files.DatasetPreview | None:
+    return dataset_files.preview_dataset(path)
+
+
+def held_out() -> dataset_files.HeldOut | None:
+    """:func:`ranker.rank.dataset_files.load_held_out`, read again when either file changes."""
+    paths = (dataset_files.val_csv(), dataset_files.train_csv())
+    return _held_out(tuple((str(p), _mtime(p)) for p in paths))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _held_out(stamped: tuple[tuple[str, float | None], ...]) -> dataset_files.HeldOut | None:
+    return dataset_files.load_held_out([Path(p) for p, _ in stamped])
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime if path.exists() else None
