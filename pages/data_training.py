@@ -7,9 +7,11 @@ from dashboard import cached, charts, common, jobs_ui
 from ranker import keys
 from ranker.ops import jobs
 from ranker.rank import registry
+from ranker.rank.dataset import SOURCES, DatasetConfig
 from ranker.rank.dataset_files import train_csv, val_csv
 from ranker.rank.features import feature_columns
 from ranker.rank.model import ARCHS
+from ranker.rank.train import TrainConfig
 
 st.title("Data & Training")
 engine = common.get_engine_or_stop()
@@ -23,10 +25,10 @@ TRAIN_CSV, VAL_CSV = train_csv(), val_csv()
 st.header("1. Training data")
 with st.form("dataset"):
     c1, c2, c3 = st.columns(3)
-    neg_ratio = c1.number_input("Negatives per positive", 0.5, 10.0, 2.0, 0.5)
-    window = c2.number_input("Window (days)", 1, 365, 45, help="Lists from the last N days; the base "
-                             "model that gives model_score sees only earlier data.")
-    source = c3.selectbox("Source", ["feedback", "impressions"],
+    neg_ratio = c1.number_input("Negatives per positive", 0.5, 10.0, float(DatasetConfig.neg_ratio), 0.5)
+    window = c2.number_input("Window (days)", 1, 365, int(DatasetConfig.window_days), help="Lists from the last N "
+                             "days; the base model that gives model_score sees only earlier data.")
+    source = c3.selectbox("Source", SOURCES, index=SOURCES.index(DatasetConfig.source),
                           help="feedback: explicit feedback vs viewed-not-engaged; impressions: served lists")
     go = st.form_submit_button("Generate dataset", disabled=not can_edit)
 if go and can_edit:
@@ -57,12 +59,12 @@ else:
 st.header("2. Train the neural ranker")
 with st.form("train"):
     c1, c2, c3, c4, c5 = st.columns(5)
-    epochs = c1.number_input("Epochs", 1, 500, 20)
-    batch = c2.number_input("Batch size", 8, 65536, 128)
-    lr = c3.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.4f")
-    arch = c4.selectbox("Architecture", list(ARCHS), index=list(ARCHS).index("default"),
+    epochs = c1.number_input("Epochs", 1, 500, TrainConfig.epochs)
+    batch = c2.number_input("Batch size", 8, 65536, TrainConfig.batch_size)
+    lr = c3.number_input("Learning rate", 1e-5, 1.0, TrainConfig.lr, format="%.4f")
+    arch = c4.selectbox("Architecture", list(ARCHS), index=list(ARCHS).index(TrainConfig.arch),
                         format_func=lambda a: f"{a} ({ARCHS[a][0]}/{ARCHS[a][1]})")
-    val_split = c5.number_input("Validation split", 0.0, 0.5, 0.2, 0.05,
+    val_split = c5.number_input("Validation split", 0.0, 0.5, DatasetConfig.val_fraction, 0.05,
                                 help=f"Used when there is no {VAL_CSV.name}; whole lists are held out.")
     train_clicked = st.form_submit_button("Train", disabled=not (TRAIN_CSV.exists() and can_edit))
 if train_clicked and can_edit:

@@ -31,7 +31,8 @@ from ranker import config, keys
 from ranker.data import db
 from ranker.ops import jobs
 from ranker.rank import registry, tuning
-from ranker.rank.train import load_dataset
+from ranker.rank.dataset import DatasetConfig
+from ranker.rank.train import TrainConfig, load_dataset
 from ranker.serving import online, views
 from ranker.serving.experiments import log_outcomes
 from ranker.serving.service import _SERVICES, recommend
@@ -310,6 +311,21 @@ def test_the_serving_warm_up_runs_once_inside_the_first_script_run(demo, monkeyp
     assert calls == [{"in_script_run": True, "served": "v1"}]
     assert not first.exception and not second.exception
     assert set(threading.enumerate()) <= threads
+
+
+def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch):
+    for name, value in {"epochs": 7, "batch_size": 64, "lr": 0.005, "arch": "small"}.items():
+        monkeypatch.setattr(TrainConfig, name, value)
+    for name, value in {"neg_ratio": 3.0, "window_days": 30.0, "source": "impressions",
+                        "val_fraction": 0.25}.items():
+        monkeypatch.setattr(DatasetConfig, name, value)
+
+    at = open_page("data_training")
+
+    shown = {n.label: n.value for n in at.number_input}
+    assert shown == {"Negatives per positive": 3.0, "Window (days)": 30, "Epochs": 7, "Batch size": 64,
+                     "Learning rate": 0.005, "Validation split": 0.25}
+    assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Architecture": "small"}
 
 
 # --- HTTP API and traffic by source ---------------------------------------------------------
