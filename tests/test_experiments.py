@@ -20,12 +20,12 @@ from ranker.serving.online import ab_test, daily_metrics, guardrail_tests, summa
 
 
 def test_assignment_is_deterministic_and_follows_the_rollout():
-    exp = Experiment(rollout=30, salt="s1")
+    exp = Experiment(rollout=30, salt="s1", running=True)
     arms = [assign_arm(u, exp) for u in range(4000)]
     assert arms == [assign_arm(u, exp) for u in range(4000)]
     share = arms.count("treatment") / len(arms)
     assert 0.27 < share < 0.33
-    other = [assign_arm(u, Experiment(rollout=30, salt="s2")) for u in range(4000)]
+    other = [assign_arm(u, Experiment(rollout=30, salt="s2", running=True)) for u in range(4000)]
     assert other != arms  # a new salt reshuffles users
     assert all(assign_arm(u, Experiment(rollout=30, running=False)) == "treatment" for u in range(50))
     assert 0 <= bucket(123, "x") < 100
@@ -37,11 +37,15 @@ def test_rollout_outside_0_100_is_rejected(world_copy, rollout):
         experiments.update_experiment(world_copy, rollout=rollout)
 
 
-def test_experiment_config_lives_in_settings_and_is_audited(world_copy):
-    experiments.update_experiment(world_copy, rollout=20, running=False)
+def test_experiment_changes_reach_serving_and_are_audited(world_copy):
+    experiments.update_experiment(world_copy, rollout=20)
     exp = experiments.get_experiment(world_copy)
-    assert (exp.rollout, exp.running) == (20, False) and exp.stopped_at
-    assert db.recent_audit(world_copy, 1)[0].action == "experiment_update"
+    assert (exp.rollout, exp.running, exp.name) == (20, True, "demo")
+    assert db.recent_audit(world_copy, 1)[0].action == "experiment_rollout"
+    experiments.update_experiment(world_copy, running=False)
+    exp = experiments.get_experiment(world_copy)
+    assert not exp.running and exp.stopped_at
+    assert db.recent_audit(world_copy, 1)[0].action == "experiment_stop"
 
 
 def test_no_impressions_in_one_arm_says_not_enough_data(world_copy):

@@ -228,6 +228,7 @@ def _v1_routes(engine: Engine) -> APIRouter:
     _serving_routes(router, engine)
     _feedback_routes(router, engine)
     _catalogue_routes(router, engine)
+    _experiment_routes(router, engine)
 
     @router.get("/model", response_model=schemas.ModelInfo, dependencies=[Depends(require_read)])
     def model() -> schemas.ModelInfo:
@@ -235,6 +236,41 @@ def _v1_routes(engine: Engine) -> APIRouter:
         return _model_info(engine)
 
     return router
+
+
+def _experiment_routes(router: APIRouter, engine: Engine) -> None:
+    """/v1/experiments: list, start and stop A/B experiments (none runs until one is started)."""
+    from ranker.serving import experiments as ex
+
+    def info(r: Any) -> schemas.ExperimentInfo:
+        return schemas.ExperimentInfo(id=r.id, name=r.name, arms=r.arms, allocation=r.allocation,
+                                      started_at=r.started_at, ended_at=r.ended_at, owner=r.owner,
+                                      running=r.ended_at is None)
+
+    conflict = {409: {"model": ErrorResponse, "description": "one is running already, or the name is taken"}}
+
+    @router.get("/experiments", response_model=list[schemas.ExperimentInfo], dependencies=[Depends(require_read)])
+    def experiments() -> list[schemas.ExperimentInfo]:
+        """Every experiment, newest first."""
+        return [info(r) for r in _domain(lambda: ex.list_experiments(engine))]
+
+    @router.post("/experiments", response_model=schemas.ExperimentInfo, status_code=status.HTTP_201_CREATED,
+                 dependencies=[Depends(require_write)], responses=conflict)
+    def start(body: schemas.ExperimentStart) -> schemas.ExperimentInfo:
+        """Start an A/B experiment now (serve clock): `rollout` % of users get the ranker."""
+        try:
+            return info(ex.start_experiment(engine, body.name, body.rollout, owner=body.owner))
+        except ex.ExperimentError as exc:
+            raise ApiError(409, str(exc), "name") from None
+
+    @router.post("/experiments/stop", response_model=schemas.ExperimentInfo, dependencies=[Depends(require_write)],
+                 responses={409: {"model": ErrorResponse, "description": "no experiment is running"}})
+    def stop() -> schemas.ExperimentInfo:
+        """End the running experiment now; everyone gets the ranker from the next request."""
+        try:
+            return info(ex.stop_experiment(engine, owner="api"))
+        except ex.ExperimentError as exc:
+            raise ApiError(409, str(exc)) from None
 
 
 def _serving_routes(router: APIRouter, engine: Engine) -> None:

@@ -185,6 +185,29 @@ class Upserted(BaseModel):
     row: dict[str, Any]
 
 
+# --- Experiments ------------------------------------------------------------------------------------
+ExperimentName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class ExperimentStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: ExperimentName | None = Field(None, description='default: "experiment-<n>"')
+    rollout: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
+                                  description="percent of users in treatment (default: the last one used, else 50)")
+    owner: ExperimentName = Field("api", description="who starts it (kept in the record)")
+
+
+class ExperimentInfo(BaseModel):
+    id: int
+    name: str
+    arms: list[str]
+    allocation: float = Field(description="percent of users in treatment")
+    started_at: UtcTime = Field(description="on the serve clock")
+    ended_at: UtcTime | None = Field(description="on the serve clock; null while running")
+    owner: str
+    running: bool
+
+
 # --- Model, health, errors --------------------------------------------------------------------------
 
 

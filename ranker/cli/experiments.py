@@ -68,16 +68,55 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
-    from ranker.serving.experiments import get_experiment, update_experiment
+    from ranker.serving import experiments as ex
 
     engine = ensure_schema(get_engine())
-    if args.action == "show":
-        exp = get_experiment(engine)
+    if args.action == "list":
+        return _list_experiments(ex.list_experiments(engine))
+    if args.action == "analyse":
+        return _analyse_experiment(engine, args.name)
+    if args.action == "start":
+        rec = ex.start_experiment(engine, args.name, args.rollout, owner=args.owner)
+        print(f"started experiment {rec.name!r} at {rec.started_at:%Y-%m-%d %H:%M} (serve clock): "
+              f"{rec.allocation:g}% of users get the ranker, the rest the base order")
+        return 0
+    if args.action == "stop":
+        rec = ex.stop_experiment(engine, owner=args.owner)
+        print(f"stopped experiment {rec.name!r} at {rec.ended_at:%Y-%m-%d %H:%M}; everyone gets the ranker. "
+              f"Analyse it with `ranker experiment analyse --name {rec.name}`")
+        return 0
+    if args.action == "set":
+        if args.rollout is None:
+            raise ValueError("nothing to set: give --rollout PERCENT")
+        ex.set_rollout(engine, args.rollout, owner=args.owner)
+    exp = ex.get_experiment(engine)
+    if exp.running:
+        print(f"experiment {exp.name!r}: running since {exp.started_at}, {exp.rollout:g}% of users in treatment")
     else:
-        exp = update_experiment(engine, rollout=args.rollout,
-                                running={"start": True, "stop": False}.get(args.action))
-    state = "running" if exp.running else "stopped (everyone gets the ranker)"
-    print(f"experiment {exp.salt}: {state}, rollout {exp.rollout:g}% of users in treatment")
+        print("no experiment is running: everyone gets the ranker "
+              "(start one with `ranker experiment start --name NAME [--rollout PERCENT]`)")
+    return 0
+
+
+def _list_experiments(records) -> int:
+    if not records:
+        print("no experiments yet; start one with `ranker experiment start --name NAME`")
+        return 0
+    for r in records:
+        end = f"{r.ended_at:%Y-%m-%d %H:%M}" if r.ended_at else "running"
+        print(f"{r.id:>3} {r.name:<24} {r.allocation:>5g}%  {r.started_at:%Y-%m-%d %H:%M} → {end:<16} {r.owner}")
+    return 0
+
+
+def _analyse_experiment(engine, name: str | None) -> int:
+    from ranker.serving.online import LATEST, ab_test, guardrail_tests
+
+    which = name or LATEST
+    res = ab_test(engine, experiment=which)
+    print(f"experiment {res.experiment or '(none: all traffic)'}")
+    print(res.verdict)
+    for guard in guardrail_tests(engine, experiment=which).values():
+        print(guard.verdict)
     return 0
 
 
@@ -128,9 +167,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(handler=cmd_report)
 
-    exp = sub.add_parser("experiment", help="A/B experiment: show, start, stop, set rollout")
-    exp.add_argument("action", choices=("show", "start", "stop", "set"))
+    exp = sub.add_parser("experiment", help="A/B experiments: show, start, stop, set rollout, list, analyse")
+    exp.add_argument("action", choices=("show", "start", "stop", "set", "list", "analyse"))
+    exp.add_argument("--name", default=None,
+                     help="start: the new experiment's name (default experiment-N); analyse: which one "
+                          "(name or id; default the running or latest)")
     exp.add_argument("--rollout", type=float, default=None, help="percent of users in treatment (0-100)")
+    exp.add_argument("--owner", default="cli", help="who starts or stops it (kept in the record)")
     exp.set_defaults(handler=cmd_experiment)
 
     w = sub.add_parser("weights", help="show or set the rule weights and the neural ranker's freshness boost")

@@ -64,9 +64,14 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
             return 0
     counts = build_world(engine, seed=args.seed, preset=args.preset, scale=args.scale,
                          force=args.force, show_bar=True)
+    from ranker.serving.experiments import get_experiment
+
     print(f"demo world built in {mask_url(str(engine.url))} "
           f"(seed {args.seed}, preset {args.preset}, scale {args.scale})")
     _print_counts(counts)
+    exp = get_experiment(engine)
+    print(f"started the demo A/B experiment {exp.name!r}: {exp.rollout:g}% of users get the ranker, the rest "
+          "the base order; `ranker experiment stop` gives everyone the ranker")
     return 0
 
 

@@ -161,6 +161,25 @@ class ModelActivation(Base):
     actor: Mapped[str] = mapped_column(String(80))
 
 
+class ExperimentRecord(Base):
+    """One A/B experiment: its arms and allocation, who started it, and its window on the serve clock.
+
+    At most one has no ``ended_at`` (the running one). Analysis reads only lists served
+    inside an experiment's window.
+    """
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    arms: Mapped[list[str]] = mapped_column(JSON)  # ["control", "treatment"]
+    allocation: Mapped[float] = mapped_column(Float)  # % of users in treatment
+    salt: Mapped[str] = mapped_column(String(80))  # users are hashed with it into arms
+    started_at: Mapped[datetime] = mapped_column(DateTime)  # serve clock
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # serve clock; None: running
+    owner: Mapped[str] = mapped_column(String(80))
+
+
 class Job(Base):
     __tablename__ = "jobs"
 

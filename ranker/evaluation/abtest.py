@@ -44,6 +44,8 @@ class ABResult:
     users_needed_per_arm: int | None = None  # to detect ``mde`` with 80% power
     mde: float = 0.05
     verdict: str = ""
+    experiment: str | None = None  # the experiment whose window was analysed
+    excluded_users: int = 0  # users served in both arms (left out)
 
 
 def arm_stats(clicks: np.ndarray, impressions: np.ndarray) -> ArmStats | None:

@@ -2,8 +2,8 @@
 
 Users (not requests) are randomised: ``sha256(salt:user_id)`` maps each user to a
 number in [0, 100); those below the rollout % get the treatment (the reranked list),
-the rest the control (the base order truncated to k). When the experiment is
-stopped, everyone gets the treatment.
+the rest the control (the base order truncated to k). When no experiment runs (a new
+database, or after ``ranker experiment stop``), everyone gets the treatment.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 from sqlalchemy import Engine, insert, select
 
 from ranker import config, keys
-from ranker.data.clock import utcnow
+from ranker.data.clock import serve_now
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
-from ranker.data.schema import Impression, Interaction, Outcome, ServedList
+from ranker.data.schema import ExperimentRecord, Impression, Interaction, Outcome, ServedList
 from ranker.rank.metrics import category_entropy, intra_list_diversity
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,24 @@ class UnknownImpressionError(ValueError):
 
 @dataclass
 class Experiment:
+    """The running experiment as serving reads it (the ``experiment`` setting, one query per request).
+
+    The record of every experiment is the ``experiments`` table; this mirror of the running
+    one is written in the same transaction. Without one, nobody is in control: everyone
+    gets the ranker, as the guide's step 3 says.
+    """
+
     rollout: float = config.DEFAULT_ROLLOUT_PERCENT  # % of users in treatment
     salt: str = config.DEFAULT_EXPERIMENT_SALT
-    running: bool = True
-    started_at: str | None = None
+    running: bool = False  # no experiment runs until an operator starts one
+    started_at: str | None = None  # serve clock, ISO
     stopped_at: str | None = None
+    id: int | None = None  # the ``experiments`` row
+    name: str | None = None
+
+
+class ExperimentError(ValueError):
+    """An experiment action that cannot be done now, with what to do instead."""
 
 
 def validate_rollout(rollout: float) -> float:
@@ -47,28 +60,123 @@ def validate_rollout(rollout: float) -> float:
 
 
 def get_experiment(engine: Engine) -> Experiment:
+    """The running experiment (``running=False`` when none is)."""
     with session_scope(engine) as s:
         raw = get_setting(s, keys.EXPERIMENT)
     return Experiment(**raw) if raw else Experiment()
 
 
-def update_experiment(engine: Engine, *, rollout: float | None = None, running: bool | None = None,
-                      salt: str | None = None, actor: str = "cli") -> Experiment:
-    exp = get_experiment(engine)
-    if rollout is not None:
-        exp.rollout = validate_rollout(rollout)
-    if salt is not None:
-        exp.salt = salt
-    if running is not None and running != exp.running:
-        exp.running = running
-        if running:
-            exp.started_at, exp.stopped_at = utcnow().isoformat(), None
-        else:
-            exp.stopped_at = utcnow().isoformat()
+def list_experiments(engine: Engine) -> list[ExperimentRecord]:
+    """Every experiment, newest first."""
     with session_scope(engine) as s:
-        put_setting(s, keys.EXPERIMENT, asdict(exp))
-        audit(s, "experiment_update", asdict(exp), actor)
-    return exp
+        return list(s.scalars(select(ExperimentRecord).order_by(ExperimentRecord.id.desc())))
+
+
+def find_experiment(engine: Engine, which: int | str | None = None) -> ExperimentRecord | None:
+    """An experiment by id or name; without one, the running experiment, else the latest."""
+    with session_scope(engine) as s:
+        stmt = select(ExperimentRecord)
+        if which is None:
+            stmt = stmt.order_by(ExperimentRecord.ended_at.is_not(None), ExperimentRecord.id.desc())
+        elif isinstance(which, int) or str(which).isdigit():
+            stmt = stmt.where(ExperimentRecord.id == int(which))
+        else:
+            stmt = stmt.where(ExperimentRecord.name == str(which))
+        found = s.scalars(stmt.limit(1)).first()
+    if found is None and which is not None:
+        known = ", ".join(e.name for e in list_experiments(engine)) or "none yet"
+        raise ExperimentError(f"no experiment {which!r}; experiments: {known}")
+    return found
+
+
+def start_experiment(engine: Engine, name: str | None = None, rollout: float | None = None,
+                     owner: str = "cli", salt: str | None = None) -> ExperimentRecord:
+    """Start an A/B experiment now (on the serve clock): ``rollout`` % of users get the ranker.
+
+    Users are hashed with ``salt`` (default: the name), so each experiment splits users afresh.
+
+    Raises
+    ------
+    ExperimentError
+        One is already running, or the name is taken.
+    """
+    with session_scope(engine) as s:
+        running = s.scalars(select(ExperimentRecord).where(ExperimentRecord.ended_at.is_(None))).first()
+        if running is not None:
+            raise ExperimentError(f"experiment {running.name!r} is running since {running.started_at:%Y-%m-%d %H:%M}; "
+                                  "stop it first (`ranker experiment stop`)")
+        previous = get_setting(s, keys.EXPERIMENT) or {}
+        n = len(s.scalars(select(ExperimentRecord.id)).all()) + 1
+        name = (name or f"experiment-{n}").strip()
+        if not name or len(name) > 80:
+            raise ExperimentError("an experiment name needs 1 to 80 characters")
+        if s.scalars(select(ExperimentRecord).where(ExperimentRecord.name == name)).first() is not None:
+            raise ExperimentError(f"an experiment named {name!r} exists already; choose another name")
+        if rollout is None:
+            rollout = previous.get("rollout", config.DEFAULT_ROLLOUT_PERCENT)  # the last one used
+        rollout = validate_rollout(rollout)
+        record = ExperimentRecord(name=name, arms=list(config.ARMS), allocation=rollout, salt=(salt or name)[:80],
+                                  started_at=serve_now(s), ended_at=None, owner=owner[:80])
+        s.add(record)
+        s.flush()
+        _mirror(s, record)
+        audit(s, "experiment_start", {"id": record.id, "name": name, "rollout": rollout}, owner)
+        s.expunge(record)
+    return record
+
+
+def stop_experiment(engine: Engine, owner: str = "cli") -> ExperimentRecord:
+    """End the running experiment now (serve clock); everyone gets the ranker from the next request."""
+    with session_scope(engine) as s:
+        record = _running(s)
+        record.ended_at = max(serve_now(s), record.started_at)
+        _mirror(s, record)
+        audit(s, "experiment_stop", {"id": record.id, "name": record.name}, owner)
+        s.flush()
+        s.expunge(record)
+    return record
+
+
+def set_rollout(engine: Engine, rollout: float, owner: str = "cli") -> ExperimentRecord:
+    """Change the running experiment's allocation. Users whose arm changes are then in both arms,
+    and analysis leaves them out (and says how many)."""
+    rollout = validate_rollout(rollout)
+    with session_scope(engine) as s:
+        record = _running(s)
+        record.allocation = rollout
+        _mirror(s, record)
+        audit(s, "experiment_rollout", {"id": record.id, "name": record.name, "rollout": rollout}, owner)
+        s.flush()
+        s.expunge(record)
+    return record
+
+
+def update_experiment(engine: Engine, *, rollout: float | None = None, running: bool | None = None,
+                      name: str | None = None, actor: str = "cli") -> Experiment:
+    """Start (``running=True``), stop (``running=False``) or re-allocate the experiment, as the
+    dashboard's controls do; returns the serving view."""
+    if running is True and not get_experiment(engine).running:
+        start_experiment(engine, name, rollout, owner=actor)
+    elif running is False and get_experiment(engine).running:
+        stop_experiment(engine, owner=actor)
+    elif rollout is not None:
+        set_rollout(engine, rollout, owner=actor)
+    return get_experiment(engine)
+
+
+def _running(s) -> ExperimentRecord:
+    record = s.scalars(select(ExperimentRecord).where(ExperimentRecord.ended_at.is_(None))).first()
+    if record is None:
+        raise ExperimentError("no experiment is running; start one with `ranker experiment start --name NAME`")
+    return record
+
+
+def _mirror(s, record: ExperimentRecord) -> None:
+    """Write the serving view of ``record`` (one settings row) in the caller's transaction."""
+    put_setting(s, keys.EXPERIMENT, asdict(Experiment(
+        rollout=record.allocation, salt=record.salt, running=record.ended_at is None,
+        started_at=record.started_at.isoformat(),
+        stopped_at=record.ended_at.isoformat() if record.ended_at else None, id=record.id, name=record.name)))
 
 
 def bucket(user_id: int, salt: str) -> float:

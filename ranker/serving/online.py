@@ -207,21 +207,73 @@ def _compare_arms(per_arm: dict[str, np.ndarray], num: int, den: int, mde: float
     return analyse(stats["control"], stats["treatment"], mde=mde, metric=metric)
 
 
-def _clicks_per_user(flow, start, end, source):
-    """Per arm and user: engaged impressions, impressions."""
+def _clicks_per_user(flow, start, end, source, both):
+    """Per arm and user: engaged impressions, impressions (users in ``both`` arms left out)."""
     clicked = _flag(ENGAGED).subquery()
     return (
         select(Impression.arm, func.count(clicked.c.impression_id), func.count())
         .outerjoin(clicked, clicked.c.impression_id == Impression.id)
-        .where(_filters(Impression, flow, start, end, source))
+        .where(_filters(Impression, flow, start, end, source), Impression.user_id.not_in(both))
         .group_by(Impression.arm, Impression.user_id)
     )
 
 
+#: ``experiment=LATEST``: analyse the running experiment, else the one that ended last.
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What an A/B analysis reads: one experiment's window on the serve clock, narrowed by any
+    ``start``/``end`` given, and the users served in both arms inside it (left out)."""
+
+    experiment: str | None  # its name; None when no experiment was ever started
+    start: datetime | date | None
+    end: datetime | date | None
+    both_arms: object  # a select of the user ids served in both arms
+
+
+def scope(engine: Engine, flow: str | None = None, start=None, end=None, source: str | None = None,
+          experiment: int | str | None = LATEST) -> Scope:
+    """The window of ``experiment`` (id, name, or :data:`LATEST`; None: no window) and the users
+    it must leave out."""
+    from ranker.serving.experiments import find_experiment
+
+    record = find_experiment(engine, None if experiment == LATEST else experiment) if experiment else None
+    if record is not None:
+        start = max(_as_datetime(start), record.started_at) if start else record.started_at
+        if record.ended_at is not None:
+            end = min(_as_datetime(end), record.ended_at) if end else record.ended_at
+    both = (select(Impression.user_id).where(_filters(Impression, flow, start, end, source))
+            .group_by(Impression.user_id).having(func.count(distinct(Impression.arm)) > 1))
+    return Scope(record.name if record else None, start, end, both)
+
+
+def _as_datetime(value) -> datetime:
+    return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time())
+
+
+def users_in_both_arms(engine: Engine, sc: Scope) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(sc.both_arms.subquery())).scalar_one())
+
+
+def _scoped(engine: Engine, result: ABResult, sc: Scope) -> ABResult:
+    result.experiment = sc.experiment
+    result.excluded_users = users_in_both_arms(engine, sc)
+    if result.excluded_users:
+        result.verdict += (f" {result.excluded_users:,} users were served in both arms (the rollout changed "
+                           "during the experiment) and are left out.")
+    return result
+
+
 def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: float = 0.05,
-            source: str | None = None) -> ABResult:
-    """CTR lift of treatment over control, per-user delta method."""
-    return _compare_arms(_per_user(engine, _clicks_per_user(flow, start, end, source)), 0, 1, mde, "CTR")
+            source: str | None = None, experiment: int | str | None = LATEST) -> ABResult:
+    """CTR lift of treatment over control, per-user delta method, inside one experiment's window
+    (default: the running or latest experiment); users served in both arms are left out."""
+    sc = scope(engine, flow, start, end, source, experiment)
+    per_user = _per_user(engine, _clicks_per_user(flow, sc.start, sc.end, source, sc.both_arms))
+    return _scoped(engine, _compare_arms(per_user, 0, 1, mde, "CTR"), sc)
 
 
 #: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
@@ -229,18 +281,21 @@ GUARDRAILS = {keys.ILD: "diversity (ILD)", keys.MEAN_AGE_DAYS: "mean age of serv
 
 
 def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=None,
-                    mde: float = 0.05, source: str | None = None) -> dict[str, ABResult]:
+                    mde: float = 0.05, source: str | None = None,
+                    experiment: int | str | None = LATEST) -> dict[str, ABResult]:
     """Diversity and freshness of treatment against control, with the same per-user delta method
-    as CTR: each metric is a mean over lists, Σ per-user metric / Σ per-user lists.
+    and the same experiment window as CTR: each metric is a mean over lists, Σ per-user metric /
+    Σ per-user lists.
 
     Ages spread over hundreds of days, so a difference between two independent arms needs a
     confidence interval before it means "fresher" or "staler". A lower age is fresher.
     """
+    sc = scope(engine, flow, start, end, source, experiment)
     stmt = (select(ServedList.arm, func.count(), *(func.sum(getattr(ServedList, c)) for c in GUARDRAILS))
-            .where(_filters(ServedList, flow, start, end, source))
+            .where(_filters(ServedList, flow, sc.start, sc.end, source), ServedList.user_id.not_in(sc.both_arms))
             .group_by(ServedList.arm, ServedList.user_id))
     per_arm = _per_user(engine, stmt)  # one query for every metric
-    return {column: _compare_arms(per_arm, j + 1, 0, mde, label)
+    return {column: _scoped(engine, _compare_arms(per_arm, j + 1, 0, mde, label), sc)
             for j, (column, label) in enumerate(GUARDRAILS.items())}
 
 
@@ -278,4 +333,5 @@ def daily_requests_by_source(engine: Engine, flow: str | None = None, start=None
 
 
 __all__ = ["EARLIER", "LIST_METRICS", "TrafficScope", "daily_metrics", "daily_metrics_by_arm",
-           "traffic_scope", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source"]
+           "traffic_scope", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source",
+           "LATEST", "Scope", "scope", "users_in_both_arms"]

@@ -33,6 +33,7 @@ from ranker.data.db import (
     table_counts,
 )
 from ranker.data.schema import (
+    ExperimentRecord,
     Impression,
     Interaction,
     Item,
@@ -44,6 +45,7 @@ from ranker.data.schema import (
     User,
 )
 from ranker.flows import flow_item_type, own_flows
+from ranker.serving.experiments import start_experiment
 from ranker.sim.truth import (
     GroundTruth,
     WorldParams,
@@ -119,8 +121,13 @@ def wipe(engine: Engine) -> None:
     """Delete every world table (children first). The audit log is kept."""
     with session_scope(engine) as s:
         for model in (Outcome, Impression, ServedList, Interaction, WorldTruth, Item, User,
-                      ModelVersion, Job, Setting):
+                      ModelVersion, Job, Setting, ExperimentRecord):
             s.execute(delete(model))
+
+
+#: The A/B experiment a demo world starts with (50% rollout, at the world's clock); `ranker demo init`
+#: says so, and `ranker experiment stop` ends it.
+DEMO_EXPERIMENT = "demo"
 
 
 def build_world(
@@ -163,6 +170,7 @@ def build_world(
     )
     _record_world(engine, item_ids, views, engaged, start,
                   {"seed": seed, "preset": preset, "scale": scale, "force": force})
+    start_experiment(engine, DEMO_EXPERIMENT, owner="demo init")
     return table_counts(engine)
 
 
