@@ -29,7 +29,10 @@ FLOWS: dict[str, tuple[str | None, str | None]] = {
     # Imported generic data (MovieLens, RecBole, CSV): any user, any item.
     "user-item": (None, None),
 }
-TRENDING_FLOW = "trending"  # popularity lists; never reranked
+TRENDING_FLOW = "trending"  # popularity lists; never reranked (also their model version)
+#: Arm, source and model version of the lists a system logged before the ranker served (the demo
+#: world's legacy feed). Training data reads them; A/B analysis never does.
+LEGACY = "legacy"
 
 INTERACTION_KINDS = ("view", "click", "like", "favorite", "apply", "interest")
 POSITIVE_KINDS = ("like", "favorite", "apply", "interest")  # explicit positives
@@ -81,12 +84,18 @@ class Defaults:
     window_days: float = 45.0  # feedback: lists from the last N days before the clock
     val_fraction: float = 0.2  # the latest share of lists written as validation data
     base_model: str = "ensemble"  # the base model that proposes candidates and gives model_score
+    refit_days: float = 7.0  # training data: model_score comes from the base model refitted this often
     # training (`ranker train`), the guide's values
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     arch: str = "default"  # small 16/8, default 32/16, large 64/32
     val_split: float = 0.0  # without a validation file: hold out this share of lists
+    split_by: str = "time"  # --val-split holds out the latest lists ("time") or random ones ("random")
+    # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,
+    # promote on the latest
+    retrain_val_split: float = 0.2  # share of lists that picks the best epoch
+    holdout_split: float = 0.2  # share of lists, the latest, that the promotion gate compares on
     min_positives: int = 100  # refuse to train on fewer positive rows
     # base-model evaluation (`ranker base evaluate`) and candidates
     holdout_days: float = 14.0

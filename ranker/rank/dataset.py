@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Select, or_, select
+from sqlalchemy import Connection, Engine, Select, and_, or_, select
 from tqdm import tqdm
 
 from ranker import config, keys
@@ -38,28 +38,41 @@ from ranker.data.catalog import Catalog, CountIndex, load_catalog
 from ranker.data.clock import serve_now, utcnow
 from ranker.data.db import put_setting, session_scope
 from ranker.data.interactions import load_interactions, load_users
-from ranker.data.schema import Impression, Outcome
-from ranker.rank.features import REGISTRY, feature_columns, list_features, make_context
+from ranker.data.schema import Impression, Outcome, ServedList
+from ranker.rank.features import (
+    LABEL_POSITIVE_KINDS,
+    REGISTRY,
+    feature_columns,
+    list_features,
+    make_context,
+    score_range,
+)
+from ranker.rank.features import label as item_label
 
 if TYPE_CHECKING:
     from ranker.base import BaseRecommender
 
 log = logging.getLogger(__name__)
 SOURCES = ("feedback", "impressions")
+#: Lists whose features were never computed by the ranker's serving path: trending lists (never
+#: reranked, not ranker data) and legacy lists (no features logged; the feedback source
+#: recomputes theirs point in time).
+NOT_RANKER_DATA = (config.TRENDING_FLOW, config.LEGACY)
 Progress = Callable[[float, str], None]
 
 
 @dataclass
 class DatasetConfig:
     output: Path = field(default_factory=lambda: config.DATA_DIR / "ranker_train.csv")  # read when built
-    neg_ratio: float = 2.0  # negatives sampled per positive, within the same list
+    neg_ratio: float = config.DEFAULTS.neg_ratio  # negatives sampled per positive, within the same list
     source: str = "feedback"
-    window_days: float = 45.0  # feedback: lists from the last N days before the clock
-    base_model: str = "ensemble"  # feedback: the base model that gives model_score
+    window_days: float = config.DEFAULTS.window_days  # feedback: lists from the last N days before the clock
+    base_model: str = config.DEFAULTS.base_model  # feedback: the base model that gives model_score
     session_gap_minutes: float = 30.0  # views further apart start a new list
+    refit_days: float = config.DEFAULTS.refit_days  # feedback: the base model is refitted this often
     val_output: Path | None = None  # also write the latest ``val_fraction`` of lists here
-    val_fraction: float = 0.2
-    seed: int = 42
+    val_fraction: float = config.DEFAULTS.val_fraction
+    seed: int = config.DEFAULTS.seed
     #: Explicit feedback window; overrides ``window_days`` (used by time-split evaluation).
     window_start: datetime | None = None
     window_end: datetime | None = None
@@ -70,6 +83,8 @@ class DatasetConfig:
             raise ValueError(f"unknown source {self.source!r}; choose one of: {', '.join(SOURCES)}")
         if not self.neg_ratio > 0:
             raise ValueError(f"--neg-ratio must be positive, got {self.neg_ratio}")
+        if not self.refit_days > 0:
+            raise ValueError(f"--refit-days must be positive, got {self.refit_days}")
         if not self.window_days > 0:
             raise ValueError(f"--window-days must be positive, got {self.window_days}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -197,7 +212,7 @@ class _Lists:
         a, b = self.bounds[s], self.bounds[s + 1]
         kind, item = self.kind[a:b], self.item[a:b]
         shown = _unique_in_order(item[kind == "view"])
-        positive_items = set(item[np.isin(kind, config.POSITIVE_KINDS)].tolist())
+        positive_items = set(item[np.isin(kind, LABEL_POSITIVE_KINDS)].tolist())
         if not positive_items or len(shown) < 2:
             return None
         engaged_items = set(item[np.isin(kind, config.ENGAGED_KINDS)].tolist())
@@ -239,8 +254,8 @@ def _feedback_window(engine: Engine, cfg: DatasetConfig) -> tuple[datetime, date
     if len(history) == 0:
         raise ValueError("the database has no interactions; run `ranker demo init` or import data first")
     window = history[history["created_at"].to_numpy() >= np.datetime64(start, "us")]
-    if not window["kind"].isin(config.POSITIVE_KINDS).any():
-        raise ValueError(f"no explicit feedback ({', '.join(config.POSITIVE_KINDS)}) in the last "
+    if not window["kind"].isin(LABEL_POSITIVE_KINDS).any():
+        raise ValueError(f"no engagement ({', '.join(LABEL_POSITIVE_KINDS)}) in the last "
                          f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
     return start, now, history, window
 
@@ -258,26 +273,144 @@ def _fit_base(engine: Engine, cfg: DatasetConfig, start: datetime, progress: Pro
 def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
                    show_bar: bool, base=None) -> DatasetSummary:
     start, now, history, window = _feedback_window(engine, cfg)
-    if base is None:
-        base = _fit_base(engine, cfg, start, progress)
+    bases = _BaseSchedule(engine, cfg, start, progress, base)
     as_of = _AsOf.load(engine, history)
-    lists = _Lists.from_window(window, cfg.session_gap_minutes)
     rng = np.random.default_rng(cfg.seed)
     writer = _Writer(cfg, _val_start(start, now, cfg))
+    logged = _LoggedLists.load(engine, start, now)
     try:
-        skipped_unknown = _write_lists(writer, lists, base, as_of, cfg, rng, progress, show_bar)
+        if len(logged):
+            skipped_unknown = _write_logged(writer, logged, bases, as_of, cfg, rng, progress, show_bar)
+        else:  # no lists were logged (imported data): the views of a session are the list
+            lists = _Lists.from_window(window, cfg.session_gap_minutes)
+            skipped_unknown = _write_lists(writer, lists, bases, as_of, cfg, rng, progress, show_bar)
     finally:
         writer.close()
     if skipped_unknown:
         log.info("skipped %d lists of users the base model does not know (served trending)",
                  skipped_unknown)
     if sum(writer.positives) == 0:
-        raise ValueError("no list in the window holds both explicit feedback and an unengaged view; "
+        raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
                          "widen --window-days or collect more feedback")
     return writer.summary("feedback", start, now)
 
 
-def _write_lists(writer: _Writer, lists: _Lists, base: BaseRecommender, as_of: _AsOf, cfg: DatasetConfig,
+class _BaseSchedule:
+    """The base model as it would have served at a moment: refitted every ``cfg.refit_days`` from
+    the window's start, each fit on the interactions before its cutoff only."""
+
+    def __init__(self, engine: Engine, cfg: DatasetConfig, start: datetime, progress: Progress | None,
+                 first: BaseRecommender | None = None):
+        self.engine, self.cfg, self.start, self.progress = engine, cfg, start, progress
+        self.step = timedelta(days=cfg.refit_days)
+        self.cutoff, self.model = (start, first) if first is not None else (None, None)
+
+    def at(self, when: datetime) -> BaseRecommender:
+        periods = max(int((when - self.start) / self.step), 0)
+        cutoff = self.start + periods * self.step
+        if self.model is None or cutoff != self.cutoff:
+            self.model, self.cutoff = _fit_base(self.engine, self.cfg, cutoff, self.progress), cutoff
+        return self.model
+
+
+@dataclass
+class _LoggedLists:
+    """Lists served in the window and logged (the legacy feed's, the ranker's), with what users did.
+
+    ``frame`` holds one row per impression, sorted by (served_at, request_id, position);
+    ``kinds`` maps an impression id to the outcome kinds logged for it, ``candidates`` a
+    request id to the candidates its list was chosen from (when they were logged).
+    """
+
+    frame: pd.DataFrame
+    kinds: dict[int, set[str]]
+    candidates: dict[str, list[int]]
+
+    @classmethod
+    def load(cls, engine: Engine, start: datetime, end: datetime) -> _LoggedLists:
+        in_window = and_(Impression.served_at >= start, Impression.served_at < end,
+                         Impression.model_version != config.TRENDING_FLOW)
+        with engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(
+                select(Impression.id, Impression.request_id, Impression.user_id, Impression.item_id,
+                       Impression.position, Impression.served_at, Impression.features)
+                .where(in_window).order_by(Impression.served_at, Impression.request_id, Impression.position)
+            ).all(), columns=["id", "request_id", "user_id", "item_id", "position", "served_at", "features"])
+            kinds: dict[int, set[str]] = {}
+            for imp, kind in conn.execute(select(Outcome.impression_id, Outcome.kind).join(
+                    Impression, Impression.id == Outcome.impression_id).where(in_window)):
+                kinds.setdefault(imp, set()).add(kind)
+            contexts = conn.execute(select(ServedList.request_id, ServedList.context).where(
+                ServedList.served_at >= start, ServedList.served_at < end, ServedList.context.is_not(None)))
+            candidates = {r: c["candidates"] for r, c in contexts if isinstance(c, dict) and "candidates" in c}
+        return cls(frame, kinds, candidates)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def lists(self):
+        """(request id, user id, served at, item ids, labels (-1: not looked at), logged features)."""
+        f = self.frame
+        bounds = np.flatnonzero(np.r_[True, f["request_id"].to_numpy()[1:] != f["request_id"].to_numpy()[:-1],
+                                      True])
+        ids, items, users = f["id"].to_numpy(), f["item_id"].to_numpy(), f["user_id"].to_numpy()
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            labels = np.array([_label_or_none(self.kinds.get(int(i), set())) for i in ids[a:b]], dtype=np.int8)
+            yield (f["request_id"].iat[a], int(users[a]), f["served_at"].iat[a].to_pydatetime(), items[a:b],
+                   labels, f["features"].iat[a:b].tolist() if f["features"].iat[a] else None)
+
+
+def _label_or_none(kinds: set[str]) -> int:
+    value = item_label(kinds)
+    return -1 if value is None else value
+
+
+def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, as_of: _AsOf,
+                  cfg: DatasetConfig, rng: np.random.Generator, progress: Progress | None, show_bar: bool) -> int:
+    """Write the sampled rows of every logged list; returns how many lists were skipped because the
+    base model did not know their user then (they were served trending, never reranked)."""
+    skipped_unknown = 0
+    names = list(REGISTRY)
+    bar = tqdm(desc="dataset", unit="list", disable=not show_bar)
+    try:
+        for n, (request_id, uid, when, shown, labels, features) in enumerate(logged.lists()):
+            bar.update(1)
+            if progress and n % 2000 == 0:
+                progress(0.1 + 0.9 * n / max(len(logged.candidates), 1), f"list {n:,}")
+            if not (labels == 1).any() or not (labels == 0).any():
+                continue
+            if features is not None:  # served by the ranker: the features as served
+                x = np.array([[float(f[c]) for c in names] for f in features])
+            else:
+                base = bases.at(when)
+                if not base.knows_user(uid):
+                    skipped_unknown += 1
+                    continue
+                keep = _servable(base, uid, shown)
+                shown, labels = shown[keep], labels[keep]
+                cands = np.asarray(logged.candidates.get(request_id, shown), dtype=np.int64)
+                cands = cands[_servable(base, uid, cands)]
+                x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users,
+                                score_range(base.score(uid, cands)) if len(cands) else None)
+            labelled = labels >= 0
+            if not (labels[labelled] == 1).any() or not (labels[labelled] == 0).any():
+                continue
+            rows = np.flatnonzero(labelled)
+            pick = rows[_sample(labels[rows], np.flatnonzero(labels[rows] == 0), cfg.neg_ratio, rng)]
+            writer.write(uid, shown[pick], x[pick], labels[pick], str(request_id), when)
+    finally:
+        bar.close()
+    return skipped_unknown
+
+
+def _servable(base: BaseRecommender, user_id: int, item_ids: np.ndarray) -> np.ndarray:
+    """Which items serving could have offered then: known to the base model as fitted, and not
+    already engaged by the user before its cutoff (serving leaves those out of the candidates)."""
+    known = base.item_rows(item_ids) >= 0
+    return known & ~np.isin(item_ids, base.engaged_item_ids(user_id))
+
+
+def _write_lists(writer: _Writer, lists: _Lists, bases: _BaseSchedule, as_of: _AsOf, cfg: DatasetConfig,
                  rng: np.random.Generator, progress: Progress | None, show_bar: bool) -> int:
     """Write the sampled rows of every usable list; returns how many lists were skipped because
     the base model does not know their user."""
@@ -293,14 +426,18 @@ def _write_lists(writer: _Writer, lists: _Lists, base: BaseRecommender, as_of: _
             if labelled is None:
                 continue
             uid = int(lists.user[lists.bounds[s_i]])
+            when = _to_datetime(lists.t_us[lists.bounds[s_i]])
+            base = bases.at(when)
             if not base.knows_user(uid):
                 skipped_unknown += 1  # served trending, never reranked: not ranker data
                 continue
-            shown, labels, negatives = labelled
+            shown, labels, _ = labelled
+            servable = _servable(base, uid, shown)
+            shown, labels = shown[servable], labels[servable]
+            negatives = np.flatnonzero(labels == 0)
             if labels.sum() == 0 or len(negatives) == 0:
                 continue
             keep = _sample(labels, negatives, cfg.neg_ratio, rng)
-            when = _to_datetime(lists.t_us[lists.bounds[s_i]])
             x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users)
             writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when)
     finally:
@@ -309,14 +446,17 @@ def _write_lists(writer: _Writer, lists: _Lists, base: BaseRecommender, as_of: _
 
 
 def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, item_ids: np.ndarray,
-                when: datetime, user_id: int, users=None) -> np.ndarray:
-    """(n, F) features of ``item_ids`` shown in this order at ``when`` (point in time)."""
+                when: datetime, user_id: int, users=None,
+                base_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(n, F) features of ``item_ids`` shown in this order at ``when`` (point in time); model_score
+    is scaled over ``base_range``, the base scores of the request's candidates (default: these items)."""
     rows = catalog.index(item_ids)
     views, other = counts.counts(item_ids, np.full(len(item_ids), np.datetime64(when, "us")))
     ucat = ufield = None
     if users is not None and user_id in users.index:
         ucat, ufield = users.at[user_id, "category"], users.at[user_id, "field"]
     ctx = make_context(catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+    ctx.score_range = base_range
     return list_features(ctx)
 
 
@@ -350,10 +490,11 @@ def _impressions_query(views_logged: bool) -> Select:
     negatives are viewed-not-engaged as in the feedback source: an impression nobody looked at
     says nothing about the item, only about its position.
     """
-    engaged = select(Outcome.impression_id).where(Outcome.kind.in_(config.ENGAGED_KINDS))
+    engaged = select(Outcome.impression_id).where(Outcome.kind.in_(LABEL_POSITIVE_KINDS))
     stmt = (
         select(Impression.request_id, Impression.user_id, Impression.item_id, Impression.features,
                Impression.served_at, Impression.id.in_(engaged).label("engaged"))
+        .where(Impression.model_version.not_in(NOT_RANKER_DATA))
         .order_by(Impression.request_id, Impression.position)
     )
     if views_logged:
@@ -364,18 +505,21 @@ def _impressions_query(views_logged: bool) -> Select:
 
 def _served_span(conn: Connection) -> tuple[datetime, datetime]:
     """When the first and the last impression were served; ValueError when none was."""
-    first = conn.execute(select(Impression.served_at).order_by(Impression.served_at).limit(1)).scalar()
+    ranker = select(Impression.served_at).where(Impression.model_version.not_in(NOT_RANKER_DATA))
+    first = conn.execute(ranker.order_by(Impression.served_at).limit(1)).scalar()
     if first is None:
         raise ValueError("no impressions logged yet; serve traffic with `ranker simulate` first, "
                          "or use --source feedback")
-    last = conn.execute(select(Impression.served_at).order_by(Impression.served_at.desc()).limit(1)).scalar()
+    last = conn.execute(ranker.order_by(Impression.served_at.desc()).limit(1)).scalar()
     return first, last
 
 
 def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
                       show_bar: bool) -> DatasetSummary:
     with engine.connect() as conn:
-        views_logged = conn.execute(select(Outcome.id).where(Outcome.kind == "view").limit(1)).first() is not None
+        views_logged = conn.execute(select(Outcome.id).join(Impression, Impression.id == Outcome.impression_id)
+                                    .where(Outcome.kind == "view", Impression.model_version.not_in(NOT_RANKER_DATA))
+                                    .limit(1)).first() is not None
         first, last = _served_span(conn)
     stmt = _impressions_query(views_logged)
     names = list(REGISTRY)

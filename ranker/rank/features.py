@@ -97,6 +97,9 @@ class ListContext:
     field: np.ndarray
     type: np.ndarray
     max_views: float = config.DEFAULT_POPULARITY_MAX_VIEWS
+    #: (lowest, highest) base score over the request's candidates, which model_score is scaled
+    #: by; None: over the items of this context (the same thing when they are the candidates).
+    score_range: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -115,12 +118,35 @@ class ListContext:
 
 @register_feature("model_score")
 def model_score(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
-    """Min-max of the base scores within the candidate list, in [0, 1] (all 1 if equal)."""
+    """Min-max of the base scores over the request's candidates (``fetch_multiplier × k`` of them),
+    in [0, 1] (all 1 if equal). Served lists, the control arm's and every training row use the
+    same candidates: ``ctx.score_range`` carries their range when ``ctx`` holds fewer items."""
     s = np.asarray(ctx.base_scores, dtype=np.float64)
-    lo, hi = s.min(initial=np.inf), s.max(initial=-np.inf)
+    lo, hi = ctx.score_range if ctx.score_range is not None else score_range(s)
     if len(s) == 0 or not hi > lo:
         return np.ones_like(s)
-    return (s - lo) / (hi - lo)
+    return np.clip((s - lo) / (hi - lo), 0.0, 1.0)
+
+
+def score_range(base_scores: np.ndarray) -> tuple[float, float]:
+    """(lowest, highest) of a request's candidate base scores: what model_score is scaled by."""
+    s = np.asarray(base_scores, dtype=np.float64)
+    return float(s.min(initial=np.inf)), float(s.max(initial=-np.inf))
+
+
+# --- Labels: one definition for every source of training data -------------------------
+
+#: An item the user looked at is a positive when they engaged with it (a click or explicit
+#: feedback) and a negative when they did not; an item nobody looked at has no label. The A/B
+#: test's CTR counts the same engagement.
+LABEL_POSITIVE_KINDS = config.ENGAGED_KINDS
+
+
+def label(kinds: set[str] | frozenset[str]) -> int | None:
+    """The label of one shown item from the outcome kinds logged for it (None: not looked at)."""
+    if kinds & set(LABEL_POSITIVE_KINDS):
+        return 1
+    return 0 if "view" in kinds else None
 
 
 @register_feature("recency")

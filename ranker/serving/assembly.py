@@ -54,9 +54,13 @@ class Recommendation:
 
 
 def base_items(ctx: ListContext, k: int) -> list[RecommendedItem]:
-    """The base order truncated to ``k``, with the features as served (not reranked)."""
+    """The base order truncated to ``k``, with the features as served (not reranked).
+
+    Features are those of the whole candidate list in base order, cut to its first ``k``: the
+    same candidates scale model_score in both arms, and diversity looks at the items above.
+    """
     top = np.arange(min(k, len(ctx)))
-    x = list_features(subset(ctx, top))
+    x = list_features(ctx)[: len(top)]
     names = feature_names()
     return [RecommendedItem(int(ctx.item_ids[j]), p, None, float(ctx.base_scores[j]), int(j), named(names, x[p]))
             for p, j in enumerate(top)]

@@ -14,11 +14,11 @@ have run before any learned ranker.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from tqdm import tqdm
 
 from ranker import config, keys
@@ -45,7 +45,7 @@ from ranker.data.schema import (
     User,
 )
 from ranker.flows import flow_item_type, own_flows
-from ranker.serving.experiments import start_experiment
+from ranker.serving.experiments import served_list_metrics, start_experiment
 from ranker.sim.truth import (
     GroundTruth,
     WorldParams,
@@ -58,6 +58,9 @@ from ranker.sim.truth import (
 WORLD_END = datetime(2026, 1, 1)
 HISTORY_DAYS = 90
 LIST_LENGTH = 10
+#: The legacy feed's lists are logged like any served list: arm, source and model version
+#: ``legacy``, with the 2k candidates it chose them from (``served_lists.context``).
+LEGACY = "legacy"
 LATENT_DIM = 8
 INSERT_BATCH = 20_000
 #: How much of an item's and a user's taste is idiosyncratic (not explained by category/field).
@@ -339,6 +342,7 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
         views=np.zeros(n_items, dtype=np.int64), engaged=np.zeros(n_items, dtype=np.int64),
         age_ref=np.where(items["updated"] > items["created"], items["updated"], items["created"]),
         by_type={t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES},
+        next_impression=_next_ids(engine),
     )
     buffer: list[dict] = []
     days = range(HISTORY_DAYS)
@@ -351,10 +355,11 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
         for u in session_users:
             buffer += _legacy_session(history, u, day_start)
         if len(buffer) >= INSERT_BATCH:
-            _flush(engine, buffer)
+            _flush(engine, buffer, history.lists)
         if progress:
             progress((day + 1) / HISTORY_DAYS, f"day {day + 1}/{HISTORY_DAYS}")
-    _flush(engine, buffer)
+    _flush(engine, buffer, history.lists)
+    _sync_id_sequence(engine)
     return history.views, history.engaged
 
 
@@ -372,14 +377,42 @@ class _History:
     engaged: np.ndarray  # (n_items,) int64, clicks and explicit positives, updated in place
     age_ref: np.ndarray  # (n_items,) datetime64[s]: the later of creation and last edit
     by_type: dict[str, np.ndarray]  # item type -> item rows
+    lists: list[dict] = field(default_factory=list)  # logged legacy lists waiting to be written
+    served: int = 0  # legacy lists so far (their request ids)
+    next_impression: int = 1  # the id the next logged impression gets
 
 
-def _flush(engine: Engine, buffer: list[dict]) -> None:
-    """Insert the buffered interaction rows, then empty the buffer."""
-    if buffer:
-        with session_scope(engine) as s:
-            s.execute(insert(Interaction), buffer)
-        buffer.clear()
+def _flush(engine: Engine, buffer: list[dict], lists: list[dict] | None = None) -> None:
+    """Insert the buffered interaction rows and logged lists (served list, impressions with the ids
+    :func:`_logged_list` gave them, their outcomes) in one transaction, then empty the buffers."""
+    if not buffer and not lists:
+        return
+    with engine.begin() as conn:  # Core: the ORM's per-row bookkeeping costs more than the inserts
+        if buffer:
+            conn.execute(insert(Interaction.__table__), buffer)
+        if lists:
+            conn.execute(insert(ServedList.__table__), [x["served"] for x in lists])
+            conn.execute(insert(Impression.__table__), [imp for x in lists for imp in x["impressions"]])
+            outcomes = [o for x in lists for o in x["outcomes"]]
+            if outcomes:
+                conn.execute(insert(Outcome.__table__), outcomes)
+    buffer.clear()
+    if lists:
+        lists.clear()
+
+
+def _next_ids(engine: Engine) -> int:
+    """The first free impression id (the tables are empty in a new world)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(Impression.id), 0))).scalar_one()) + 1
+
+
+def _sync_id_sequence(engine: Engine) -> None:
+    """After rows with explicit ids, move PostgreSQL's id sequence past them (SQLite needs nothing)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('impressions', 'id'), "
+                              "(SELECT COALESCE(MAX(id), 1) FROM impressions))"))
 
 
 def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
@@ -395,13 +428,44 @@ def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
     pool = pool[items["created"][pool] <= t64]
     if len(pool) < LIST_LENGTH:
         return []
-    shown = _legacy_list(rng, pool, h.users["category"][u], items, h.views, h.truth.item_quality, t64)
+    candidates = _legacy_list(rng, pool, h.users["category"][u], items, h.views, h.truth.item_quality, t64)
+    shown = candidates[:LIST_LENGTH]
     # The item's age as of t: the last edit only counts once it has happened.
     ref = np.where(items["updated"][shown] <= t64, h.age_ref[shown], items["created"][shown])
     age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
     draws = (rng.random(LIST_LENGTH), rng.random(LIST_LENGTH), rng.random(LIST_LENGTH))
     seen = click_model(h.truth, int(h.user_ids[u]), h.item_ids[shown], age_days, items["category"][shown], *draws)
-    return _session_rows(h, int(h.user_ids[u]), shown, seen, POSITIVE_KIND[item_type], t)
+    rows = _session_rows(h, int(h.user_ids[u]), shown, seen, POSITIVE_KIND[item_type], t)
+    h.lists.append(_logged_list(h, int(h.user_ids[u]), _flow_serving(flows, item_type), candidates, age_days, rows, t))
+    return rows
+
+
+def _flow_serving(flows: tuple[str, ...], item_type: str) -> str:
+    """The user's flow that serves ``item_type``."""
+    return next(f for f in flows if flow_item_type(f) == item_type)
+
+
+def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, age_days: np.ndarray,
+                 rows: list[dict], t: datetime) -> dict:
+    """The legacy list as the serving log records a list: the served list (with its candidates in
+    ``context``), one impression per shown item, and an outcome per view, click and explicit positive."""
+    items, shown = h.items, candidates[:LIST_LENGTH]
+    h.served += 1
+    request_id = f"{LEGACY}-{h.served:08d}"
+    served = {"request_id": request_id, "user_id": uid, "flow": flow, "arm": LEGACY, "k": LIST_LENGTH,
+              "reranked": False, "model_version": LEGACY, "served_at": t, "source": LEGACY,
+              "context": {"candidates": [int(i) for i in h.item_ids[candidates]]},
+              **served_list_metrics(list(items["category"][shown]), list(items["field"][shown]),
+                                    list(items["type"][shown]), list(age_days))}
+    first = h.next_impression
+    h.next_impression += len(shown)
+    impressions = [{"id": first + p, "request_id": request_id, "user_id": uid, "item_id": int(h.item_ids[i]),
+                    "flow": flow, "arm": LEGACY, "position": p, "score": None, "features": {},
+                    "model_version": LEGACY, "served_at": t} for p, i in enumerate(shown)]
+    impression_of = {int(h.item_ids[i]): first + p for p, i in enumerate(shown)}
+    outcomes = [{"impression_id": impression_of[r["item_id"]], "kind": r["kind"], "created_at": r["created_at"]}
+                for r in rows]
+    return {"served": served, "impressions": impressions, "outcomes": outcomes}
 
 
 def _session_rows(h: _History, uid: int, shown: np.ndarray, seen, positive_kinds: tuple[str, ...],
@@ -428,16 +492,16 @@ def _session_rows(h: _History, uid: int, shown: np.ndarray, seen, positive_kinds
 
 
 def _legacy_list(rng, pool, user_category, items, views, quality, t64) -> np.ndarray:
-    """The legacy policy: 50 random eligible items, ordered by popularity, declared-category
-    match, an editorial quality grade (curators spot good items) and a new-arrivals boost
-    (age since creation at ``t64``), plus noise."""
+    """The legacy policy's 2k candidates, best first (it shows the first k): 50 random eligible
+    items, ordered by popularity, declared-category match, an editorial quality grade (curators
+    spot good items) and a new-arrivals boost (age since creation at ``t64``), plus noise."""
     cand = np.unique(pool[rng.integers(0, len(pool), size=min(50, len(pool) * 2))])
     age_days = (t64 - items["created"][cand]).astype("timedelta64[s]").astype(np.float64) / 86400.0
     w_pop, w_cat, w_quality = LEGACY_WEIGHTS
     score = (w_pop * np.log1p(views[cand]) + w_cat * (items["category"][cand] == user_category)
              + w_quality * quality[cand] + LEGACY_FRESH_WEIGHT * np.exp(-age_days / LEGACY_FRESH_DAYS)
              + rng.gumbel(size=len(cand)))
-    top = np.argsort(-score, kind="stable")[:LIST_LENGTH]
+    top = np.argsort(-score, kind="stable")[:config.FETCH_MULTIPLIER * LIST_LENGTH]
     return cand[top]
 
 
