@@ -426,10 +426,25 @@ def served_lists_by_source(engine) -> dict[str, tuple[int, int]]:
     return {source: (n, impressions.get(source, 0)) for source, n in lists.items()}
 
 
+def forget_served_traffic(engine) -> None:
+    """Empty the log of served lists and their outcomes, as in a world without any served history."""
+    with engine.begin() as conn:
+        for table in ("outcomes", "impressions", "served_lists"):
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
 @pytest.fixture
-def mixed_traffic(demo):
+def quiet(demo):
+    """The trained demo world with no served list logged yet."""
+    forget_served_traffic(demo)
+    return demo
+
+
+@pytest.fixture
+def mixed_traffic(quiet):
     """Simulated traffic, three lists served over HTTP (one clicked) and one logged without a source;
     yields the engine and the HTTP recommendations."""
+    demo = quiet
     simulate(demo, days=1, requests_per_day=60, refit_base=False)
     with demo.connect() as conn:
         developers = conn.execute(text("SELECT id FROM users WHERE role = 'developer' ORDER BY id LIMIT 4"))
@@ -591,7 +606,7 @@ def test_without_a_dataset_or_model_the_pages_say_what_to_do_first(untrained):
     assert any(i.startswith("Offline NDCG needs held-out data") for i in texts(weights, "info"))
 
 
-def test_without_impressions_the_pages_offer_simulated_traffic(demo):
+def test_without_impressions_the_pages_offer_simulated_traffic(quiet):
     overview = open_page("overview")
     assert any(i.startswith("No served traffic yet") for i in texts(overview, "info"))
     assert "metrics_ab" in links(overview)
@@ -649,7 +664,7 @@ def test_each_mutation_writes_an_audit_row_that_the_overview_shows(demo):
     assert registry.active_version(demo) is None
 
     mine = [a for a in db.recent_audit(demo, limit=50) if a.actor == "dashboard"]
-    assert [a.action for a in mine] == ["model_activate", "model_backup", "experiment_update", "rule_weights"]
+    assert [a.action for a in mine] == ["model_activate", "model_backup", "experiment_rollout", "rule_weights"]
     assert mine[0].details == {"version": "rule"} and mine[2].details["rollout"] == 70
     log = open_page("overview").dataframe[0].value
     assert log["action"].tolist()[:4] == [a.action for a in mine]

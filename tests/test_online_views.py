@@ -26,22 +26,32 @@ def users(engine, role: str, n: int) -> list[int]:
 
 
 @pytest.fixture
-def traffic(served):
+def quiet(served):
+    """The trained small world with its log of served lists emptied (a demo world may hold history)."""
+    with served.begin() as conn:
+        for name in ("outcomes", "impressions", "served_lists"):
+            conn.execute(text(f"DELETE FROM {name}"))
+    return served
+
+
+@pytest.fixture
+def traffic(quiet):
     """Two days of served lists in both arms: simulated (day 1, developers), HTTP and unsourced
     (day 2, founders), with clicks on three of them."""
-    with session_scope(served) as s:
+    engine = quiet
+    with session_scope(engine) as s:
         now = serve_now(s)
     day1, day2 = now - timedelta(days=1), now
-    served_lists = []
-    for n, user in enumerate(users(served, "developer", 4)):
-        served_lists.append(recommend(user, "developer-startup", 5, engine=served, as_of=day1,
-                                      arm=config.ARMS[n % 2], source="sim"))
-    for n, user in enumerate(users(served, "founder", 3)):
-        served_lists.append(recommend(user, "founder-developer", 5, engine=served, as_of=day2,
-                                      arm=config.ARMS[n % 2], source="api" if n < 2 else None))
-    clicked = [served_lists[0], served_lists[1], served_lists[4]]
-    log_outcomes(served, [(rec.impression_ids[0], "click", rec.served_at) for rec in clicked])
-    return served
+    lists = []
+    for n, user in enumerate(users(engine, "developer", 4)):
+        lists.append(recommend(user, "developer-startup", 5, engine=engine, as_of=day1, arm=config.ARMS[n % 2],
+                               source="sim"))
+    for n, user in enumerate(users(engine, "founder", 3)):
+        lists.append(recommend(user, "founder-developer", 5, engine=engine, as_of=day2, arm=config.ARMS[n % 2],
+                               source="api" if n < 2 else None))
+    clicked = [lists[0], lists[1], lists[4]]
+    log_outcomes(engine, [(rec.impression_ids[0], "click", rec.served_at) for rec in clicked])
+    return engine
 
 
 def expected_by_arm(engine, flow: str | None = None) -> pd.DataFrame:
@@ -80,18 +90,19 @@ def test_metrics_by_arm_of_one_flow_count_only_that_flow(traffic):
     assert shown[keys.ILD].tolist() == pytest.approx(expected["ild"].tolist())
 
 
-def test_metrics_by_arm_weight_each_flows_mean_by_its_lists(served):
+def test_metrics_by_arm_weight_each_flows_mean_by_its_lists(quiet):
     """One day and arm, two flows with different numbers of lists: the day's ILD is the mean over lists,
     not the mean of the two flows' means."""
-    with session_scope(served) as s:
+    engine = quiet
+    with session_scope(engine) as s:
         now = serve_now(s)
-    recs = [recommend(u, "developer-startup", 5, engine=served, as_of=now, arm="treatment")
-            for u in users(served, "developer", 3)]
-    recs.append(recommend(users(served, "founder", 1)[0], "founder-developer", 5, engine=served, as_of=now,
+    recs = [recommend(u, "developer-startup", 5, engine=engine, as_of=now, arm="treatment")
+            for u in users(engine, "developer", 3)]
+    recs.append(recommend(users(engine, "founder", 1)[0], "founder-developer", 5, engine=engine, as_of=now,
                           arm="treatment"))
-    ild = table(served, "SELECT ild FROM served_lists")["ild"]
+    ild = table(engine, "SELECT ild FROM served_lists")["ild"]
 
-    shown = online.daily_metrics_by_arm(served)
+    shown = online.daily_metrics_by_arm(engine)
 
     assert shown["lists"].tolist() == [len(recs)] == [len(ild)]
     assert shown[keys.ILD].tolist() == pytest.approx([ild.mean()])
@@ -106,7 +117,7 @@ def test_the_traffic_scope_names_every_flow_source_and_day(traffic):
     assert scope.last_day - scope.first_day == timedelta(days=1)
 
 
-def test_without_traffic_there_is_no_scope_and_no_metrics(served):
-    assert online.traffic_scope(served) is None
-    empty = online.daily_metrics_by_arm(served)
+def test_without_traffic_there_is_no_scope_and_no_metrics(quiet):
+    assert online.traffic_scope(quiet) is None
+    empty = online.daily_metrics_by_arm(quiet)
     assert empty.empty and {"day", "arm", "impressions", keys.CTR, keys.ILD} <= set(empty.columns)
