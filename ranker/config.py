@@ -98,7 +98,7 @@ class Defaults:
     holdout_split: float = 0.2  # share of lists, the latest, that the promotion gate compares on
     min_positives: int = 100  # refuse to train on fewer positive rows
     # base-model evaluation (`ranker base evaluate`) and candidates
-    holdout_days: float = 14.0
+    holdout_days: float = 14.0  # also `ranker offline`'s period (the latest days before the clock)
     recall_k: int = 20
     ndcg_k: int = 10
     candidates: int = 20

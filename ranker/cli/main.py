@@ -18,6 +18,7 @@ MODULES = (
     "ranker.cli.core",
     "ranker.cli.data_import",
     "ranker.cli.experiments",
+    "ranker.cli.offline",
     "ranker.cli.serve",
 )
 

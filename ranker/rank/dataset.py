@@ -403,6 +403,53 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
     return skipped_unknown
 
 
+@dataclass
+class CandidateList:
+    """One logged request as serving would have seen it then: the candidates it could have offered,
+    in base order, as a feature context, and which of them the user engaged with when shown."""
+
+    request_id: str
+    user_id: int
+    served_at: datetime
+    context: object  # ranker.rank.features.ListContext of the candidates, base order
+    relevant: np.ndarray  # (n,) bool: shown and engaged
+
+
+def candidate_lists(engine: Engine, start: datetime, end: datetime, base_model: str = config.DEFAULTS.base_model,
+                    refit_days: float = config.DEFAULTS.refit_days, progress: Progress | None = None):
+    """Every list served in [start, end) whose candidates were logged, rebuilt point in time with
+    the base model as it would have served then (refitted every ``refit_days`` from ``start``);
+    lists of users that model did not know, or with no engaged candidate, are left out."""
+    cfg = DatasetConfig(output=Path("unused.csv"), base_model=base_model, refit_days=refit_days)
+    bases = _BaseSchedule(engine, cfg, start, progress)
+    as_of = _AsOf.load(engine, load_interactions(engine, until=end))
+    logged = _LoggedLists.load(engine, start, end)
+    for request_id, uid, when, shown, labels, _ in logged.lists():
+        cands = logged.candidates.get(request_id)
+        if cands is None or not (labels == 1).any():
+            continue
+        base = bases.at(when)
+        if not base.knows_user(uid):
+            continue
+        cands = np.asarray(cands, dtype=np.int64)
+        cands = cands[_servable(base, uid, cands)]
+        scores = base.score(uid, cands).astype(np.float64)
+        order = np.argsort(-scores, kind="stable")
+        cands, scores = cands[order], scores[order]
+        relevant = np.isin(cands, shown[labels == 1])
+        if relevant.any():
+            yield CandidateList(request_id, uid, when, _context_at(as_of, scores, cands, when, uid), relevant)
+
+
+def _context_at(as_of: _AsOf, base_scores: np.ndarray, item_ids: np.ndarray, when: datetime, user_id: int):
+    rows = as_of.catalog.index(item_ids)
+    views, other = as_of.counts.counts(item_ids, np.full(len(item_ids), np.datetime64(when, "us")))
+    ucat = ufield = None
+    if user_id in as_of.users.index:
+        ucat, ufield = as_of.users.at[user_id, "category"], as_of.users.at[user_id, "field"]
+    return make_context(as_of.catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+
+
 def _servable(base: BaseRecommender, user_id: int, item_ids: np.ndarray) -> np.ndarray:
     """Which items serving could have offered then: known to the base model as fitted, and not
     already engaged by the user before its cutoff (serving leaves those out of the candidates)."""
@@ -450,12 +497,8 @@ def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, i
                 base_range: tuple[float, float] | None = None) -> np.ndarray:
     """(n, F) features of ``item_ids`` shown in this order at ``when`` (point in time); model_score
     is scaled over ``base_range``, the base scores of the request's candidates (default: these items)."""
-    rows = catalog.index(item_ids)
-    views, other = counts.counts(item_ids, np.full(len(item_ids), np.datetime64(when, "us")))
-    ucat = ufield = None
-    if users is not None and user_id in users.index:
-        ucat, ufield = users.at[user_id, "category"], users.at[user_id, "field"]
-    ctx = make_context(catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+    ctx = _context_at(_AsOf(catalog, counts, users if users is not None else pd.DataFrame()), base_scores,
+                      item_ids, when, user_id)
     ctx.score_range = base_range
     return list_features(ctx)
 

@@ -112,6 +112,39 @@ def ndcg_at_k(y_true: ArrayLike, y_score: ArrayLike, k: int) -> float:
     return float(ndcg[0])
 
 
+def ranked_metrics_at_k(relevant: ArrayLike, order: ArrayLike, k: int) -> dict[str, float]:
+    """NDCG@k, AP@k and recall@k of one ranked list with binary relevance.
+
+    Parameters
+    ----------
+    relevant : array-like of bool, shape (N,)
+        Which of the N candidates are relevant.
+    order : array-like of int, shape (M,)
+        Candidate indices in ranked order (M <= N; only the first k count).
+    k : int
+        Cut-off rank, >= 1.
+
+    Returns
+    -------
+    dict
+        ``ndcg``: DCG of the top k over the ideal DCG; ``ap``: the sum of precision@i over the
+        relevant ranks i <= k, divided by min(k, relevant); ``recall``: relevant items in the
+        top k over all relevant. All 0.0 when nothing is relevant.
+    """
+    rel = np.asarray(relevant, dtype=bool)
+    top = np.asarray(order, dtype=np.int64)[:k]
+    n_rel = int(rel.sum())
+    if n_rel == 0:
+        return {"ndcg": 0.0, "ap": 0.0, "recall": 0.0}
+    hits = rel[top]
+    discounts = 1.0 / np.log2(np.arange(2, len(top) + 2))
+    ideal = discounts[: min(n_rel, len(top))].sum()
+    precision = np.cumsum(hits) / np.arange(1, len(top) + 1)
+    return {"ndcg": float((hits * discounts).sum() / ideal),
+            "ap": float((precision * hits).sum() / min(k, n_rel)),
+            "recall": float(hits.sum() / n_rel)}
+
+
 def mean_ndcg_at_k(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike, k: int) -> float:
     """Mean over groups of :func:`ndcg_at_k`.
 
