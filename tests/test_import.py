@@ -360,6 +360,15 @@ def test_csv_export_reads_iso_and_unix_times_ratings_and_kinds(engine, tmp_path)
     assert summary.positives == 2
 
 
+def test_users_with_some_empty_attributes_are_imported_with_null_ones(engine, tmp_path) -> None:
+    inter, items, users = write_csv(tmp_path / "csv", CSV_INTER, CSV_ITEMS,
+                                    "user_id,category,field\n10,founder,\n11,,fintech\n")
+    import_csv(engine, inter, items, users)
+
+    by_id = users_by_id(engine)
+    assert [(by_id[u].category, by_id[u].field) for u in (10, 11)] == [("founder", None), (None, "fintech")]
+
+
 # --- Non-empty databases -----------------------------------------------------------------------
 
 

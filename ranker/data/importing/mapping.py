@@ -183,8 +183,9 @@ def users_from_events(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def cut(values: np.ndarray, width: int) -> np.ndarray:
-    """Strings cut to ``width`` characters (the schema's column width); None stays None."""
-    return np.array([v if v is None or len(v) <= width else v[:width] for v in values], dtype=object)
+    """Strings cut to ``width`` characters (the schema's column width); a missing value (None,
+    or the NaN pandas puts in a column of strings) is None."""
+    return np.array([None if v is None or v != v else v[:width] for v in values], dtype=object)
 
 
 @dataclass

@@ -193,13 +193,13 @@ def _insert_rows(session: Session, rows: ImportRows, user_ids: np.ndarray, item_
     users, items, inter = rows.users, rows.items, rows.interactions
     _insert(session, User, {
         "id": user_ids.tolist(),
-        **{c: users[c].to_numpy(dtype=object).tolist() for c in ("name", "role", "category", "field")},
+        **{c: _texts(users[c]) for c in ("name", "role", "category", "field")},
         "created_at": users["created_at"].to_numpy("datetime64[us]").tolist(),
     }, lambda n: step(n, "users"))
     created = items["created_at"].to_numpy("datetime64[us]").tolist()
     _insert(session, Item, {
         "id": item_ids.tolist(),
-        **{c: items[c].to_numpy(dtype=object).tolist() for c in ("name", "item_type", "category", "field", "type")},
+        **{c: _texts(items[c]) for c in ("name", "item_type", "category", "field", "type")},
         "created_at": created,
         "updated_at": created,
         "views": items["views"].to_numpy(np.int64).tolist(),
@@ -213,6 +213,11 @@ def _insert_rows(session: Session, rows: ImportRows, user_ids: np.ndarray, item_
         "created_at": inter["time"].to_numpy("datetime64[us]").tolist(),
         "rating": [None if r != r else r for r in inter["rating"].to_numpy(np.float64).tolist()],
     }, lambda n: step(n, "interactions"))
+
+
+def _texts(column: pd.Series) -> list[str | None]:
+    """A text column as a list, with None (NULL) for a missing value; pandas may hold those as NaN."""
+    return [None if v is None or v != v else v for v in column.to_numpy(dtype=object).tolist()]
 
 
 def _insert(session: Session, model: type, columns: dict[str, Sequence[Any]], done: Callable[[int], None]) -> None:
