@@ -6,6 +6,7 @@ fresh SQLite database and reads the rows back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -281,6 +282,20 @@ def write_recbole(folder: Path, name: str = "ml-100k", inter: str | None = None,
     return folder
 
 
+RECBOLE_ML100K_ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"
+
+
+def write_recbole_ml100k(folder: Path, user: str | None = None) -> Path:
+    """RecBole's ml-100k atomic files in miniature, with the real ``ml-100k.item``'s defect:
+    item 267 (title ``unknown``) has a ``release_year`` of ``unkonwn``, at line 268."""
+    items = [RECBOLE_ML100K_ITEM_HEADER]
+    items += [f"{i}\tMovie {i}\t{1930 + i % 68}\tDrama" for i in range(1, 267)]
+    items += ["267\tunknown\tunkonwn\tunknown", "268\tChasing Amy\t1997\tComedy Drama Romance"]
+    inter = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+             f"196\t242\t3\t{ts(10)}\n186\t267\t4\t{ts(5)}\n196\t268\t5\t{ts(20)}\n")
+    return write_recbole(folder, inter=inter, item="\n".join(items) + "\n", user=user)
+
+
 def test_recbole_atomic_files_map_typed_fields_to_items_and_interactions(engine, tmp_path) -> None:
     folder = write_recbole(tmp_path / "rb", user=(
         "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
@@ -358,15 +373,6 @@ def test_csv_export_reads_iso_and_unix_times_ratings_and_kinds(engine, tmp_path)
     assert (items_[101].category, items_[101].field, items_[101].type) == ("health", "none", "unknown")
     assert items_[101].created_at == datetime(2024, 5, 1, 13, 0)  # first interaction
     assert summary.positives == 2
-
-
-def test_users_with_some_empty_attributes_are_imported_with_null_ones(engine, tmp_path) -> None:
-    inter, items, users = write_csv(tmp_path / "csv", CSV_INTER, CSV_ITEMS,
-                                    "user_id,category,field\n10,founder,\n11,,fintech\n")
-    import_csv(engine, inter, items, users)
-
-    by_id = users_by_id(engine)
-    assert [(by_id[u].category, by_id[u].field) for u in (10, 11)] == [("founder", None), (None, "fintech")]
 
 
 # --- Non-empty databases -----------------------------------------------------------------------
@@ -480,9 +486,9 @@ BAD_INPUTS = {
     "duplicate item id": (
         lambda e, t: import_movielens(e, _ml(t, items=ITEMS + [(2, "Again (1990)", "", [1])])), "u.item", 5,
         "duplicate item id '2' (first at line 2)"),
-    "bad release date": (
-        lambda e, t: import_movielens(e, _ml(t, items=[(1, "X (1990)", "1990/01/01", [1])])), "u.item", 1,
-        "release date"),
+    "u.item id not an integer": (
+        lambda e, t: import_movielens(e, _ml(t, items=ITEMS[:2] + [("unkonwn", "X (1990)", "", [1])])), "u.item", 3,
+        "item id 'unkonwn' is not a positive integer id"),
     "u.user with a wrong delimiter": (
         lambda e, t: import_movielens(e, _ml_bytes(t, "u.user", b"1\t24\tM\ttechnician\t85711\n")), "u.user", 1,
         "tab-separated"),
@@ -501,9 +507,9 @@ BAD_INPUTS = {
     "csv unknown kind": (
         lambda e, t: import_csv(e, *_csv(t, inter="user_id,item_id,timestamp,kind\n10,100,5,buy\n")[:2]),
         "interactions.csv", 2, "kind 'buy'"),
-    "csv unknown item_type": (
-        lambda e, t: import_csv(e, *_csv(t, items="item_id,item_type\n100,item\n101,book\n")[:2]),
-        "items.csv", 3, "item_type 'book' is not one of item, startup"),
+    "csv empty user_id": (
+        lambda e, t: import_csv(e, *_csv(t, inter="user_id,item_id,timestamp\n10,100,5\n,101,6\n")[:2]),
+        "interactions.csv", 3, "user_id is empty"),
     "csv semicolon-separated": (
         lambda e, t: import_csv(e, *_csv(t, inter="user_id;item_id;timestamp\n10;100;5\n")[:2]),
         "interactions.csv", 1, "semicolon-separated"),
@@ -519,6 +525,9 @@ BAD_INPUTS = {
         lambda e, t: import_recbole(e, write_recbole(t / "rb", inter=(
             f"user_id:token\titem_id:token\ttimestamp:float\n1\t242\t{ts(1)}\n1\t999\t{ts(2)}\n"))),
         "ml-100k.inter", 3, "item_id '999' is not in"),
+    "recbole timestamp unkonwn, next to a dirty .item": (
+        lambda e, t: import_recbole(e, _dirty_recbole_bad_timestamp(t)), "ml-100k.inter", 3,
+        "timestamp 'unkonwn' is not a number of seconds since 1970"),
 }
 
 
@@ -527,6 +536,16 @@ def _recbole_latin1_item(tmp: Path) -> Path:
     folder = write_recbole(tmp / "rb")
     path = folder / "ml-100k.item"
     path.write_bytes(path.read_bytes().replace(b"Confidential", "Confidentiàl".encode("latin-1")))
+    return folder
+
+
+def _dirty_recbole_bad_timestamp(tmp: Path) -> Path:
+    """The dirty RecBole ml-100k files, plus a bad required value: a timestamp of 'unkonwn' on .inter line 3."""
+    folder = write_recbole_ml100k(tmp / "rb")
+    inter = folder / "ml-100k.inter"
+    lines = inter.read_text(encoding="utf-8").splitlines()
+    lines[2] = "\t".join([*lines[2].split("\t")[:3], "unkonwn"])
+    inter.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
 
@@ -574,6 +593,164 @@ def test_cli_import_then_refuses_a_second_import_without_flags(tmp_path, monkeyp
     assert main(["import", "movielens", str(folder), "--force", "--json"]) == 0
 
 
+# --- Dirty files: a bad optional value is read as missing, and counted --------------------------
+
+
+def _edit(path: Path, line: int, column: int, value: str, sep: str, encoding: str = "utf-8") -> None:
+    """Set field ``column`` of line ``line`` (1-based) of ``path`` to ``value``."""
+    lines = path.read_text(encoding=encoding).splitlines()
+    fields = lines[line - 1].split(sep)
+    fields[column] = value
+    lines[line - 1] = sep.join(fields)
+    path.write_text("\n".join(lines) + "\n", encoding=encoding)
+
+
+def _ml_edited(tmp: Path, filename: str, line: int, column: int, value: str, users=USERS) -> Path:
+    folder = write_ml100k(tmp / "ml-100k", RATINGS, ITEMS, users)
+    _edit(folder / filename, line, column, value, "|", "latin-1")
+    return folder
+
+
+def _ml1m_with_occupation(tmp: Path, code: str) -> Path:
+    folder = tmp / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::1193::5::978300760\n2::1193::4::978298413\n")
+    (folder / "movies.dat").write_text("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n")
+    (folder / "users.dat").write_text(f"1::F::1::{code}::48067\n2::M::56::16::70072\n")
+    return folder
+
+
+OPTIONAL_DEFECTS = {
+    # case: (make the files and import them, file, line, field, value, check what was written)
+    "recbole ml-100k.item release_year unkonwn": (
+        lambda e, t: import_recbole(e, write_recbole_ml100k(t / "rb")), "ml-100k.item", 268, "release_year",
+        "unkonwn", lambda e: (
+            len(items_by_id(e)) == 268
+            and (items_by_id(e)[267].type, items_by_id(e)[267].created_at) == ("unknown", utc(ts(5)))
+            and items_by_id(e)[268].created_at == datetime(1997, 1, 1))),
+    "recbole .user age": (
+        lambda e, t: import_recbole(e, write_recbole(t / "rb", user="user_id:token\tage:token\n196\tunkonwn\n"
+                                                                   "186\t39\n")),
+        "ml-100k.user", 2, "age", "unkonwn",
+        lambda e: (users_by_id(e)[196].category, users_by_id(e)[186].category) == (None, "35-44")),
+    "ml-100k u.item release date unkonwn": (
+        lambda e, t: import_movielens(e, _ml_edited(t, "u.item", 2, 2, "unkonwn")), "u.item", 2, "release date",
+        "unkonwn",  # the year then comes from the title; created_at is the first rating
+        lambda e: (items_by_id(e)[2].type, items_by_id(e)[2].created_at) == ("1970s", utc(ts(100)))),
+    "ml-100k u.item release date out of range": (
+        lambda e, t: import_movielens(e, _ml_edited(t, "u.item", 4, 2, "24-Oct-2297")), "u.item", 4,
+        "release date", "24-Oct-2297", lambda e: items_by_id(e)[4].created_at == utc(ts(500))),
+    "ml-100k u.item genre flag": (
+        lambda e, t: import_movielens(e, _ml_edited(t, "u.item", 4, 5 + 8, "x")), "u.item", 4,
+        "genre flag Drama", "x", lambda e: (items_by_id(e)[4].category, items_by_id(e)[4].field) == ("Sci-Fi", "none")),
+    "ml-100k u.user age": (
+        lambda e, t: import_movielens(e, _ml_edited(t, "u.user", 2, 1, "unkonwn")), "u.user", 2, "age", "unkonwn",
+        lambda e: (users_by_id(e)[2].category, users_by_id(e)[2].field) == (None, "other")),
+    "ml-1m users.dat occupation code": (
+        lambda e, t: import_movielens(e, _ml1m_with_occupation(t, "99")), "users.dat", 1, "occupation code", "99",
+        lambda e: (users_by_id(e)[1].category, users_by_id(e)[1].field) == ("under-18", None)),
+    "csv items created_at unkonwn": (
+        lambda e, t: import_csv(e, *_csv(t, items=CSV_ITEMS.replace("2024-04-01", "unkonwn"))[:2]), "items.csv", 2,
+        "created_at", "unkonwn", lambda e: items_by_id(e)[100].created_at == datetime(2024, 5, 1, 12, 0)),
+    "csv items item_type": (
+        lambda e, t: import_csv(e, *_csv(t, items="item_id,item_type\n100,item\n101,book\n")[:2]), "items.csv", 3,
+        "item_type", "book", lambda e: items_by_id(e)[101].item_type == "item"),
+    "csv users created_at": (
+        lambda e, t: import_csv(e, *write_csv(t / "csv", CSV_INTER, CSV_ITEMS,
+                                              "user_id,role,created_at\n10,user,yesterday\n11,user,\n")),
+        "users.csv", 2, "created_at", "yesterday", lambda e: users_by_id(e)[10].created_at == datetime(2024, 5, 1, 12)),
+}
+
+
+@pytest.mark.parametrize("case", OPTIONAL_DEFECTS, ids=list(OPTIONAL_DEFECTS))
+def test_a_bad_optional_value_is_read_as_missing_and_counted_with_its_line(case, engine, tmp_path) -> None:
+    run, filename, line, field, value, written_as_missing = OPTIONAL_DEFECTS[case]
+
+    summary = run(engine, tmp_path)
+
+    [warning] = summary.warnings
+    assert (Path(warning.file).name, warning.field, warning.count) == (filename, field, 1)
+    assert warning.examples == [f"{warning.file}:{line}: {field}={value}"]
+    assert written_as_missing(engine)
+
+
+def test_an_empty_optional_value_is_missing_without_a_warning(engine, ml100k) -> None:
+    summary = import_movielens(engine, ml100k)  # item 3 has no release date, as in the real u.item
+
+    assert summary.warnings == []
+    assert items_by_id(engine)[3].created_at == utc(ts(400))
+
+
+def test_users_with_some_empty_attributes_are_imported_with_null_ones(engine, tmp_path) -> None:
+    inter, items, users = write_csv(tmp_path / "csv", CSV_INTER, CSV_ITEMS,
+                                    "user_id,category,field\n10,founder,\n11,,fintech\n")
+    summary = import_csv(engine, inter, items, users)
+
+    assert summary.warnings == []
+    by_id = users_by_id(engine)
+    assert [(by_id[u].category, by_id[u].field) for u in (10, 11)] == [("founder", None), (None, "fintech")]
+
+
+def test_warnings_count_every_bad_value_of_a_field_and_keep_three_examples(engine, tmp_path) -> None:
+    item = (f"{RECBOLE_ML100K_ITEM_HEADER}\n242\tKolya\tunkonwn\tComedy\n302\tL.A.\t19x7\tCrime\n"
+            "303\tA\t0\tDrama\n304\tB\t1995.5\tDrama\n305\tC\t\tDrama\n306\tD\t1996\tDrama\n")
+    folder = write_recbole(tmp_path / "rb", item=item)
+
+    [warning] = import_recbole(engine, folder).warnings
+
+    path = folder / "ml-100k.item"
+    assert warning.count == 4  # the empty year of line 6 is missing, not bad
+    assert warning.examples == [f"{path}:2: release_year=unkonwn", f"{path}:3: release_year=19x7",
+                                f"{path}:4: release_year=0"]
+    assert warning.message() == f"release_year: 4 bad values read as missing, e.g. {'; '.join(warning.examples)}"
+    assert items_by_id(engine)[306].type == "1990s"
+
+
+def test_cli_import_prints_one_warning_line_per_field_and_the_json_summary_carries_them(
+        tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    folder = write_recbole_ml100k(tmp_path / "rb", user=(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+        "196\tunkonwn\tM\twriter\t55105\n186\t-4\tF\texecutive\t00000\n"))
+    item, user = folder / "ml-100k.item", folder / "ml-100k.user"
+    expected = [
+        f"warning: release_year: 1 bad value read as missing: {item}:268: release_year=unkonwn",
+        f"warning: age: 2 bad values read as missing: {user}:2: age=unkonwn; {user}:3: age=-4",
+    ]
+
+    assert main(["import", "recbole", str(folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    warnings = json.loads(out)["warnings"]
+    assert [(w["file"], w["field"], w["count"]) for w in warnings] == [
+        (str(item), "release_year", 1), (str(user), "age", 2)]
+    assert warnings[0]["examples"] == [f"{item}:268: release_year=unkonwn"]
+    assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == expected
+
+    assert main(["import", "recbole", str(folder), "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("replaced the database with recbole")
+    assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == expected
+
+
+def test_cli_bad_required_value_in_dirty_files_aborts_on_one_line_and_writes_nothing(
+        tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RANKER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    assert main(["import", "movielens", str(write_ml100k(tmp_path / "ml", RATINGS, ITEMS, USERS))]) == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    before = table_counts(engine)
+    folder = _dirty_recbole_bad_timestamp(tmp_path)
+    capsys.readouterr()
+
+    assert main(["import", "recbole", str(folder), "--force"]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {folder / 'ml-100k.inter'} line 3: timestamp 'unkonwn' is not a number of seconds "
+                   "since 1970"]
+    assert table_counts(engine) == before
+    assert sorted(users_by_id(engine)) == [1, 2, 3]
+    engine.dispose()
+
+
 # --- PostgreSQL -----------------------------------------------------------------------------------
 
 
@@ -603,6 +780,22 @@ def test_postgres_import_is_atomic_and_later_rows_get_fresh_ids(pg_url, ml100k, 
         assert max(users_by_id(engine)) == 4
         df = interactions(engine)
         assert df["created_at"].is_monotonic_increasing and len(df) == 9
+    finally:
+        _drop_all(engine)
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_imports_dirty_recbole_files_with_null_attributes(pg_url, tmp_path) -> None:
+    engine = make_engine(pg_url)
+    _drop_all(engine)
+    try:
+        folder = write_recbole_ml100k(tmp_path / "rb", user="user_id:token\tage:token\n196\tunkonwn\n186\t39\n")
+        summary = import_recbole(engine, folder)
+
+        assert [(w.field, w.count) for w in summary.warnings] == [("release_year", 1), ("age", 1)]
+        assert (users_by_id(engine)[196].category, users_by_id(engine)[186].category) == (None, "35-44")
+        assert items_by_id(engine)[267].type == "unknown"
     finally:
         _drop_all(engine)
         engine.dispose()

@@ -40,6 +40,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         data = importing.read_csv_export(args.interactions, args.items, args.users)
     engine = get_engine()
     summary = importing.write_import(engine, data, **_write_options(args))
+    for warning in summary.warnings:  # one line per field; --json carries them too
+        print(f"warning: {warning.message()}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.as_dict()))
         return 0

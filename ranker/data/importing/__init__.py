@@ -1,10 +1,12 @@
 """Import real data sets into the database (R-IMPORT): MovieLens, RecBole atomic files, CSV.
 
 Readers turn files into a :class:`SourceData` (users, items and rating-level events
-under their external ids), checking every value and naming the file and the line of
-the first bad one. :func:`plan_rows` maps it to rows without any I/O, and
-:func:`write_import` writes them in one transaction, so the database gets all of the
-data or none of it. ``docs/importing.md`` describes the mapping::
+under their external ids), checking every value. A bad id, user, item, timestamp or
+rating raises, naming the file and the line; a bad optional value (an attribute of an
+item or a user) is read as missing and counted in the data set's ``warnings``.
+:func:`plan_rows` maps it to rows without any I/O, and :func:`write_import` writes them
+in one transaction, so the database gets all of the data or none of it.
+``docs/importing.md`` describes the mapping::
 
     summary = import_movielens(engine, "ml-100k/")           # read + write
     data = read_movielens("ml-100k/"); rows = plan_rows(data)  # inspect first
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ranker.data.importing.csv_export import read_csv_export
+from ranker.data.importing.dirty import FieldWarning
 from ranker.data.importing.mapping import (
     DEFAULT_POSITIVE_MIN,
     IMPORT_ITEM_TYPE,
@@ -55,6 +58,7 @@ def import_csv(engine: Engine, interactions: str | Path, items: str | Path, user
 
 __all__ = [
     "DEFAULT_POSITIVE_MIN",
+    "FieldWarning",
     "IMPORT_ITEM_TYPE",
     "IMPORT_ROLE",
     "ML100K_GENRES",

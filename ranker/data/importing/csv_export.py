@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ranker import config
+from ranker.data.importing.dirty import BadValues
 from ranker.data.importing.mapping import (
     IMPORT_ITEM_TYPE,
     IMPORT_ROLE,
@@ -26,7 +27,9 @@ from ranker.data.importing.records import (
     check_unique,
     linked_source,
     need_file,
+    optional_choice,
     optional_text,
+    optional_times,
     parse_ratings,
     parse_times,
     parse_tokens,
@@ -78,6 +81,9 @@ def read_csv_export(interactions: str | Path, items: str | Path, users: str | Pa
     - items: ``item_id``, optional ``name, category, field, type, created_at, item_type``;
     - users (optional): ``user_id``, optional ``category, field, created_at, role``.
 
+    A bad ``created_at``, ``item_type`` or ``role`` is read as missing and listed in the
+    data set's ``warnings``; bad ids, timestamps, ratings and kinds raise.
+
     Raises
     ------
     FileNotFoundError, ImportDataError
@@ -94,22 +100,27 @@ def read_csv_export(interactions: str | Path, items: str | Path, users: str | Pa
                    else np.full(len(ev), np.nan)),
         "kind": kinds,
     })
-    item_frame = _csv_items(item_path)
+    dirty = BadValues()
+    item_frame = _csv_items(item_path, dirty)
     user_path = Path(users) if users is not None else None
-    user_frame = _csv_users(user_path) if user_path is not None else None
-    return linked_source("csv", "csv", ev, events, item_path, item_frame, user_path, user_frame)
+    user_frame = _csv_users(user_path, dirty) if user_path is not None else None
+    return linked_source("csv", "csv", ev, events, item_path, item_frame, user_path, user_frame, dirty=dirty)
 
 
-def _csv_items(path: Path) -> pd.DataFrame:
+def _created_at(rec: Records, idx: dict[str, int], dirty: BadValues) -> np.ndarray:
+    if "created_at" not in idx:
+        return np.full(len(rec), np.datetime64("NaT"), "datetime64[us]")
+    return optional_times(rec, rec.column(idx["created_at"]), "created_at", dirty)
+
+
+def _csv_items(path: Path, dirty: BadValues) -> pd.DataFrame:
     optional = ("name", "category", "field", "type", "created_at", "item_type")
     rec, idx = _csv_table(path, CSV_ITEM_COLUMNS, optional)
     ids = parse_tokens(rec, rec.column(idx["item_id"]), "item_id")
     check_unique(rec, ids, "item")
-    item_type = optional_text(rec, idx, "item_type", IMPORT_ITEM_TYPE)
-    check_allowed(rec, item_type, (IMPORT_ITEM_TYPE, *config.ITEM_TYPES), "item_type")
+    item_type = optional_choice(rec, idx, "item_type", (IMPORT_ITEM_TYPE, *config.ITEM_TYPES), IMPORT_ITEM_TYPE,
+                                dirty)
     names = optional_text(rec, idx, "name", None)
-    created = (parse_times(rec, rec.column(idx["created_at"]), optional=True, before_1970=True)
-               if "created_at" in idx else np.full(len(rec), np.datetime64("NaT"), "datetime64[us]"))
     return pd.DataFrame({
         "ext_id": ids,
         "name": np.array([n or f"csv:{i}" for n, i in zip(names, ids)], dtype=object),
@@ -117,17 +128,14 @@ def _csv_items(path: Path) -> pd.DataFrame:
         "field": optional_text(rec, idx, "field", NO_FIELD),
         "type": optional_text(rec, idx, "type", UNKNOWN),
         "item_type": item_type,
-        "released": created,
+        "released": _created_at(rec, idx, dirty),
     })
 
 
-def _csv_users(path: Path) -> pd.DataFrame:
+def _csv_users(path: Path, dirty: BadValues) -> pd.DataFrame:
     rec, idx = _csv_table(path, CSV_USER_COLUMNS, ("category", "field", "created_at", "role"))
     ids = parse_tokens(rec, rec.column(idx["user_id"]), "user_id")
     check_unique(rec, ids, "user")
-    roles = optional_text(rec, idx, "role", IMPORT_ROLE)
-    check_allowed(rec, roles, (IMPORT_ROLE, *config.ROLES), "role")
-    created = (parse_times(rec, rec.column(idx["created_at"]), optional=True, before_1970=True)
-               if "created_at" in idx else None)
+    roles = optional_choice(rec, idx, "role", (IMPORT_ROLE, *config.ROLES), IMPORT_ROLE, dirty)
     return users_frame(ids, optional_text(rec, idx, "category", None), optional_text(rec, idx, "field", None),
-                        roles, created)
+                       roles, _created_at(rec, idx, dirty))

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ranker.data.importing.dirty import FieldWarning
+
 #: Role and item type of imported generic data (the ``user-item`` flow).
 IMPORT_ROLE = "user"
 IMPORT_ITEM_TYPE = "item"
@@ -45,6 +47,8 @@ class SourceData:
         ``user, item`` (external ids), ``time`` (datetime64[us], naive UTC),
         ``rating`` (float, NaN when none) and ``kind`` ("" when the rating decides).
     files : list of str
+    warnings : list of FieldWarning
+        Bad values of optional fields, read as missing (see :mod:`ranker.data.importing.dirty`).
     """
 
     source: str
@@ -53,6 +57,7 @@ class SourceData:
     items: pd.DataFrame
     events: pd.DataFrame
     files: list[str] = field(default_factory=list)
+    warnings: list[FieldWarning] = field(default_factory=list)
 
 
 def decade(year: float | int | None) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranker.data.importing.dirty import BadValues
 from ranker.data.importing.mapping import (
     SourceData,
     age_band,
@@ -20,14 +21,17 @@ from ranker.data.importing.mapping import (
     year_starts,
 )
 from ranker.data.importing.records import (
-    Records,
+    MAX_TIMESTAMP,
+    MIN_RELEASE,
     check_unique,
     linked_source,
     need_file,
+    optional_numbers,
+    optional_values,
     parse_int_ids,
-    parse_numbers,
     parse_ratings,
     parse_unix_times,
+    read_as_missing,
     read_lines,
     split_fields,
 )
@@ -76,6 +80,9 @@ def read_movielens(path: str | Path) -> SourceData:
     """Read ml-100k (``u.data``, ``u.item``, optional ``u.user``) or ml-1m (``ratings.dat``,
     ``movies.dat``, optional ``users.dat``) from a folder.
 
+    A bad release date, genre flag, age or occupation code is read as missing and listed
+    in the data set's ``warnings``; bad ids, ratings and timestamps raise.
+
     Raises
     ------
     FileNotFoundError
@@ -90,8 +97,9 @@ def read_movielens(path: str | Path) -> SourceData:
     ratings, users = folder / layout.ratings, folder / layout.users
     items = need_file(folder / layout.items, f"{variant} movies, needed next to {layout.ratings}")
     ev = split_fields(ratings, read_lines(ratings, "latin-1"), layout.ratings_sep, 4, layout.ratings_header)
-    it = layout.read_items(items)
-    us = layout.read_users(users) if users.is_file() else None
+    dirty = BadValues()
+    it = layout.read_items(items, dirty)
+    us = layout.read_users(users, dirty) if users.is_file() else None
     events = pd.DataFrame({
         "user": parse_int_ids(ev, 0, "user id"),
         "item": parse_int_ids(ev, 1, "item id"),
@@ -99,45 +107,39 @@ def read_movielens(path: str | Path) -> SourceData:
         "rating": parse_ratings(ev, ev.column(2), *MOVIELENS_RATING_RANGE),
         "kind": "",
     })
-    return linked_source(variant, "ml", ev, events, items, it, users, us, id_names=("user id", "item id"))
+    return linked_source(variant, "ml", ev, events, items, it, users, us, id_names=("user id", "item id"),
+                         dirty=dirty)
 
 
-def _release_dates(rec: Records, values: pd.Series) -> np.ndarray:
-    """``01-Jan-1995`` (ml-100k) as datetime64[us]; NaT when empty."""
-    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[us]")
-    for row, raw in enumerate(values):
-        date = raw.strip()
-        if not date:
-            continue
-        parts = date.split("-")
-        try:
-            day, month, year = int(parts[0]), _MONTHS[parts[1].lower()], int(parts[2])
-            out[row] = np.datetime64(datetime(year, month, day), "us")
-        except (IndexError, KeyError, ValueError):
-            raise rec.error(row, f"release date {date!r} is not like 01-Jan-1995") from None
-    return out
+def _release_date(text: str) -> np.datetime64:
+    """``01-Jan-1995`` (ml-100k) as datetime64[us]; raises ValueError or KeyError otherwise."""
+    day, month, year = text.split("-")
+    date = datetime(int(year), _MONTHS[month.lower()], int(day))
+    if not MIN_RELEASE <= date <= MAX_TIMESTAMP:
+        raise ValueError(f"{text} is not in {MIN_RELEASE:%Y} .. {MAX_TIMESTAMP:%Y}")
+    return np.datetime64(date, "us")
 
 
-def _ml100k_items(path: Path) -> pd.DataFrame:
+def _ml100k_items(path: Path, dirty: BadValues) -> pd.DataFrame:
     rec = split_fields(path, read_lines(path, "latin-1"), "|", 5 + len(ML100K_GENRES),
                  "id|title|release date|video release|IMDb URL|19 genre flags")
     ids = parse_int_ids(rec, 0, "item id")
     check_unique(rec, ids, "item")
     titles = rec.column(1).str.strip()
-    released = _release_dates(rec, rec.column(2))
-    flags = np.array([f[5:] for f in rec.fields], dtype=object)
-    bad = ~np.isin(flags, ("0", "1"))
-    if bad.any():
-        row, col = map(int, np.argwhere(bad)[0])
-        raise rec.error(row, f"genre flag {ML100K_GENRES[col]} is {flags[row, col]!r}, not 0 or 1")
-    on = flags == "1"
+    released = optional_values(rec, rec.column(2), "release date", _release_date, np.datetime64("NaT"), dirty,
+                               dtype="datetime64[us]")
+    on = np.zeros((len(rec), len(ML100K_GENRES)), dtype=bool)
+    for col, genre in enumerate(ML100K_GENRES):
+        raw = rec.column(5 + col).str.strip()
+        on[:, col] = read_as_missing(rec, (raw == "1").to_numpy(), ~raw.isin(["0", "1", ""]).to_numpy(), False,
+                                     f"genre flag {genre}", raw, dirty)
     genres = [[g for g, f in zip(ML100K_GENRES, row) if f] for row in on]
     years = np.where(np.isnat(released), [title_year(t) for t in titles],
                      released.astype("datetime64[Y]").astype(np.int64) + 1970)
     return items_frame(ids, titles.to_numpy(dtype=object), genres, years, released)
 
 
-def _ml1m_items(path: Path) -> pd.DataFrame:
+def _ml1m_items(path: Path, dirty: BadValues) -> pd.DataFrame:
     rec = split_fields(path, read_lines(path, "latin-1"), "::", 3, "MovieID::Title (Year)::Genre1|Genre2")
     ids = parse_int_ids(rec, 0, "movie id")
     check_unique(rec, ids, "movie")
@@ -147,22 +149,23 @@ def _ml1m_items(path: Path) -> pd.DataFrame:
     return items_frame(ids, titles, genres, years, year_starts(years))
 
 
-def _ml_users(path: Path, sep: str, ml1m: bool) -> pd.DataFrame:
+def _ml_users(path: Path, dirty: BadValues, sep: str, ml1m: bool) -> pd.DataFrame:
     what = "UserID::Gender::Age::Occupation::Zip-code" if ml1m else "user id|age|gender|occupation|zip code"
     rec = split_fields(path, read_lines(path, "latin-1"), sep, 5, what)
     ids = parse_int_ids(rec, 0, "user id")
     check_unique(rec, ids, "user")
     age_col, occ_col = (2, 3) if ml1m else (1, 3)
-    ages = parse_numbers(rec, rec.column(age_col), "age")
-    occupation = rec.column(occ_col).str.strip().to_numpy(dtype=object)
+    ages = optional_numbers(rec, rec.column(age_col), "age", dirty, valid=lambda a: a >= 0)
+    occupation = rec.column(occ_col).str.strip()
+    occupation = occupation.where(occupation != "", None).to_numpy(dtype=object)
     if ml1m:
-        codes = parse_numbers(rec, pd.Series(occupation), "occupation code")
-        bad = (codes < 0) | (codes >= len(ML1M_OCCUPATIONS)) | (codes != np.floor(codes))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise rec.error(row, f"occupation code {occupation[row]!r} is not 0..{len(ML1M_OCCUPATIONS) - 1}")
-        occupation = np.array([ML1M_OCCUPATIONS[int(c)] for c in codes], dtype=object)
+        codes = optional_numbers(rec, rec.column(occ_col), "occupation code", dirty, valid=_is_occupation_code)
+        occupation = np.array([ML1M_OCCUPATIONS[int(c)] if np.isfinite(c) else None for c in codes], dtype=object)
     return users_frame(ids, np.array([age_band(a) for a in ages], dtype=object), occupation)
+
+
+def _is_occupation_code(codes: np.ndarray) -> np.ndarray:
+    return (codes >= 0) & (codes < len(ML1M_OCCUPATIONS)) & (codes == np.floor(codes))
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,9 @@ class _Layout:
     ratings_sep: str
     ratings_header: str  # the fields of a ratings line, for error messages
     items: str
-    read_items: Callable[[Path], pd.DataFrame]
+    read_items: Callable[[Path, BadValues], pd.DataFrame]
     users: str
-    read_users: Callable[[Path], pd.DataFrame]
+    read_users: Callable[[Path, BadValues], pd.DataFrame]
 
 
 _LAYOUTS = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranker.data.importing.dirty import BadValues
 from ranker.data.importing.mapping import (
     SourceData,
     age_band,
@@ -17,13 +18,14 @@ from ranker.data.importing.mapping import (
 )
 from ranker.data.importing.records import (
     MAX_TIMESTAMP,
+    MIN_RELEASE,
     ImportDataError,
     Records,
     check_unique,
     linked_source,
     need_file,
+    optional_numbers,
     optional_text,
-    parse_numbers,
     parse_ratings,
     parse_tokens,
     parse_unix_times,
@@ -99,6 +101,9 @@ def read_recbole(path: str | Path, name: str | None = None) -> SourceData:
       first token is the category, the second the field); a year (``release_year`` or ``year``);
     - ``.user``: ``user_id``; ``age`` (age band) or else ``gender`` as category; ``occupation`` as field.
 
+    A bad year or age is read as missing and listed in the data set's ``warnings``; bad
+    ids, timestamps and ratings raise.
+
     Raises
     ------
     FileNotFoundError, ImportDataError
@@ -113,12 +118,17 @@ def read_recbole(path: str | Path, name: str | None = None) -> SourceData:
         "rating": (parse_ratings(ev, ev.column(rating_col[0])) if rating_col else np.full(len(ev), np.nan)),
         "kind": "",
     })
-    items = _recbole_items(item_path)
-    users = _recbole_users(user_path) if user_path.is_file() else None
-    return linked_source("recbole", "rb", ev, events, item_path, items, user_path, users)
+    dirty = BadValues()
+    items = _recbole_items(item_path, dirty)
+    users = _recbole_users(user_path, dirty) if user_path.is_file() else None
+    return linked_source("recbole", "rb", ev, events, item_path, items, user_path, users, dirty=dirty)
 
 
-def _recbole_items(path: Path) -> pd.DataFrame:
+def _is_year(years: np.ndarray) -> np.ndarray:
+    return (years >= MIN_RELEASE.year) & (years <= MAX_TIMESTAMP.year) & (years == np.floor(years))
+
+
+def _recbole_items(path: Path, dirty: BadValues) -> pd.DataFrame:
     rec, cols = _recbole_table(path, ("item_id",))
     ids = parse_tokens(rec, rec.column(cols["item_id"][0]), "item_id")
     check_unique(rec, ids, "item")
@@ -128,28 +138,20 @@ def _recbole_items(path: Path) -> pd.DataFrame:
     genre = _first_field(cols, RECBOLE_GENRE_FIELDS)
     genres = [f[genre[0]].split() if genre[1] == "token_seq" else [f[genre[0]].strip()]
               for f in rec.fields] if genre else [[] for _ in rec.fields]
-    year = _first_field(cols, RECBOLE_YEAR_FIELDS)
-    years = np.full(len(rec), np.nan)
-    if year:
-        raw = rec.column(year[0]).str.strip()
-        given = (raw != "").to_numpy()
-        years = parse_numbers(rec, raw, "year", allow_empty=True)
-        bad = given & ((years < 1000) | (years > MAX_TIMESTAMP.year) | (years != np.floor(years)))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise rec.error(row, f"year {raw.iloc[row]!r} is not a year between 1000 and {MAX_TIMESTAMP.year}")
+    year = next((n for n in RECBOLE_YEAR_FIELDS if n in cols), None)
+    years = (optional_numbers(rec, rec.column(cols[year][0]), year, dirty, valid=_is_year) if year
+             else np.full(len(rec), np.nan))
     names = np.array([t or f"rb:{i}" for t, i in zip(titles, ids)], dtype=object)
     return items_frame(ids, names, genres, years, year_starts(years))
 
 
-def _recbole_users(path: Path) -> pd.DataFrame:
+def _recbole_users(path: Path, dirty: BadValues) -> pd.DataFrame:
     rec, cols = _recbole_table(path, ("user_id",))
     ids = parse_tokens(rec, rec.column(cols["user_id"][0]), "user_id")
     check_unique(rec, ids, "user")
     category = None
     if "age" in cols:
-        raw = rec.column(cols["age"][0]).str.strip()
-        ages = parse_numbers(rec, raw, "age", allow_empty=True)
+        ages = optional_numbers(rec, rec.column(cols["age"][0]), "age", dirty, valid=lambda a: a >= 0)
         category = np.array([age_band(a) for a in ages], dtype=object)
     elif "gender" in cols:
         category = optional_text(rec, {"gender": cols["gender"][0]}, "gender", None)

@@ -1,12 +1,14 @@
 """Lines of a source file, split into fields and parsed column by column, with line numbers.
 
-Every parser is vectorised over a column and raises :class:`ImportDataError` naming the
-file and the line of the first bad value.
+Every parser is vectorised over a column. The parsers of required values (ids, users,
+items, timestamps, ratings) raise :class:`ImportDataError` naming the file and the line of
+the first bad value. The ``optional_*`` parsers, for attributes of items and users, read a
+bad value as missing and note it in a :class:`~ranker.data.importing.dirty.BadValues`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranker.data.importing.dirty import BadValues
 from ranker.data.importing.mapping import SourceData, users_from_events
 
 #: Interaction times must fall in [1970-01-01, 2100-01-01].
 MAX_TIMESTAMP = datetime(2100, 1, 1)
 _MAX_SECONDS = (MAX_TIMESTAMP - datetime(1970, 1, 1)).total_seconds()
+#: Release dates and other optional times may be earlier than 1970, but not before this.
+MIN_RELEASE = datetime(1000, 1, 1)
+_MIN_RELEASE_SECONDS = (MIN_RELEASE - datetime(1970, 1, 1)).total_seconds()
 MAX_DB_ID = 2**31 - 1
 
 
@@ -142,15 +148,15 @@ def parse_ratings(rec: Records, values: pd.Series, lo: float | None = None, hi: 
     return out
 
 
-def _check_range(rec: Records, seconds: np.ndarray, raw: pd.Series, before_1970: bool = False) -> None:
-    negative = (seconds < 0) & (not before_1970)
+def _check_range(rec: Records, seconds: np.ndarray, raw: pd.Series) -> None:
+    negative = seconds < 0
     late = seconds > _MAX_SECONDS
     for mask, why in ((negative, "is before 1970 (negative)"),
                       (late, f"is after {MAX_TIMESTAMP:%Y-%m-%d}")):
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             raise rec.error(row, f"timestamp {raw.iloc[row]!r} {why}; times must fall in "
-                                 f"{'' if before_1970 else '1970-01-01 '}.. {MAX_TIMESTAMP:%Y-%m-%d}")
+                                 f"1970-01-01 .. {MAX_TIMESTAMP:%Y-%m-%d}")
 
 
 def _seconds_to_times(seconds: np.ndarray) -> np.ndarray:
@@ -169,36 +175,34 @@ def parse_unix_times(rec: Records, values: pd.Series) -> np.ndarray:
     return _seconds_to_times(secs)
 
 
-def parse_times(rec: Records, values: pd.Series, optional: bool = False,
-                    before_1970: bool = False) -> np.ndarray:
-    """Unix seconds or ISO 8601 (naive = UTC; offsets converted to UTC) as datetime64[us].
-
-    ``optional``: empty cells give NaT; ``before_1970``: allow earlier times (release dates).
-    """
-    raw = values.astype(str).str.strip()
+def _seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, empty, unreadable) of stripped cells holding unix seconds or ISO 8601 times
+    (naive = UTC; offsets converted to UTC); seconds are NaN where empty or unreadable."""
     secs = np.array(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)  # a writable copy
     empty = (raw == "").to_numpy()
     text = np.isnan(secs) & ~empty
     if text.any():
         parsed = pd.to_datetime(raw[text], format="ISO8601", utc=True, errors="coerce")
-        as_secs = (parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy()
-        unparsed = np.isnan(as_secs)
-        if unparsed.any():
-            row = int(np.flatnonzero(text)[np.flatnonzero(unparsed)[0]])
-            raise rec.error(row, f"timestamp {raw.iloc[row]!r} is neither unix seconds nor an ISO 8601 "
-                                 "time (e.g. 2024-05-01T12:00:00Z)")
-        secs[text] = as_secs
-    if empty.any() and not optional:
+        secs[text] = (parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy()
+    return secs, empty, np.isnan(secs) & ~empty
+
+
+def parse_times(rec: Records, values: pd.Series) -> np.ndarray:
+    """Required times, as unix seconds or ISO 8601 (naive = UTC; offsets converted to UTC), as datetime64[us]."""
+    raw = values.astype(str).str.strip()
+    secs, empty, unreadable = _seconds(raw)
+    if unreadable.any():
+        row = int(np.flatnonzero(unreadable)[0])
+        raise rec.error(row, f"timestamp {raw.iloc[row]!r} is neither unix seconds nor an ISO 8601 "
+                             "time (e.g. 2024-05-01T12:00:00Z)")
+    if empty.any():
         raise rec.error(int(np.flatnonzero(empty)[0]), "timestamp is empty")
-    bad = ~np.isfinite(secs) & ~empty
+    bad = ~np.isfinite(secs)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise rec.error(row, f"timestamp {raw.iloc[row]!r} is not a finite time")
-    filled = np.where(empty, 0.0, secs)
-    _check_range(rec, filled, raw, before_1970)
-    out = _seconds_to_times(filled)
-    out[empty] = np.datetime64("NaT")
-    return out
+    _check_range(rec, secs, raw)
+    return _seconds_to_times(secs)
 
 
 def check_unique(rec: Records, ids: np.ndarray, what: str) -> None:
@@ -231,14 +235,84 @@ def optional_text(rec: Records, index: dict[str, int], name: str, default: str |
     return raw.where(raw != "", default).to_numpy(dtype=object)
 
 
+# --- Optional values: a bad one is read as missing, and noted ---------------------------------
+
+
+def read_as_missing(rec: Records, values: np.ndarray, bad: np.ndarray, missing: object, field: str,
+                    raw: pd.Series, dirty: BadValues) -> np.ndarray:
+    """``values`` with the ``bad`` rows set to ``missing``, each noted in ``dirty`` with its
+    line and ``raw`` text. Every optional parser ends here: the one policy for bad optional values."""
+    if not bad.any():
+        return values
+    rows = np.flatnonzero(bad)
+    dirty.note(rec.path, rec.line_no[rows], field, raw.iloc[rows].tolist())
+    out = values.copy()
+    out[bad] = missing
+    return out
+
+
+def optional_numbers(rec: Records, values: pd.Series, field: str, dirty: BadValues,
+                     valid: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Floats of an optional column; NaN where empty (or ``nan``), and where bad: not a finite
+    number, or a number that ``valid`` (elementwise, over finite floats) rejects."""
+    raw = values.astype(str).str.strip()
+    out = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    given = ~raw.str.lower().isin(["", "nan"]).to_numpy()
+    finite = np.isfinite(out)
+    bad = given & ~finite
+    if valid is not None:
+        bad[finite] |= ~valid(out[finite])
+    return read_as_missing(rec, out, bad, np.nan, field, raw, dirty)
+
+
+def optional_values(rec: Records, values: pd.Series, field: str, parse: Callable[[str], object],
+                    missing: object, dirty: BadValues, dtype: object = object) -> np.ndarray:
+    """``parse`` of each non-empty cell of an optional column (stripped); ``missing`` where empty,
+    and where ``parse`` raises ``ValueError``, ``KeyError`` or ``IndexError``."""
+    raw = values.astype(str).str.strip()
+    out = np.full(len(raw), missing, dtype=dtype)
+    bad = np.zeros(len(raw), dtype=bool)
+    for row, text in enumerate(raw):
+        if text:
+            try:
+                out[row] = parse(text)
+            except (ValueError, KeyError, IndexError):
+                bad[row] = True
+    return read_as_missing(rec, out, bad, missing, field, raw, dirty)
+
+
+def optional_times(rec: Records, values: pd.Series, field: str, dirty: BadValues) -> np.ndarray:
+    """Times of an optional column (unix seconds or ISO 8601, as :func:`parse_times`) as
+    datetime64[us]; NaT where empty, and where unreadable or outside ``MIN_RELEASE .. MAX_TIMESTAMP``."""
+    raw = values.astype(str).str.strip()
+    secs, empty, _ = _seconds(raw)
+    in_range = (secs >= _MIN_RELEASE_SECONDS) & (secs <= _MAX_SECONDS)  # False for NaN
+    bad = ~empty & ~in_range
+    out = _seconds_to_times(np.where(empty | bad, 0.0, secs))
+    out[empty] = np.datetime64("NaT")
+    return read_as_missing(rec, out, bad, np.datetime64("NaT"), field, raw, dirty)
+
+
+def optional_choice(rec: Records, index: dict[str, int], field: str, allowed: tuple[str, ...], default: str,
+                    dirty: BadValues) -> np.ndarray:
+    """An optional column whose values must be one of ``allowed``; ``default`` where absent, empty or not allowed."""
+    if field not in index:
+        return np.full(len(rec), default, dtype=object)
+    raw = rec.column(index[field]).str.strip()
+    values = raw.where(raw != "", default).to_numpy(dtype=object)
+    return read_as_missing(rec, values, ~np.isin(values, allowed), default, field, raw, dirty)
+
+
 def linked_source(source: str, prefix: str, ev: Records, events: pd.DataFrame, item_path: Path,
                   items: pd.DataFrame, user_path: Path | None = None, users: pd.DataFrame | None = None,
-                  id_names: tuple[str, str] = ("user_id", "item_id")) -> SourceData:
+                  id_names: tuple[str, str] = ("user_id", "item_id"),
+                  dirty: BadValues | None = None) -> SourceData:
     """The data set read from the events file ``ev`` and its items (and users) file.
 
     Every event's item must be in ``items``; with a users file, every event's user must
     be in ``users`` too. Without one, the users are those of the events. ``id_names``
-    names the user and item id columns in error messages.
+    names the user and item id columns in error messages. ``dirty`` holds the bad optional
+    values met while reading; they become the data set's warnings.
 
     Raises
     ------
@@ -248,7 +322,8 @@ def linked_source(source: str, prefix: str, ev: Records, events: pd.DataFrame, i
     user_id, item_id = id_names
     check_known(ev, events["item"].to_numpy(), items["ext_id"].to_numpy(), item_id, item_path)
     files = [str(ev.path), str(item_path)]
+    warnings = dirty.warnings if dirty is not None else []
     if users is None or user_path is None:
-        return SourceData(source, prefix, users_from_events(events), items, events, files)
+        return SourceData(source, prefix, users_from_events(events), items, events, files, warnings)
     check_known(ev, events["user"].to_numpy(), users["ext_id"].to_numpy(), user_id, user_path)
-    return SourceData(source, prefix, users, items, events, [*files, str(user_path)])
+    return SourceData(source, prefix, users, items, events, [*files, str(user_path)], warnings)

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ranker import config, keys
 from ranker.data.clock import set_clock, utcnow
 from ranker.data.db import WorldExistsError, audit, ensure_schema, get_setting, is_empty, put_setting, session_scope
+from ranker.data.importing.dirty import FieldWarning
 from ranker.data.importing.mapping import DEFAULT_POSITIVE_MIN, ImportRows, SourceData, plan_rows
 from ranker.data.importing.records import MAX_DB_ID, ImportDataError
 from ranker.data.schema import AuditLog, Base, Interaction, Item, User
@@ -33,7 +34,11 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class ImportSummary:
-    """What :func:`write_import` wrote."""
+    """What :func:`write_import` wrote.
+
+    ``warnings`` lists, per file and optional field, the bad values that were read as
+    missing, with up to three example lines (see :mod:`ranker.data.importing.dirty`).
+    """
 
     source: str
     files: list[str]
@@ -51,6 +56,7 @@ class ImportSummary:
     user_ids: str  # "source" (kept) or "assigned"
     item_ids: str
     seconds: float = 0.0
+    warnings: list[FieldWarning] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,5 +274,5 @@ def _summary(data: SourceData, rows: ImportRows, mode: str, clock: datetime, max
         positives=int(np.isin(kinds, config.POSITIVE_KINDS).sum()),
         ratings=int(np.isfinite(data.events["rating"].to_numpy(dtype=np.float64)).sum()),
         first_interaction=str(times.min()), last_interaction=str(times.max()), clock=clock.isoformat(),
-        popularity_max_views=max_views, user_ids=user_mode, item_ids=item_mode,
+        popularity_max_views=max_views, user_ids=user_mode, item_ids=item_mode, warnings=list(data.warnings),
     )
