@@ -3,9 +3,9 @@
 Every policy reorders the *same* base candidates for the *same* requests, and the
 click model uses common random numbers (one examination draw per position and one
 click draw per candidate), so the differences between policies are not noise from
-different users or seeds. The oracle ranks greedily by true attraction (it reads the
-hidden ground truth) and gives the ceiling; quality is the share of the base→oracle
-CTR gap each policy closes.
+different users or seeds. The oracle (:mod:`ranker.sim.oracle`, the only door to the
+hidden truth) ranks greedily by true attraction and gives the ceiling; quality is the
+share of the base→oracle CTR gap each policy closes.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.schema import User
-from ranker.rank.features import feature_names
+from ranker.rank.features import ListContext, feature_names
 from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
-from ranker.sim.truth import GroundTruth, attraction_logits, click_model, load_truth
+from ranker.sim.oracle import Oracle, load_oracle
 
 
 class LightGBMScorer:
@@ -83,23 +83,6 @@ class PolicyStats:
         }
 
 
-def _oracle_order(truth: GroundTruth, user_id: int, ctx, k: int) -> np.ndarray:
-    """Greedy by true attraction: at each position, the item the user likes most given the
-    categories already placed above (satiation included)."""
-    n = len(ctx)
-    base = attraction_logits(truth, user_id, ctx.item_ids, ctx.age_days, np.array([f"u{i}" for i in range(n)]))
-    placed: list[int] = []
-    counts: dict[str, int] = {}
-    for _ in range(min(k, n)):
-        pen = np.array([counts.get(c, 0) for c in ctx.category], dtype=float) * truth.params.satiation
-        score = base - pen
-        score[placed] = -np.inf
-        j = int(np.argmax(score))
-        placed.append(j)
-        counts[ctx.category[j]] = counts.get(ctx.category[j], 0) + 1
-    return np.array(placed)
-
-
 def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = config.DEFAULT_K,
                       scorers: dict[str, Scorer] | None = None, show_bar: bool = False) -> dict[str, Any]:
     """CTR, diversity and freshness of each policy on the same requests and random numbers."""
@@ -107,7 +90,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
 
     from ranker.serving.service import service
 
-    truth, as_of, users = _report_world(engine)
+    oracle, as_of, users = _report_world(engine)
     counts = service(engine).counts(as_of)
     scorers = dict(scorers or {})
     out = {p: PolicyStats() for p in ["base", *scorers, "oracle"]}
@@ -118,35 +101,35 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
         if request is None:
             skipped += 1
             continue
-        uid, ctx, u_exam, u_click = request
+        ctx, u_exam, u_click = request
         orders = {"base": np.arange(k)}
         for name, sc in scorers.items():
             orders[name] = greedy_rerank(ctx, sc, k).order
-        orders["oracle"] = _oracle_order(truth, uid, ctx, k)
+        orders["oracle"] = oracle.best_order(ctx, k)
         for name, order in orders.items():  # the same draws for every policy: common random numbers
-            _observe(out[name], truth, uid, ctx, order, u_exam, u_click, k)
+            _observe(out[name], oracle, ctx, order, u_exam, u_click, k)
     return _compare_policies(out, requests, skipped, k)
 
 
-def _report_world(engine) -> tuple[GroundTruth, datetime, list]:
-    """(the hidden ground truth, the world clock, every user's id, role, category and field)."""
+def _report_world(engine) -> tuple[Oracle, datetime, list]:
+    """(the world's oracle, the world clock, every user's id, role, category and field)."""
     with session_scope(engine) as s:
-        truth = load_truth(s)
+        oracle = load_oracle(s)
         as_of = serve_now(s)
         users = s.execute(
             select(User.id, User.role, User.category, User.field).order_by(User.id)
         ).all()
-    if truth is None:
+    if oracle is None:
         raise ValueError("no synthetic ground truth in this database: the oracle comparison needs the demo "
                          "world (`ranker demo init`)")
-    return truth, as_of, users
+    return oracle, as_of, users
 
 
 def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: datetime, counts: tuple):
     """A random user and flow, their base candidates and the click model's random numbers.
 
-    Returns (user id, candidate context, examination draws (k,), click draws per candidate),
-    or None when the request gets the trending fallback or fewer than ``k`` candidates.
+    Returns (candidate context, examination draws (k,), click draws per candidate), or None
+    when the request gets the trending fallback or fewer than ``k`` candidates.
     ``counts`` is ``Service.counts(as_of)``: (catalogue, views, other interactions).
     """
     from ranker.flows import own_flows
@@ -164,21 +147,20 @@ def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: 
     catalog, views, other = counts
     rows = catalog.index(cands.item_ids)
     ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, uid, ucat, ufield)
-    return uid, ctx, u_exam, u_click
+    return ctx, u_exam, u_click
 
 
-def _observe(st: PolicyStats, truth: GroundTruth, uid: int, ctx, order: np.ndarray, u_exam: np.ndarray,
+def _observe(st: PolicyStats, oracle: Oracle, ctx: ListContext, order: np.ndarray, u_exam: np.ndarray,
              u_click: np.ndarray, k: int) -> None:
     """Show the candidates in ``order`` to the user through the click model; add the outcome to ``st``."""
-    seen = click_model(truth, uid, ctx.item_ids[order], ctx.age_days[order], ctx.category[order],
-                       u_exam, u_click[order])
-    clicks = int(seen.clicked.sum())
+    shown = oracle.show(ctx, order, u_exam, u_click)
+    clicks = int(shown.clicked.sum())
     st.clicks += clicks
     st.impressions += k
-    st.expected_clicks += float(seen.click_probability.sum())
+    st.expected_clicks += shown.expected_clicks
     st.ild.append(intra_list_diversity(ctx.category[order], ctx.field[order], ctx.type[order]))
     st.age.append(float(ctx.age_days[order].mean()))
-    st.per_user[uid] = st.per_user.get(uid, 0) + clicks
+    st.per_user[ctx.user_id] = st.per_user.get(ctx.user_id, 0) + clicks
 
 
 def _compare_policies(out: dict[str, PolicyStats], requests: int, skipped: int, k: int) -> dict[str, Any]:

@@ -1,20 +1,72 @@
 """The synthetic world's hidden ground truth.
 
-Stored apart from the platform's data, in its own table. Only the world builder
-(:mod:`ranker.sim.synth`), the click simulator and the oracle may import this module;
-``tests/test_truth_hidden.py`` fails if feature, dataset or model code does.
+Stored apart from the platform's data, in its own table. Only the simulator's own
+modules (``ranker.sim.*``: the world builder, the click simulator and the oracle
+:mod:`ranker.sim.oracle`), the schema migrations' ``env.py`` (which registers the
+table) and the tests may import this module. Anyone else gets an ImportError, on the
+first import and on every later read of a name from the module (see :func:`_refusal`);
+``tests/test_truth_hidden.py`` also scans every file for an import of it.
 """
 
 from __future__ import annotations
 
+import sys
+import sysconfig
+import types
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import JSON, Integer, LargeBinary, String, delete, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+# --- Who may read the truth ----------------------------------------------------------------
 
-from ranker.data.schema import Base
+#: Packages whose modules may import this one.
+_ALLOWED = ("ranker.sim", "tests")
+#: Alembic loads the migrations' env.py under a name of its own ("env_py"), so it is known by its file.
+_MIGRATIONS_ENV = Path(__file__).resolve().parents[1] / "data" / "migrations" / "env.py"
+#: Frames in these folders act for their caller: the standard library and installed packages.
+_LIBRARY_DIRS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}))
+
+
+def _asker(frame: types.FrameType | None) -> types.FrameType | None:
+    """The first frame from ``frame`` outwards that is the project's code, skipping the import
+    machinery (importlib, ``__import__``), the standard library and installed packages."""
+    while frame is not None:
+        name = frame.f_globals.get("__name__") or ""
+        file = frame.f_code.co_filename
+        if name == "ranker" or name.startswith("ranker."):
+            return frame
+        if not (name.startswith(("importlib", "_frozen_importlib")) or file.startswith(("<frozen", *_LIBRARY_DIRS))):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _refusal(frame: types.FrameType | None) -> str | None:
+    """Why the code of ``frame`` may not read the truth, or None when it may."""
+    name = (frame.f_globals.get("__name__") or "") if frame else ""
+    if any(name == p or name.startswith(p + ".") for p in _ALLOWED):
+        return None
+    if frame is not None and Path(frame.f_code.co_filename).resolve() == _MIGRATIONS_ENV:
+        return None
+    where = f"{name or '?'} ({frame.f_code.co_filename})" if frame else "code outside the project"
+    return (f"{where} may not import ranker.sim.truth: the synthetic world's hidden ground truth is for the "
+            "simulator (ranker.sim.*) and the tests only. Use ranker.sim.oracle for the oracle's order and "
+            "expected clicks")
+
+
+def _guard(frame: types.FrameType | None) -> None:
+    why = _refusal(_asker(frame))
+    if why:
+        raise ImportError(why, name=__name__)
+
+
+_guard(sys._getframe(1))  # the first import: who runs this module?
+
+import numpy as np  # noqa: E402  (after the guard: a refused import loads and registers nothing)
+from sqlalchemy import JSON, Integer, LargeBinary, String, delete, select  # noqa: E402
+from sqlalchemy.orm import Mapped, Session, mapped_column  # noqa: E402
+
+from ranker.data.schema import Base  # noqa: E402
 
 
 class WorldTruth(Base):
@@ -175,3 +227,16 @@ def load_truth(session: Session) -> GroundTruth | None:
     param_names = WorldParams.__dataclass_fields__.keys()
     params = WorldParams(**{k: meta.pop(k) for k in list(meta) if k in param_names})
     return GroundTruth(params=params, extra=meta, **arrays)
+
+
+class _GuardedModule(types.ModuleType):
+    """This module once imported: every read of a public name checks the reader, so code that
+    finds it already in ``sys.modules`` is refused too."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            _guard(sys._getframe(1))
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _GuardedModule
