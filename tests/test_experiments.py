@@ -198,6 +198,14 @@ def test_report_compares_every_policy_on_the_same_requests(served, capsys):
     # v1 is the active model: the same policy on the same requests and random numbers
     assert policies["neural v1"] == policies["neural"]
     assert policies["base"]["gap_closed"] == 0 and policies["oracle"]["gap_closed"] == 1
+    assert policies["base"]["gap_closed_ci"] == [0, 0] and policies["oracle"]["gap_closed_ci"] == [1, 1]
     assert policies["oracle"]["expected_ctr"] > policies["base"]["expected_ctr"]
     assert all(p["impressions"] == policies["base"]["impressions"] > 0 for p in policies.values())
+    compared = 150 - report["offline"]["skipped_trending"]
+    base, oracle = policies["base"]["expected_ctr"], policies["oracle"]["expected_ctr"]
+    for p in policies.values():  # gap closed from expected CTR, with its interval over the same requests
+        low, high = p["gap_closed_ci"]
+        assert p["requests"] == compared and low <= p["gap_closed"] <= high
+        assert p["gap_closed"] == pytest.approx((p["expected_ctr"] - base) / (oracle - base))
     assert "A/B:" in text and "mean age of served items" in text and "oracle" in text
+    assert "gap closed (95% CI)" in text
