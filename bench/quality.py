@@ -9,7 +9,12 @@ For each preset (default, no-context) on a fresh default-scale world:
    report, with the previous round's model on the same requests (``neural_prev``) →
    serve again.
 
-    python bench/quality.py [--days 3] [--requests-per-day 1000] [--seed 42] [--refit] [--json]
+    python bench/quality.py [--days 3] [--requests-per-day 1000] [--seeds 42,1,2,3] [--refit] [--json]
+
+Gap closed is the share of the base→oracle gap in *expected* CTR (the click model's
+probabilities, summed), with a bootstrap 95 % CI over the report's requests. The LightGBM
+peer trains on the active model's training file with early stopping on its validation
+file; its rounds are printed.
 
 The base models stay as fitted on the world as built unless ``--refit`` refits them
 every simulated day (as ``ranker simulate`` does). Each round's paired report also
@@ -36,7 +41,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     from ranker.base import store
     from ranker.data.db import make_engine
     from ranker.ops.pipeline import train_and_register
-    from ranker.ops.report import paired_simulation, train_lightgbm
+    from ranker.ops.report import lightgbm_peer, paired_simulation
     from ranker.rank.dataset import DatasetConfig, build_dataset
     from ranker.rank.metrics import mean_ndcg_at_k
     from ranker.rank.train import TrainConfig, load_dataset
@@ -66,7 +71,10 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         svc = service(engine)
         served, fallback = svc.scorer()
         assert fallback is None, f"the trained model is not serving: {fallback}"
-        scorers = {"rule": svc.rule_scorer(), "neural": served, "lightgbm": train_lightgbm(data)}
+        # The peer: the active model's training file (hash checked), early-stopped on the same validation file.
+        peer, out[f"{name}_peer"] = lightgbm_peer(val=val)
+        assert peer is not None, out[f"{name}_peer"]["skipped"]
+        scorers = {"rule": svc.rule_scorer(), "neural": served, "lightgbm": peer}
         if "neural" in previous:  # does the loop improve the ranker? Same requests, same random numbers.
             scorers["neural_prev"] = previous["neural"]
         previous["neural"] = scorers["neural"]
@@ -127,7 +135,9 @@ def main() -> int:
     p.add_argument("--arch", default="default", help="ranker architecture: small, default or large")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--seed", type=int, default=42, help="world seed (simulation and report seeds are fixed)")
+    p.add_argument("--seeds", default="42", help="world seeds, comma-separated (simulation and report seeds "
+                                                "are fixed)")
+    p.add_argument("--seed", type=int, default=None, help="one world seed (the same as --seeds N)")
     p.add_argument("--refit", action="store_true",
                    help="refit the base models every simulated day, as `ranker simulate` does by default; "
                         "without it they stay as fitted on the world as built, so every round measures the "
@@ -137,9 +147,10 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
-    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, args.seed,
+    seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",")]
+    results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, seed,
                      args.refit, args.freshness_boost)
-               for preset in args.presets.split(",")]
+               for seed in seeds for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
@@ -155,9 +166,14 @@ def main() -> int:
                     continue
                 print(f"[{stage}] {title}:")
                 for name, pol in r[key].items():
-                    print(f"    {name:11} CTR {pol['ctr']:.4f}  lift {pol['lift_vs_base']:+.1%}  "
-                          f"p {pol.get('p_value_vs_base', float('nan')):.2g}  gap closed {pol['gap_closed']:+.1%}  "
+                    low, high = pol["gap_closed_ci"]
+                    print(f"    {name:11} CTR {pol['ctr']:.4f}  expected {pol['expected_ctr']:.4f}  "
+                          f"lift {pol['lift_vs_base']:+.1%}  p {pol.get('p_value_vs_base', float('nan')):.2g}  "
+                          f"gap closed {pol['gap_closed']:+.1%} (95% CI {low:+.1%} to {high:+.1%})  "
                           f"ILD {pol['ild']:.3f}  age {pol['mean_age_days']:.1f} d")
+            peer = r[f"{stage}_peer"]
+            print(f"[{stage}] LightGBM peer: {peer['rounds']} rounds (early stopping, at most {peer['max_rounds']}) "
+                  f"on {peer['train_rows']:,} rows, {peer['validation']}")
             ab = r[f"{stage}_ab"]
             print(f"[{stage}] A/B (served traffic): {ab['verdict']}")
             for verdict in r[f"{stage}_guardrails"]:

@@ -207,5 +207,6 @@ def test_report_compares_every_policy_on_the_same_requests(served, capsys):
         low, high = p["gap_closed_ci"]
         assert p["requests"] == compared and low <= p["gap_closed"] <= high
         assert p["gap_closed"] == pytest.approx((p["expected_ctr"] - base) / (oracle - base))
+    assert report["peer"]["version"] == "v1" and 1 <= report["peer"]["rounds"] < report["peer"]["max_rounds"]
     assert "A/B:" in text and "mean age of served items" in text and "oracle" in text
-    assert "gap closed (95% CI)" in text
+    assert "gap closed (95% CI)" in text and f"LightGBM peer: {report['peer']['rounds']} rounds (early stopping" in text

@@ -65,6 +65,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  {name:{width}} {_fmt(p[keys.CTR])} {_fmt(p['expected_ctr']):>8} "
                   f"{_fmt(p['lift_vs_base'], True):>7} {p.get('p_value_vs_base', float('nan')):>8.2g} {gap:>28} "
                   f"{_fmt(p[keys.ILD])} {p[keys.MEAN_AGE_DAYS]:>6.1f}")
+    peer = report.get("peer") or {}
+    if "rounds" in peer:
+        print(f"LightGBM peer: {peer['rounds']} rounds (early stopping, at most {peer['max_rounds']}), trained on "
+              f"{peer['version']}'s training file {peer['data_path']} (hash {peer['data_hash']}); validation: "
+              f"{peer['validation']}")
     for note in report["notes"]:
         print(f"note: {note}")
     return 0

@@ -10,6 +10,9 @@ Quality is the share of the base→oracle gap each policy closes, from the *expe
 the click model gives each list (its click probabilities summed over the positions), not
 from the realised clicks, with a bootstrap 95 % interval over requests. The realised CTR
 is reported too.
+
+The LightGBM peer is trained on exactly the active model's training file (checked by its
+hash), with early stopping on validation data (see :func:`lightgbm_peer`).
 """
 
 from __future__ import annotations
@@ -29,23 +32,35 @@ from ranker.data.db import session_scope
 from ranker.data.schema import User
 from ranker.rank.features import ListContext, feature_names
 from ranker.rank.metrics import intra_list_diversity
+from ranker.rank.registry import CheckpointError, active_path, data_hash, load_checkpoint
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
+from ranker.rank.train import GROUP_COLUMN, Dataset, load_dataset
 from ranker.sim.oracle import Oracle, load_oracle
 
 #: Bootstrap resamples of the requests for the gap-closed interval.
 BOOTSTRAP_RESAMPLES = 1000
+#: The LightGBM peer stops when validation NDCG@10 has not improved for this many rounds ...
+PEER_PATIENCE = 30
+#: ... and never boosts more rounds than this.
+PEER_MAX_ROUNDS = 500
+#: Without the model's own validation file: the latest share of the lists (by event time) validates.
+PEER_VAL_FRACTION = 0.2
 
 
 # --- The LightGBM peer ------------------------------------------------------------------
 
 
 class LightGBMScorer:
-    """A LightGBM lambdarank model used as a greedy scorer (a peer for comparison)."""
+    """A LightGBM lambdarank model used as a greedy scorer (a peer for comparison).
+
+    ``rounds`` is the boosting round it predicts with: the best one on validation.
+    """
 
     version = "lightgbm"
 
     def __init__(self, booster: Any):
         self.booster = booster
+        self.rounds = int(booster.best_iteration or booster.current_iteration())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.booster.predict(x)
@@ -54,23 +69,123 @@ class LightGBMScorer:
         return self.booster.predict(x, pred_contrib=True)[:, :-1]
 
 
-def train_lightgbm(train_csv: Path, seed: int = 42) -> LightGBMScorer:
-    """Lambdarank on the same dataset and features as the neural ranker."""
+def train_lightgbm(train: Dataset, val: Dataset, seed: int = 42, max_rounds: int = PEER_MAX_ROUNDS,
+                   patience: int = PEER_PATIENCE) -> LightGBMScorer:
+    """Lambdarank on ``train`` (a :class:`ranker.rank.train.Dataset`, the neural ranker's
+    features), early-stopped on ``val``'s NDCG@10: at most ``max_rounds`` rounds, stopping
+    after ``patience`` rounds without improvement; it predicts with the best round."""
     try:
         import lightgbm as lgb
     except ImportError:
         raise ValueError("LightGBM is not installed: `pip install lightgbm` to include the peer") from None
-    from ranker.rank.train import load_dataset
 
-    data = load_dataset(train_csv, min_positives=1)
-    order = np.argsort(data.groups, kind="stable")
-    sizes = np.bincount(data.groups[order])
-    sizes = sizes[sizes > 0]
-    ds = lgb.Dataset(data.x[order], data.y[order], group=sizes, feature_name=feature_names())
+    def grouped(data, reference=None):
+        order = np.argsort(data.groups, kind="stable")  # lambdarank wants each group's rows together
+        sizes = np.bincount(data.groups[order])
+        return lgb.Dataset(data.x[order], data.y[order], group=sizes[sizes > 0], feature_name=feature_names(),
+                           reference=reference)
+
+    ds = grouped(train)
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05,
               "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1, "seed": seed,
               "deterministic": True, "num_threads": 1}
-    return LightGBMScorer(lgb.train(params, ds, num_boost_round=200))
+    booster = lgb.train(params, ds, num_boost_round=max_rounds, valid_sets=[grouped(val, ds)],
+                        callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)])
+    return LightGBMScorer(booster)
+
+
+def lightgbm_peer(val: Path | None = None, seed: int = 42) -> tuple[LightGBMScorer | None, dict[str, Any]]:
+    """The LightGBM peer of the active model: trained on the same file, checked by its hash.
+
+    The data is the active checkpoint's ``data_path``, refused (peer skipped) when the file
+    is gone or its hash is no longer the checkpoint's ``data_hash``. Early stopping uses,
+    in this order: the checkpoint's ``val_path`` (when recorded, unchanged if it records
+    ``val_hash``), the ``val`` file the caller says the model was validated on, or else
+    the latest ``PEER_VAL_FRACTION`` of the lists by their ``event_time`` (the peer then
+    trains on the earlier rest; a file without ``event_time`` gets a random split of
+    whole lists).
+
+    Returns (the scorer, or None when skipped; what it was trained on: ``version``,
+    ``data_path``, ``data_hash``, ``validation``, ``train_rows``, ``val_rows``, ``rounds``,
+    ``max_rounds``, ``patience``; or ``skipped``, the reason).
+    """
+    path = active_path()
+    if not path.exists():
+        return None, {"skipped": "LightGBM peer skipped: no trained model is active (`ranker train`), so there "
+                                 "is no training data to share"}
+    try:
+        meta = load_checkpoint(path).meta
+    except CheckpointError as exc:
+        return None, {"skipped": f"LightGBM peer skipped: the active model file is unreadable: {exc}"}
+    version = meta.get("version", "the active model")
+    data_path, recorded_hash = meta.get("data_path"), meta.get("data_hash")
+    info: dict[str, Any] = {"version": version, "data_path": data_path, "data_hash": recorded_hash}
+    if not data_path or not recorded_hash:
+        return None, {**info, "skipped": f"LightGBM peer skipped: {version}'s checkpoint records no training "
+                                         "file and hash; retrain it (`ranker train`) to compare with the peer"}
+    problem = _changed(Path(data_path), recorded_hash)
+    if problem:
+        return None, {**info, "skipped": f"LightGBM peer skipped: {version}'s training file {data_path} {problem}; "
+                                         "retrain (`ranker train`) so the model and the peer see the same data"}
+    try:
+        data = load_dataset(data_path, min_positives=1)
+        train, valid, info["validation"] = _peer_split(data, meta, val, seed)
+        scorer = train_lightgbm(train, valid, seed=seed)
+    except ValueError as exc:  # DataError included
+        return None, {**info, "skipped": f"LightGBM peer skipped: {exc}"}
+    return scorer, {**info, "train_rows": len(train), "val_rows": len(valid), "rounds": scorer.rounds,
+                    "max_rounds": PEER_MAX_ROUNDS, "patience": PEER_PATIENCE}
+
+
+def _changed(path: Path, expected_hash: str | None) -> str | None:
+    """What is wrong with ``path`` ("is gone", "has changed ..."), or None when it is there and,
+    given ``expected_hash``, still hashes to it."""
+    if not path.is_file():
+        return "is gone"
+    now = data_hash(path) if expected_hash else None
+    if now != expected_hash:
+        return f"has changed (hash {now} now, {expected_hash} when the model was trained)"
+    return None
+
+
+def _peer_split(data: Dataset, meta: dict[str, Any], val: Path | None, seed: int) -> tuple[Dataset, Dataset, str]:
+    """(train, validation, how the validation was chosen) for the peer; see :func:`lightgbm_peer`."""
+    why_not, recorded = "", meta.get("val_path")
+    if recorded:
+        problem = _changed(Path(recorded), meta.get("val_hash"))
+        if problem is None:
+            return data, load_dataset(recorded, min_positives=1), f"the model's validation file {recorded}"
+        why_not = f"the model's validation file {recorded} {problem}, so "
+    if val is not None:
+        return data, load_dataset(val, min_positives=1), f"{why_not}the model's validation file {val}"
+    held = _latest_groups(Path(meta["data_path"]), int(data.groups.max()) + 1, seed)
+    mask = held[data.groups]
+    if mask.all() or not mask.any():
+        raise ValueError(f"{meta['data_path']} has too few lists to hold some out for early stopping")
+    return data.subset(~mask), data.subset(mask), (
+        f"{why_not}the latest {PEER_VAL_FRACTION:.0%} of the lists of the training file by event time (the model "
+        f"recorded no validation file; the peer trains on the earlier {1 - PEER_VAL_FRACTION:.0%})")
+
+
+def _latest_groups(path: Path, n_groups: int, seed: int) -> np.ndarray:
+    """(n_groups,) bool: the latest ``PEER_VAL_FRACTION`` of the groups by their last event time,
+    in the group codes :func:`ranker.rank.train.load_dataset` gives; a random share without
+    an ``event_time`` column."""
+    import pandas as pd
+
+    head = pd.read_csv(path, nrows=0).columns
+    n_held = max(1, round(PEER_VAL_FRACTION * n_groups))
+    held = np.zeros(n_groups, dtype=bool)
+    if "event_time" not in head:
+        held[np.random.default_rng(seed).permutation(n_groups)[:n_held]] = True
+        return held
+    group_col = GROUP_COLUMN if GROUP_COLUMN in head else "user_id"
+    df = pd.read_csv(path, usecols=[group_col, "event_time"], dtype=str, keep_default_na=False)
+    codes = pd.factorize(df[group_col])[0]
+    last = pd.Series(pd.to_datetime(df["event_time"], format="ISO8601", errors="coerce")).groupby(codes).max()
+    latest = np.lexsort((last.index.to_numpy(), last.to_numpy()))[-n_held:]  # by time, ties by first appearance
+    held[last.index.to_numpy()[latest]] = True
+    return held
 
 
 # --- Paired simulated traffic ---------------------------------------------------------------
@@ -251,12 +366,13 @@ def _paired_p(base: dict[int, int], other: dict[int, int]) -> float:
 # --- The report ------------------------------------------------------------------------------
 
 
-def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | None = None,
-                 show_bar: bool = False, compare: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def build_report(engine, requests: int = 3000, seed: int = 7, show_bar: bool = False,
+                 compare: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Online metrics per arm with the A/B verdict, and the paired offline comparison.
 
     ``compare`` names registered model versions to score on the same requests as the
     active one (policies ``neural <version>``): did the last retraining help?
+    ``report["peer"]`` says what the LightGBM peer was trained on, and for how many rounds.
     """
     from ranker.rank.registry import version_scorer
     from ranker.serving.online import ab_test, guardrail_tests, summary_by_arm
@@ -280,14 +396,11 @@ def build_report(engine, requests: int = 3000, seed: int = 7, dataset: Path | No
         notes.append("no trained model is active: train one (`ranker train`) to include the neural ranker")
     for version in compare:
         scorers[f"neural {version}"] = version_scorer(engine, version)  # RegistryError names the known ones
-    dataset = Path(dataset or config.DATA_DIR / "ranker_train.csv")
-    if dataset.exists():
-        try:
-            scorers["lightgbm"] = train_lightgbm(dataset)
-        except ValueError as exc:
-            notes.append(str(exc))
-    else:
-        notes.append(f"LightGBM peer skipped: no dataset at {dataset} (run `ranker dataset`)")
+    peer, report["peer"] = lightgbm_peer()
+    if peer is not None:
+        scorers["lightgbm"] = peer
+    elif fallback is None:  # without a model, the note above says it all
+        notes.append(report["peer"]["skipped"])
     try:
         report["offline"] = paired_simulation(engine, requests, seed, scorers=scorers, show_bar=show_bar)
     except ValueError as exc:
