@@ -19,6 +19,7 @@ MODULES = (
     "ranker.cli.data_import",
     "ranker.cli.experiments",
     "ranker.cli.offline",
+    "ranker.cli.parity",
     "ranker.cli.serve",
 )
 
