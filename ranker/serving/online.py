@@ -157,8 +157,12 @@ def traffic_scope(engine: Engine) -> TrafficScope | None:
 
 
 def summary_by_arm(engine: Engine, flow: str | None = None, start=None, end=None,
-                   source: str | None = None) -> pd.DataFrame:
-    """Headline metrics per arm over the whole period (SQL aggregates)."""
+                   source: str | None = None, experiment: int | str | None = None) -> pd.DataFrame:
+    """Headline metrics per arm over the whole period (SQL aggregates); with ``experiment`` (an id,
+    a name or :data:`LATEST`), over that experiment's window only."""
+    if experiment is not None:
+        sc = scope(engine, flow, start, end, source, experiment)
+        start, end = sc.start, sc.end
     clicked = _flag(ENGAGED).subquery()
     liked = _flag(config.POSITIVE_KINDS).subquery()
     imp = (
