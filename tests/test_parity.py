@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from ranker import config, keys
 from ranker.data.db import make_engine, put_setting, session_scope
-from ranker.data.schema import Impression
+from ranker.data.schema import Impression, Outcome
 from ranker.evaluation.parity import (
     EPSILON,
     MIN_SAMPLE,
@@ -99,7 +99,7 @@ def logged_world(trained_world, tmp_path_factory) -> Path:
         _SERVICES.clear()
         engine = make_engine(f"sqlite:///{root / 'world.db'}")
         try:
-            simulate(engine, days=1, requests_per_day=60, seed=4, refit_base=False)
+            simulate(engine, days=1, requests_per_day=150, seed=4, refit_base=False)
         finally:
             engine.dispose()
             _SERVICES.clear()
@@ -120,12 +120,16 @@ def logged(served, logged_world):
     return served
 
 
-def _served_rows(engine) -> pd.DataFrame:
-    """Every impression the A/B arms served with features (trending lists left out), one column per feature."""
+def _served_rows(engine, looked_at: bool = True) -> pd.DataFrame:
+    """The impressions parity compares with, one column per feature: lists the ranker served (no
+    trending or legacy list) and, when ``looked_at``, only impressions with an outcome logged."""
+    stmt = (select(Impression.id, Impression.user_id, Impression.item_id, Impression.position,
+                   Impression.features, Impression.request_id, Impression.served_at)
+            .where(Impression.model_version.not_in([config.TRENDING_FLOW, config.LEGACY])))
+    if looked_at:
+        stmt = stmt.join(Outcome, Outcome.impression_id == Impression.id).distinct()
     with engine.connect() as conn:
-        rows = conn.execute(select(Impression.user_id, Impression.item_id, Impression.position, Impression.features,
-                                   Impression.request_id, Impression.served_at)
-                            .where(Impression.arm.in_(config.ARMS), Impression.model_version != "trending")).all()
+        rows = conn.execute(stmt.order_by(Impression.id)).all()
     return pd.DataFrame({
         "user_id": [r.user_id for r in rows], "item_id": [r.item_id for r in rows],
         **{f.column: [r.features[name] for r in rows] for name, f in REGISTRY.items()},
@@ -148,8 +152,9 @@ def test_training_data_equal_to_what_serving_logged_has_zero_psi(logged, tmp_pat
     rows = _served_rows(logged)
     report = parity_report(logged, _write(rows, tmp_path / "train.csv"))
 
-    assert report.period == "the training data's event_time span"
-    assert report.n_served == report.n_sampled == report.n_train == len(rows) >= MIN_SAMPLE
+    assert report.period == "the training data's event_time span, where serving logged features"
+    assert report.population.startswith("served impressions someone looked at")
+    assert report.n_served == report.n_sampled == report.n_train == report.train_rows == len(rows) >= MIN_SAMPLE
     assert [f.feature for f in report.features] == list(REGISTRY)
     for f in report.features:
         assert (f.psi, f.ks, f.verdict) == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12), "ok")
@@ -177,8 +182,7 @@ def test_a_shifted_model_score_in_the_training_data_is_skewed_and_fails_the_gate
 def test_a_skew_in_what_serving_logged_is_found_too(logged, tmp_path):
     train = _write(_served_rows(logged), tmp_path / "train.csv")
     with logged.begin() as conn:  # serving "computed" diversity as 0 for every second impression
-        for imp_id, feats in conn.execute(select(Impression.id, Impression.features)
-                                          .where(Impression.arm.in_(config.ARMS))).all():
+        for imp_id, feats in conn.execute(select(Impression.id, Impression.features)).all():
             if imp_id % 2 == 0 and feats:
                 conn.execute(update(Impression).where(Impression.id == imp_id)
                              .values(features={**feats, "diversity": 0.0}))
@@ -190,56 +194,91 @@ def test_a_skew_in_what_serving_logged_is_found_too(logged, tmp_path):
     assert parity_gate(report, threshold=10.0)[0]  # the threshold is the caller's
 
 
-def test_at_most_limit_impressions_are_read_spread_over_the_period(logged, tmp_path):
+def test_at_most_limit_impressions_are_read_drawn_over_all_positions(logged, tmp_path):
     rows = _served_rows(logged)
-    report = parity_report(logged, _write(rows, tmp_path / "train.csv"), limit=100)
+    limit = len(rows) // 2
+    report = parity_report(logged, _write(rows, tmp_path / "train.csv"), limit=limit)
 
     assert report.n_served == len(rows)
-    assert 0 < report.n_sampled <= 100
-    assert all(f.n_serving == report.n_sampled for f in report.features)
-    assert max(f.psi for f in report.features) < 0.2  # an even spread, not the first 100
+    assert report.n_sampled == limit
+    assert all(f.n_serving == limit for f in report.features)
+    # a random draw, not a stride over ids that would pick the same positions of every list
+    assert max(f.psi for f in report.features) < 0.1
 
 
 def test_without_event_time_the_recorded_dataset_window_is_the_period(logged, tmp_path):
     rows = _served_rows(logged)
     train = _write(rows.drop(columns="event_time"), tmp_path / "train.csv")
-    first = pd.Timestamp(rows["event_time"].min()).to_pydatetime()
-    with session_scope(logged) as s:  # a window that holds only the first hours of the simulated day
-        put_setting(s, keys.LAST_DATASET, {"path": str(train), "window_start": first.isoformat(),
-                                           "window_end": (first + timedelta(hours=12)).isoformat()})
+    times = pd.to_datetime(rows["event_time"]).sort_values()
+    first, cut = times.iloc[0].to_pydatetime(), times.iloc[int(0.6 * len(times))].to_pydatetime()
+    window = {"window_start": first.isoformat(), "window_end": cut.isoformat()}  # the first 60 % of the traffic
+    with session_scope(logged) as s:
+        put_setting(s, keys.LAST_DATASET, {"path": str(train), **window})
 
     report = parity_report(logged, train)
-    assert report.period == "the window the last `ranker dataset` recorded"
-    assert report.start == first
+    assert report.period == "the window the last `ranker dataset` recorded; the file has no event_time"
+    assert (report.start, report.end) == (first, cut + timedelta(seconds=1))
+    assert report.n_served == int((times < cut + timedelta(seconds=1)).sum())
     assert MIN_SAMPLE <= report.n_served < len(rows)
 
     with session_scope(logged) as s:  # a window recorded for another file says nothing about this one
-        put_setting(s, keys.LAST_DATASET, {"path": str(tmp_path / "other.csv"), "window_start": first.isoformat(),
-                                           "window_end": (first + timedelta(hours=12)).isoformat()})
+        put_setting(s, keys.LAST_DATASET, {"path": str(tmp_path / "other.csv"), **window})
     report = parity_report(logged, train)
     assert report.period.startswith("all impressions")
     assert (report.start, report.end, report.n_served) == (None, None, len(rows))
 
 
-def test_training_rows_older_than_any_served_list_are_compared_with_all_impressions(logged):
-    """The fixture's own feedback dataset predates the simulated traffic: its span holds no served list."""
+def test_training_rows_outside_the_served_span_are_left_out(logged, tmp_path):
+    """A feedback dataset's window mostly holds lists no ranker served: only the part of its span in
+    which serving logged features is compared, on both sides."""
+    served = _served_rows(logged)
+    older = served.assign(event_time=(pd.to_datetime(served["event_time"]) - timedelta(days=30))
+                          .dt.strftime("%Y-%m-%dT%H:%M:%S"))
+    train = _write(pd.concat([older, served]), tmp_path / "train.csv")
+    train_skewed_early = _write(pd.concat([older.assign(model_score=0.0), served]), tmp_path / "skewed_early.csv")
+
+    report = parity_report(logged, train)
+    assert report.period == "the training data's event_time span, where serving logged features"
+    assert (report.train_rows, report.n_train) == (2 * len(served), len(served))
+    assert report.start == pd.Timestamp(served["event_time"].min()).to_pydatetime()
+    assert max(f.psi for f in parity_report(logged, train_skewed_early).features) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_rows_that_predate_serving_leave_parity_unchecked(logged):
+    """The fixture's own feedback dataset was built before the simulated traffic."""
     report = parity_report(logged, config.DATA_DIR / "ranker_train.csv")
 
-    assert report.period.startswith("all impressions; the training data's event_time span held 0 served")
-    assert report.n_served == len(_served_rows(logged))
-    assert all(f.verdict != "too few" for f in report.features)
+    assert report.period == "the training data's event_time span; serving logged no features in it"
+    assert report.n_served == 0 and report.n_train == report.train_rows > 0
+    assert {f.verdict for f in report.features} == {"too few"}
+    ok, reason = parity_gate(report)
+    assert ok and reason.startswith("parity not checked")
+
+
+def test_a_dataset_built_from_the_served_impressions_has_parity_with_serving(logged, tmp_path):
+    from ranker.rank.dataset import DatasetConfig, build_dataset
+
+    cfg = DatasetConfig(output=tmp_path / "impressions.csv", source="impressions")
+    build_dataset(logged, cfg)
+    report = parity_report(logged, cfg.output)
+
+    assert {f.feature: f.verdict for f in report.features} == {name: "ok" for name in REGISTRY}
+    assert parity_gate(report)[0]
+    everything = parity_report(logged, cfg.output, looked_at=False)
+    assert everything.population == "served impressions, looked at or not"
+    assert everything.n_served == len(_served_rows(logged, looked_at=False)) > report.n_served
 
 
 def test_legacy_history_and_no_traffic_leave_parity_unchecked_and_the_gate_open(served):
     with served.connect() as conn:
-        assert conn.execute(select(Impression.id).where(Impression.arm == "legacy").limit(1)).first()
+        assert conn.execute(select(Impression.id).where(Impression.model_version == config.LEGACY).limit(1)).first()
 
     report = parity_report(served, config.DATA_DIR / "ranker_train.csv")
     assert report.n_served == report.n_sampled == 0
     assert {f.verdict for f in report.features} == {"too few"}
     assert all(math.isnan(f.psi) for f in report.features)
     ok, reason = parity_gate(report)
-    assert ok and reason.startswith("parity not checked: 0 impressions served")
+    assert ok and reason.startswith("parity not checked: 0 served impressions, looked at or not")
 
 
 def test_limit_must_be_positive(served):
@@ -265,7 +304,7 @@ def test_cli_prints_a_table_and_json_with_the_gate(logged, tmp_path, capsys):
     assert [f["feature"] for f in doc["features"]] == list(REGISTRY)
     assert doc["features"][0]["verdict"] == "skewed" and doc["features"][0]["psi"] > 0.2
     assert doc["gate"]["ok"] is False
-    assert doc["period"] == "the training data's event_time span"
+    assert doc["period"] == "the training data's event_time span, where serving logged features"
 
 
 def test_cli_defaults_to_the_last_dataset_and_says_how_to_build_a_missing_one(served, tmp_path, capsys):

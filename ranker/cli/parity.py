@@ -23,15 +23,17 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     engine = ensure_schema(get_engine())
     data = args.data or latest_training_csv(engine)
-    report = parity_report(engine, data, start=args.start, end=args.end)
+    report = parity_report(engine, data, start=args.start, end=args.end,
+                           looked_at=False if args.every_impression else None)
     ok, reason = parity_gate(report)
     if args.json:
         print(json.dumps({**report.as_dict(), "gate": {"ok": ok, "reason": reason}}))
         return 0
     period = f"{_time(report.start, 'the first')} to {_time(report.end, 'the last')}"
-    print(f"train/serve parity of {report.train_path} ({report.n_train:,} rows) with {report.n_sampled:,} of "
-          f"{report.n_served:,} impressions served from {period}")
+    print(f"train/serve parity of {report.train_path} ({report.n_train:,} of its {report.train_rows:,} rows) "
+          f"with {report.n_sampled:,} of {report.n_served:,} impressions served from {period}")
     print(f"period: {report.period}")
+    print(f"impressions: {report.population}")
     print(f"  {'feature':14} {'PSI':>7} {'KS':>6} {'KS p':>8} {'n train':>8} {'n serving':>9} "
           f"{'mean train':>10} {'mean serving':>12}  verdict")
     for f in report.features:
@@ -61,5 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=iso_time, default=None,
                    help="compare with impressions served from this time (default: the training data's span)")
     p.add_argument("--end", type=iso_time, default=None, help="... up to this time, excluded")
+    p.add_argument("--every-impression", action="store_true",
+                   help="compare with every served impression, not only those someone looked at (adds "
+                        "position bias: which items get looked at is not how features are computed)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_parity)
