@@ -247,7 +247,8 @@ def _experiment_routes(router: APIRouter, engine: Engine) -> None:
                                       started_at=r.started_at, ended_at=r.ended_at, owner=r.owner,
                                       running=r.ended_at is None)
 
-    conflict = {409: {"model": ErrorResponse, "description": "one is running already, or the name is taken"}}
+    auth = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
+    conflict = {**auth, 409: {"model": ErrorResponse, "description": "one is running already, or the name is taken"}}
 
     @router.get("/experiments", response_model=list[schemas.ExperimentInfo], dependencies=[Depends(require_read)])
     def experiments() -> list[schemas.ExperimentInfo]:
@@ -264,7 +265,7 @@ def _experiment_routes(router: APIRouter, engine: Engine) -> None:
             raise ApiError(409, str(exc), "name") from None
 
     @router.post("/experiments/stop", response_model=schemas.ExperimentInfo, dependencies=[Depends(require_write)],
-                 responses={409: {"model": ErrorResponse, "description": "no experiment is running"}})
+                 responses={**auth, 409: {"model": ErrorResponse, "description": "no experiment is running"}})
     def stop() -> schemas.ExperimentInfo:
         """End the running experiment now; everyone gets the ranker from the next request."""
         try:
