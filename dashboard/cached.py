@@ -106,14 +106,24 @@ def metrics_by_arm(engine: Engine, flow: str | None, start: Day, end: Day, sourc
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
-def ab_test(engine: Engine, flow: str | None, start: Day, end: Day, mde: float, source: str | None) -> ABResult:
-    return online.ab_test(engine, flow, start, end, mde=mde, source=source)
+def ab_test(engine: Engine, flow: str | None, start: Day, end: Day, mde: float, source: str | None,
+            experiment: str | None = None) -> ABResult:
+    return online.ab_test(engine, flow, start, end, mde=mde, source=source, experiment=experiment or online.LATEST)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def guardrail_tests(engine: Engine, flow: str | None, start: Day, end: Day,
-                    source: str | None) -> dict[str, ABResult]:
-    return online.guardrail_tests(engine, flow, start, end, source=source)
+                    source: str | None, experiment: str | None = None) -> dict[str, ABResult]:
+    return online.guardrail_tests(engine, flow, start, end, source=source,
+                                  experiment=experiment or online.LATEST)
+
+
+@st.cache_data(ttl=5, show_spinner=False, hash_funcs=BY_URL)
+def experiments(engine: Engine) -> list[dict]:
+    """Every A/B experiment, newest first, as table rows."""
+    from ranker.serving.experiments import experiment_rows
+
+    return experiment_rows(engine)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)

@@ -5,7 +5,7 @@ from datetime import timedelta
 import streamlit as st
 
 from dashboard import cached, charts, common, jobs_ui
-from ranker import keys
+from ranker import config, keys
 from ranker.ops import jobs
 from ranker.serving import experiments, online
 
@@ -17,26 +17,40 @@ can_edit = common.operator_gate()
 scope = cached.traffic_scope(engine)  # None without served traffic
 common.show_done()
 
-# --- Experiment controls ------------------------------------------------------------
+# --- Experiments ------------------------------------------------------------------
 exp = experiments.get_experiment(engine)
-with st.expander(f"Experiment: {'running' if exp.running else 'stopped'}, rollout {exp.rollout:g}%",
-                 expanded=False):
-    rollout = st.slider("Rollout: % of users in treatment (reranked)", 0, 100, int(exp.rollout), 5)
-    c1, c2, c3 = st.columns(3)
-    if c1.button("Save rollout", disabled=not can_edit or rollout == exp.rollout) and can_edit:
-        experiments.update_experiment(engine, rollout=rollout, actor=common.ACTOR)
-        common.done(f"Rollout saved: {rollout}% of users get the reranked list.")
+records = cached.experiments(engine)
+title = f"Experiment {exp.name!r}: running, {exp.rollout:g}% in treatment" if exp.running else \
+    "No experiment running: everyone gets the ranker"
+with st.expander(title, expanded=not records):
     if exp.running:
+        rollout = st.slider("Rollout: % of users in treatment (reranked)", 0, 100, int(exp.rollout), 5,
+                            help="Users whose arm changes are then in both arms; analysis leaves them out")
+        c1, c2 = st.columns(2)
+        if c1.button("Save rollout", disabled=not can_edit or rollout == exp.rollout) and can_edit:
+            experiments.update_experiment(engine, rollout=rollout, actor=common.ACTOR)
+            common.done(f"Rollout saved: {rollout}% of users get the reranked list.")
         if c2.button("Stop experiment", disabled=not can_edit,
-                     help="Everyone gets the ranker; the A/B split ends") and can_edit:
+                     help="Everyone gets the ranker; the experiment stays listed for analysis") and can_edit:
             experiments.update_experiment(engine, running=False, actor=common.ACTOR)
-            common.done("Experiment stopped: everyone gets the ranker.")
-    elif c2.button("Start experiment", disabled=not can_edit) and can_edit:
-        experiments.update_experiment(engine, running=True, actor=common.ACTOR)
-        common.done("Experiment started.")
+            common.done(f"Experiment {exp.name!r} stopped: everyone gets the ranker.")
+    else:
+        c1, c2 = st.columns(2)
+        name = c1.text_input("Name", placeholder=f"experiment-{len(records) + 1}", max_chars=80)
+        rollout = c2.slider("Rollout: % of users in treatment (reranked)", 0, 100, int(exp.rollout), 5)
+        if st.button("Start experiment", disabled=not can_edit) and can_edit:
+            try:
+                started = experiments.start_experiment(engine, name or None, rollout, owner=common.ACTOR)
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                common.done(f"Experiment {started.name!r} started: {rollout}% of users get the ranker.")
+    if records:
+        st.dataframe(records, hide_index=True)
 
 # --- Simulated traffic --------------------------------------------------------------
-with st.expander("Run simulated traffic on the demo world", expanded=scope is None):
+served_by_ranker = scope is not None and bool(set(scope.sources) - {config.LEGACY})
+with st.expander("Run simulated traffic on the demo world", expanded=not served_by_ranker):
     c1, c2, c3 = st.columns(3)
     days = c1.number_input("Days", 1, 60, 3)
     per_day = c2.number_input("Requests per day", 10, 20000, 300, 50)
@@ -69,9 +83,14 @@ if per_day_arm.empty:
 
 # --- Verdict --------------------------------------------------------------------------
 st.subheader("A/B verdict")
-mde = st.select_slider("Minimum detectable lift", [0.01, 0.02, 0.05, 0.1, 0.2], value=0.05,
+c1, c2 = st.columns(2)
+names = [r["name"] for r in records]
+picked_exp = c1.selectbox("Experiment", names or ["(none started yet)"], disabled=not names,
+                          help="The analysis reads only the lists served inside this experiment's window")
+which = picked_exp if names else None
+mde = c2.select_slider("Minimum detectable lift", [0.01, 0.02, 0.05, 0.1, 0.2], value=0.05,
                        format_func=lambda v: f"{v:.0%}")
-res = cached.ab_test(engine, flow_f, start, end, mde, source_f)
+res = cached.ab_test(engine, flow_f, start, end, mde, source_f, which)
 (st.success if res.enough_data and res.p_value is not None and res.p_value < 0.05 else st.info)(res.verdict)
 if res.enough_data:
     c1, c2, c3, c4 = st.columns(4)
@@ -80,7 +99,7 @@ if res.enough_data:
     c3.metric("Lift (95% CI)", f"{res.lift:+.1%}", help=f"{res.ci_low:+.1%} to {res.ci_high:+.1%}")
     c4.metric(f"Users/arm for {mde:.0%} lift", f"{res.users_needed_per_arm:,}")
     st.plotly_chart(charts.lift_interval(res.lift, res.ci_low, res.ci_high))
-    guard = cached.guardrail_tests(engine, flow_f, start, end, source_f)
+    guard = cached.guardrail_tests(engine, flow_f, start, end, source_f, which)
     st.markdown("**Diversity and freshness**, per-user delta method as for CTR (a lower age is fresher)")
     st.dataframe(
         [{"metric": online.GUARDRAILS[column], "control": g.control.rate, "treatment": g.treatment.rate,

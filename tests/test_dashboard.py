@@ -699,3 +699,22 @@ def test_dashboard_works_on_imported_data(imported_db):
     board = open_page("metrics_ab")
     assert not board.exception
     assert any("need served lists" in i.value or "served traffic" in i.value for i in board.info)
+
+
+def test_experiments_are_listed_stopped_and_started_from_the_metrics_page(demo):
+    from ranker.serving import experiments
+
+    at = open_page("metrics_ab")
+    assert at.expander[0].label == "Experiment 'demo': running, 50% in treatment"
+    assert at.dataframe[0].value["name"].tolist() == ["demo"]
+    button(at, "Stop experiment").click().run()
+    assert not experiments.get_experiment(demo).running
+    at = open_page("metrics_ab")
+    assert at.expander[0].label == "No experiment running: everyone gets the ranker"
+    at.text_input[0].input("from-the-page").run()
+    button(at, "Start experiment").click().run()
+    exp = experiments.get_experiment(demo)
+    assert exp.running and exp.name == "from-the-page"
+    at = open_page("metrics_ab")
+    assert at.dataframe[0].value["name"].tolist() == ["from-the-page", "demo"]
+    assert at.selectbox[2].options == ["from-the-page", "demo"]  # flow, source, experiment

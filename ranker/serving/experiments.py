@@ -72,6 +72,12 @@ def list_experiments(engine: Engine) -> list[ExperimentRecord]:
         return list(s.scalars(select(ExperimentRecord).order_by(ExperimentRecord.id.desc())))
 
 
+def experiment_rows(engine: Engine) -> list[dict[str, Any]]:
+    """Every experiment, newest first, as plain rows for a table."""
+    return [{"name": r.name, "rollout %": r.allocation, "started": r.started_at, "ended": r.ended_at,
+             "running": r.ended_at is None, "owner": r.owner} for r in list_experiments(engine)]
+
+
 def find_experiment(engine: Engine, which: int | str | None = None) -> ExperimentRecord | None:
     """An experiment by id or name; without one, the running experiment, else the latest."""
     with session_scope(engine) as s:
