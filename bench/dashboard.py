@@ -83,12 +83,10 @@ def _worker(runs: int) -> dict[str, dict]:
     # This file is called dashboard.py too: put the real dashboard package first on the path.
     sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != BENCH]
     import logging
-    import threading
 
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import preview
     from ranker.base import store
     from ranker.serving import service as serve
 
@@ -103,14 +101,8 @@ def _worker(runs: int) -> dict[str, dict]:
         error = at.exception[0].value if at.exception else None
         return took, error
 
-    def warmed_up() -> None:
-        for thread in threading.enumerate():
-            if thread.name == preview.WARM_UP_THREAD:
-                thread.join()
-
     def restart() -> None:
         """As after a server restart (modules stay imported)."""
-        warmed_up()
         st.cache_data.clear()
         st.cache_resource.clear()
         serve._SERVICES.clear()
@@ -126,15 +118,11 @@ def _worker(runs: int) -> dict[str, dict]:
             took, error = render(page)
             first.append(took)
             restart()
-            delay, preview.WARM_UP_DELAY_S = preview.WARM_UP_DELAY_S, 0.0  # no need to wait here
-            render("overview")  # the landing page starts the warm-up
-            warmed_up()
-            preview.WARM_UP_DELAY_S = delay
+            render("overview")  # the first page of a process warms serving up, inside its script run
             st.cache_data.clear()
             after_warm_up.append(render(page)[0])
         repeat, _ = render(page)
         result[page] = {"first": first, "after_warm_up": after_warm_up, "repeat": [repeat], "error": error}
-    warmed_up()
     return result
 
 
