@@ -32,7 +32,11 @@ from ranker.rank.spec import ARCHS, ModelSpec
 #: The guide's CSV names the item column ``startup_id``; both are accepted.
 ITEM_COLUMN_ALIASES = ("item_id", "startup_id")
 GROUP_COLUMN = "group_id"
+#: When the row's list was shown (ISO 8601); optional, and needed for a time split.
+TIME_COLUMN = "event_time"
 MIN_POSITIVES = 100
+#: How ``--val-split`` picks validation lists: the latest ones, or at random (the old way).
+SPLITS = ("time", "random")
 
 
 class DataError(ValueError):
@@ -51,6 +55,7 @@ class Dataset:
     user_ids: np.ndarray
     item_ids: np.ndarray
     source: str = ""
+    times: np.ndarray | None = None  # (n,) datetime64[s], when each row's list was shown; None without event_time
 
     def __post_init__(self) -> None:
         self.x = np.require(self.x, np.float32, ["C", "W"])
@@ -62,7 +67,7 @@ class Dataset:
 
     def subset(self, mask: np.ndarray) -> Dataset:
         return Dataset(self.x[mask], self.y[mask], self.groups[mask], self.user_ids[mask],
-                       self.item_ids[mask], self.source)
+                       self.item_ids[mask], self.source, None if self.times is None else self.times[mask])
 
 
 def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Dataset:
@@ -70,14 +75,15 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
 
     Columns: ``user_id, item_id`` (or ``startup_id``), one per registered feature
     (``model_score, recency_score, ...``), ``label`` and optionally ``group_id``
-    (request or list). Without ``group_id``, pairs are formed within each user.
+    (request or list) and ``event_time`` (when the list was shown; a time split needs it).
+    Without ``group_id``, pairs are formed within each user.
 
     Raises
     ------
     DataError
         Missing or misspelled columns, an empty file, text in a numeric column, NaN or
-        inf, a label other than 0/1, a feature outside [0, 1], fewer than
-        ``min_positives`` positives, or a single class.
+        inf, a label other than 0/1, a feature outside [0, 1], an unreadable event time,
+        fewer than ``min_positives`` positives, or a single class.
     """
     path = Path(path)
     df = _read_csv(path)
@@ -93,6 +99,7 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
     return Dataset(
         x=x.astype(np.float32), y=y.astype(np.float32), groups=groups,
         user_ids=df["user_id"].to_numpy(), item_ids=df[item_col].to_numpy(), source=str(path),
+        times=_time_column(df, path),
     )
 
 
@@ -163,13 +170,137 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     return values
 
 
+def _time_column(df: pd.DataFrame, path: Path) -> np.ndarray | None:
+    """``event_time`` as datetime64[s] per row, or None when the file has no such column."""
+    if TIME_COLUMN not in df.columns:
+        return None
+    raw = df[TIME_COLUMN].str.strip()
+    times = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+    if times.isna().any():
+        row = int(np.flatnonzero(times.isna().to_numpy())[0])
+        raise DataError(f"{path} line {row + 2}: {TIME_COLUMN}={raw.iloc[row]!r} is not a date and time "
+                        "(ISO 8601, e.g. 2025-12-01T09:30:00)")
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return times.to_numpy().astype("datetime64[s]")
+
+
+# --- Splitting ----------------------------------------------------------------------
+
+
+def check_shares(**shares: float) -> None:
+    """Each held-out share (keyword: the flag it came from) lies in (0, 1), and together they
+    leave lists to train on. ValueError naming the flag to change.
+
+    >>> check_shares(val_split=0.2, holdout_split=0.2)
+    """
+    for name, share in shares.items():
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a share of the lists between 0 and 1 "
+                             f"(e.g. 0.2), got {share:g}")
+    total = sum(shares.values())
+    if len(shares) > 1 and total >= 1.0:
+        names = " + ".join(f"--{n.replace('_', '-')} {v:g}" for n, v in shares.items())
+        raise ValueError(f"{names} = {total:g} leaves no list to train on; make them sum to less than 1")
+
+
+def list_parts(data: Dataset, shares: tuple[float, ...]) -> np.ndarray:
+    """(n,) part of each row's list by time (see :func:`time_parts`); a list's time is its earliest row's.
+
+    Raises DataError when ``data`` has no event times.
+    """
+    if data.times is None:
+        raise DataError(f"{data.source or 'the data'} has no {TIME_COLUMN} column, so it cannot be split "
+                        "by time; rebuild it with `ranker dataset`, or pass --split-by random")
+    codes, row_list = np.unique(data.groups, return_inverse=True)
+    first = np.full(len(codes), np.datetime64("9999-12-31T00:00:00", "s"))
+    np.minimum.at(first, row_list, data.times)
+    return time_parts(first, shares)[row_list]
+
+
+def time_parts(times: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    """Which part each list falls in, by time: 0 for the earliest, then 1, 2, ... for each share.
+
+    The last part holds the latest ``round(shares[-1] * n)`` lists, the part before it the
+    ``round(shares[-2] * n)`` lists before those, and so on. Lists shown at the same moment as
+    a cut go to the later part, so every list of a part is strictly later than every list of
+    the parts before it.
+
+    Shapes: times (n,); returns (n,) int64 in ``0..len(shares)``.
+    """
+    n = len(times)
+    order = np.argsort(times, kind="stable")
+    t = times[order]
+    cuts, end = [], n
+    for share in reversed(shares):
+        cut = max(0, end - int(round(share * n)))
+        if cut < n:
+            cut = int(np.searchsorted(t, t[cut], side="left"))  # ties join the later part
+        cuts.append(cut)
+        end = cut
+    part_in_order = np.searchsorted(np.array(cuts[::-1]), np.arange(n), side="right")
+    parts = np.empty(n, dtype=np.int64)
+    parts[order] = part_in_order
+    return parts
+
+
+def split_by_time(data: Dataset, val_fraction: float) -> tuple[Dataset, Dataset]:
+    """(train, validation): the latest ``val_fraction`` of the lists are validation (whole lists)."""
+    mask = list_parts(data, (val_fraction,)) == 1
+    return data.subset(~mask), data.subset(mask)
+
+
 def split_by_group(data: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Hold out ``val_fraction`` of the groups (whole groups, so no list is split)."""
+    """Hold out a random ``val_fraction`` of the groups (whole groups, so no list is split)."""
     rng = np.random.default_rng(seed)
     n_groups = int(data.groups.max()) + 1
     held = rng.random(n_groups) < val_fraction
     mask = held[data.groups]
     return data.subset(~mask), data.subset(mask)
+
+
+def split_validation(data: Dataset, val_split: float, split_by: str = config.DEFAULTS.split_by,
+                     seed: int = config.DEFAULTS.seed) -> tuple[Dataset, Dataset]:
+    """(train, validation) for ``--val-split``: by default the latest ``val_split`` of the lists
+    by ``event_time``; with ``split_by="random"`` a random share of them.
+
+    Raises
+    ------
+    ValueError
+        A share outside (0, 1), an unknown ``split_by``, no time column for a time split, or a
+        share that leaves one side without lists; the message says what to change.
+    """
+    check_shares(val_split=val_split)
+    if split_by not in SPLITS:
+        raise ValueError(f"unknown --split-by {split_by!r}; choose one of: {', '.join(SPLITS)}")
+    train_set, val_set = (split_by_time(data, val_split) if split_by == "time"
+                          else split_by_group(data, val_split, seed))
+    n_lists = int(len(np.unique(data.groups)))
+    if len(val_set) == 0:
+        raise DataError(f"--val-split {val_split:g} of {n_lists} lists leaves no validation list; raise it")
+    if len(train_set) == 0:
+        why = ("every list was shown at the same moment" if split_by == "time"
+               else f"--val-split {val_split:g} drew every list")
+        raise DataError(f"{why}, so no list is left to train on; lower --val-split"
+                        + (" or pass --split-by random" if split_by == "time" else ""))
+    return train_set, val_set
+
+
+def write_parts(path: str | Path, parts: np.ndarray, outputs: list[Path]) -> None:
+    """Write row ``i`` of the CSV ``path`` to ``outputs[parts[i]]``, unchanged, header on each.
+
+    ``parts``: (n,) ints, e.g. from :func:`list_parts` on ``load_dataset(path)``. ``path`` is
+    read whole before anything is written, so it may be one of ``outputs``.
+    """
+    raw = _read_csv(Path(path))
+    if len(raw) != len(parts):
+        raise ValueError(f"{path} has {len(raw)} rows but {len(parts)} parts were given")
+    for i, target in enumerate(outputs):
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        raw[parts == i].to_csv(tmp, index=False)
+        tmp.replace(target)
 
 
 # --- Training -----------------------------------------------------------------------
