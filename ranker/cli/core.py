@@ -52,12 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = train_and_register(
             engine, args.data, cfg, val=args.val, val_split=args.val_split, output_dir=args.output_dir,
             activate=True if args.activate else (False if args.no_activate else None),
-            min_positives=args.min_positives, on_epoch=on_epoch)
+            min_positives=args.min_positives, on_epoch=on_epoch, split_by=args.split_by)
     finally:
         bar.close()
     if args.json:
         print(json.dumps(outcome.__dict__, default=str))
         return 0
+    print()
+    _print_sets(outcome.sets)
     m = outcome.metrics
     print(f"\nevaluated on {m['evaluated_on']} data: {m['rows']:,} rows, {m['groups']:,} lists")
     print(f"{'':8} {'NDCG@10':>8} {'AUC':>8} {'pair acc':>9}")
@@ -75,6 +77,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _print_sets(sets: dict[str, dict]) -> None:
+    """One line per data set: its size, its time span and what it was used for."""
+    for name, d in sets.items():
+        span = f"{d['from']} .. {d['to']}" if d.get("from") else "(no event_time)"
+        how = f", {d['split']} split" if d.get("split") in ("time", "random") else ""
+        print(f"{name:10} {d['rows']:>8,} rows {d['lists']:>7,} lists  {span}  ({d['role']}{how})  {d['path']}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -144,15 +154,21 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                          neg_ratio=args.neg_ratio, window_days=args.window_days, source=args.source)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                        seed=args.seed)
-    report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True)
+    report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True,
+                     val_split=args.val_split, holdout_split=args.holdout_split)
     if args.json:
         print(json.dumps(report, default=str))
         return 0
-    before = report["active_ndcg@10_on_new_val"]
-    print(f"candidate {report['candidate']}: NDCG@10 {report['candidate_ndcg@10']:.4f} on new validation data")
+    print(f"lists split by time: train on the earliest, pick the epoch on the next {args.val_split:g}, "
+          f"gate promotion on the latest {args.holdout_split:g}")
+    _print_sets(report["sets"])
+    h = report["sets"]["holdout"]
+    print(f"\npromotion gate, NDCG@10 on the holdout ({h['lists']:,} lists, never used in training):")
+    print(f"candidate {report['candidate']}: {report['candidate_ndcg@10']:.4f} "
+          f"(validation: {_f(report['candidate_val_ndcg@10'])})")
     if report["active_before"]:
-        print(f"active {report['active_before']}: NDCG@10 {_f(before)} on the same data")
-    print(f"rule-based ranker: NDCG@10 {_f(report['rule_ndcg@10_on_new_val'])} on the same data")
+        print(f"active {report['active_before']}: {_f(report['active_ndcg@10'])}")
+    print(f"rule-based ranker: {_f(report['rule_ndcg@10'])}")
     print(f"{report['candidate']} {report['verdict']}")
     if report["backup"]:
         print(f"backup of the previous active file: {report['backup']}")
@@ -189,7 +205,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
     tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
     tr.add_argument("--val-split", type=float, default=D.val_split,
-                    help="without --val: hold out this fraction of lists for validation")
+                    help="without --val: hold out this share of the lists for validation, the latest by "
+                         "event_time (see --split-by)")
+    tr.add_argument("--split-by", default=D.split_by, metavar="time|random",
+                    help="--val-split holds out the latest lists (time, the default) or random ones (random)")
     tr.add_argument("--min-positives", type=positive_int, default=D.min_positives)
     act = tr.add_mutually_exclusive_group()
     act.add_argument("--activate", action="store_true", help="serve the new version at once")
@@ -228,6 +247,12 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
     rt.add_argument("--neg-ratio", type=positive_float, default=D.neg_ratio)
     rt.add_argument("--window-days", type=positive_float, default=D.window_days)
     rt.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
+    rt.add_argument("--val-split", type=float, default=D.retrain_val_split,
+                    help="share of the lists, after the training ones by time, that picks the best epoch "
+                         "(default %(default)s)")
+    rt.add_argument("--holdout-split", type=float, default=D.holdout_split,
+                    help="share of the lists, the latest, that the promotion gate compares on "
+                         "(default %(default)s)")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(handler=cmd_retrain)
 

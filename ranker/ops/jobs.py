@@ -233,6 +233,7 @@ def _run_train(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[st
 
     out = train_and_register(engine, params["data"], cfg, val=params.get("val"),
                              val_split=float(params.get("val_split", 0.0)),
+                             split_by=params.get("split_by", config.DEFAULTS.split_by),
                              output_dir=Path(params.get("output_dir", config.MODELS_DIR)),
                              activate=params.get("activate"), on_epoch=on_epoch,
                              min_positives=int(params.get("min_positives", 100)),

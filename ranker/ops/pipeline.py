@@ -6,17 +6,18 @@ The CLI, the dashboard's jobs and cron all go through these two functions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy import Engine
 
 from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
-from ranker.rank.dataset import DatasetConfig, build_dataset
+from ranker.rank.dataset import DatasetConfig, DatasetSummary, build_dataset
 from ranker.rank.registry import (
     CheckpointError,
     activate_version,
@@ -28,14 +29,18 @@ from ranker.rank.registry import (
     register,
 )
 from ranker.rank.train import (
+    SPLITS,
     Dataset,
     EpochCallback,
     TrainConfig,
+    check_shares,
     evaluate_model,
+    list_parts,
     load_dataset,
-    split_by_group,
+    split_validation,
     train,
     write_checkpoints,
+    write_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,18 @@ class TrainOutcome:
     history: list[dict[str, Any]]
     best_epoch: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: What training used: "train" and, with validation, "validation" (see :func:`describe_set`).
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def describe_set(data: Dataset, role: str) -> dict[str, Any]:
+    """Where a set came from, what it is for, and its size: rows, lists, positives, first and last time."""
+    out: dict[str, Any] = {"path": data.source, "role": role, "rows": len(data),
+                           "lists": _n_lists(data), "positives": int(data.y.sum()),
+                           "from": None, "to": None}
+    if data.times is not None and len(data):
+        out["from"], out["to"] = str(data.times.min()), str(data.times.max())
+    return out
 
 
 def train_and_register(
@@ -64,20 +81,29 @@ def train_and_register(
     on_epoch: EpochCallback | None = None,
     should_stop=None,
     actor: str = "cli",
+    split_by: str = config.DEFAULTS.split_by,
 ) -> TrainOutcome:
     """Load ``data``, train, write ``ranker_v1.pth`` (+ ``_best``), register a version.
 
-    ``activate``: True activates, False never, None activates only when no model is
-    active yet. Bad data raises :class:`ranker.rank.train.DataError` before anything is
-    written, so the serving model is untouched.
+    Validation data picks the best epoch: the file ``val``, or else (``val_split`` > 0) the
+    latest ``val_split`` of the lists of ``data`` by event time (``split_by="random"``: a random
+    share of them). ``activate``: True activates, False never, None activates only when no model
+    is active yet. Bad data or a bad split raises :class:`ranker.rank.train.DataError` before
+    anything is written, so the serving model is untouched.
     """
+    if split_by not in SPLITS:
+        raise ValueError(f"unknown --split-by {split_by!r}; choose one of: {', '.join(SPLITS)}")
     dataset = load_dataset(data, min_positives=min_positives)
     if val is not None:
         val_set = load_dataset(val, min_positives=1)
-    elif val_split > 0:
-        dataset, val_set = split_by_group(dataset, val_split, cfg.seed)
+    elif val_split:
+        dataset, val_set = split_validation(dataset, val_split, split_by, cfg.seed)
     else:
         val_set = None
+    sets = {"train": describe_set(dataset, "fit")}
+    if val_set is not None:
+        how = "file" if val is not None else split_by
+        sets["validation"] = {**describe_set(val_set, "best epoch"), "split": how}
     result = train(dataset, cfg, val=val_set, on_epoch=on_epoch, should_stop=should_stop)
     paths = write_checkpoints(result, Path(output_dir or config.MODELS_DIR), data_hash(Path(data)), str(data))
     chosen = paths.get("best", paths["final"])
@@ -92,9 +118,13 @@ def train_and_register(
     with session_scope(engine) as s:
         put_setting(s, keys.LAST_TRAINING, {"version": version, "data": str(data),
                                          "metrics": metrics, "at": utcnow().isoformat(),
-                                         "epochs": cfg.epochs})
+                                         "epochs": cfg.epochs, "sets": sets})
     return TrainOutcome(version, activate, {k: str(v) for k, v in paths.items()}, metrics,
-                        result.history, result.best_epoch, notes)
+                        result.history, result.best_epoch, notes, sets)
+
+
+#: Fewer lists than this in the validation or promotion holdout of a retrain is refused.
+MIN_EVAL_LISTS = 20
 
 
 def retrain(
@@ -104,37 +134,59 @@ def retrain(
     output_dir: str | Path | None = None,
     show_bar: bool = False,
     on_epoch: EpochCallback | None = None,
+    val_split: float = config.DEFAULTS.retrain_val_split,
+    holdout_split: float = config.DEFAULTS.holdout_split,
 ) -> dict[str, Any]:
-    """Fresh dataset → train → evaluate → promote only if no worse than the active model
-    and than the rule-based ranker (with the operator's saved weights), which serves otherwise.
+    """Fresh dataset → split by time → train → evaluate → promote only if no worse than the active
+    model and than the rule-based ranker (with the operator's saved weights), which serves otherwise.
 
-    The comparison is fair: the active model and the rule are scored on the *new*
-    validation data. The active file is backed up first. ``output_dir`` defaults to
-    ``config.MODELS_DIR`` as it is when called.
+    The dataset's lists are split three ways by time: the earliest are trained on, the next
+    ``val_split`` pick the best epoch, and the latest ``holdout_split`` are the promotion holdout.
+    The gate compares the candidate, the active model and the rule on the holdout only, which
+    played no part in training or in choosing the epoch. The three sets are written next to
+    ``dataset_cfg.output`` (``output`` itself keeps the training lists; ``val_output``, default
+    ``<stem>_val.csv``; ``<stem>_holdout.csv``). The active file is backed up first.
+    ``output_dir`` defaults to ``config.MODELS_DIR`` as it is when called.
+
+    Raises
+    ------
+    ValueError
+        A share outside (0, 1), shares that leave nothing to train on, or fewer than
+        :data:`MIN_EVAL_LISTS` lists in the validation set or the holdout.
     """
     from ranker.rank.tuning import current_weights, offline_ndcg
 
+    check_shares(val_split=val_split, holdout_split=holdout_split)
     dataset_cfg = _with_val_output(dataset_cfg)
     train_cfg = train_cfg or TrainConfig()
     backup = backup_active()
-    summary = build_dataset(engine, dataset_cfg, show_bar=show_bar)
-    outcome = train_and_register(engine, dataset_cfg.output, train_cfg, val=dataset_cfg.val_output,
+    paths = _split_paths(dataset_cfg)
+    for stale in (paths["validation"], paths["holdout"]):  # never left to pair with a new training file
+        stale.unlink(missing_ok=True)
+    summary = build_dataset(engine, replace(dataset_cfg, val_output=None), show_bar=show_bar)
+    train_set, val_set, holdout = _split_three_ways(paths, val_split, holdout_split)
+    summary = _record_split(engine, summary, paths, train_set, val_set, holdout)
+    outcome = train_and_register(engine, paths["train"], train_cfg, val=paths["validation"],
                                  output_dir=output_dir, activate=False, on_epoch=on_epoch)
-    new_ndcg = outcome.metrics["model"][keys.NDCG_AT_10] or 0.0
-    val_set = load_dataset(dataset_cfg.val_output, min_positives=1)  # training loaded it fine already
+    new_ndcg = _checkpoint_ndcg(Path(outcome.paths.get("best", outcome.paths["final"])), holdout) or 0.0
     current = active_version(engine)
-    current_ndcg = _active_ndcg(val_set) if current is not None else None
-    rule_ndcg = offline_ndcg(current_weights(engine), val_set)
+    current_ndcg = _active_ndcg(holdout) if current is not None else None
+    rule_ndcg = offline_ndcg(current_weights(engine), holdout)
     promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
     if promote:
         activate_version(engine, outcome.version, actor="retrain")
     return {
-        "dataset": summary.as_dict(),
+        "dataset": summary,
+        "split_by": "time",
+        "sets": {"train": describe_set(train_set, "fit"), "validation": describe_set(val_set, "best epoch"),
+                 "holdout": describe_set(holdout, "promotion gate")},
+        "gate_on": "holdout",
         "candidate": outcome.version,
         "candidate_ndcg@10": new_ndcg,
+        "candidate_val_ndcg@10": outcome.metrics["model"][keys.NDCG_AT_10],
         "active_before": current,
-        "active_ndcg@10_on_new_val": current_ndcg,
-        "rule_ndcg@10_on_new_val": rule_ndcg,
+        "active_ndcg@10": current_ndcg,
+        "rule_ndcg@10": rule_ndcg,
         "promoted": promote,
         "verdict": why,
         "backup": str(backup) if backup else None,
@@ -153,21 +205,72 @@ def _with_val_output(dataset_cfg: DatasetConfig | None) -> DatasetConfig:
     return dataset_cfg
 
 
-def _active_ndcg(val_set: Dataset) -> float | None:
-    """NDCG@10 of the active model on ``val_set``, or None when its checkpoint cannot be evaluated."""
+def _split_paths(dataset_cfg: DatasetConfig) -> dict[str, Path]:
+    """Where a retrain's three sets go, earliest first: the training, validation and holdout CSVs."""
+    out = Path(dataset_cfg.output)
+    return {"train": out, "validation": Path(dataset_cfg.val_output),
+            "holdout": out.with_name(out.stem + "_holdout.csv")}
+
+
+def _split_three_ways(paths: dict[str, Path], val_split: float,
+                      holdout_split: float) -> tuple[Dataset, Dataset, Dataset]:
+    """Split the lists of ``paths["train"]`` by time into the three files of ``paths`` (training
+    keeps the earliest, the holdout gets the latest ``holdout_split``, validation the
+    ``val_split`` before those) and return the three sets. Too few lists in either held-out
+    set raises ValueError before anything is written."""
+    data = load_dataset(paths["train"], min_positives=1)
+    parts = list_parts(data, (val_split, holdout_split))
+    sets = [data.subset(parts == i) for i in range(3)]
+    for held, name, flag, share in ((sets[2], "promotion holdout", "--holdout-split", holdout_split),
+                                    (sets[1], "validation set", "--val-split", val_split)):
+        n = int(len(np.unique(held.groups)))
+        if n < MIN_EVAL_LISTS:
+            raise ValueError(f"{flag} {share:g} of {_n_lists(data)} lists leaves {n} for the {name}; at least "
+                             f"{MIN_EVAL_LISTS} are needed: raise {flag}, or widen --window-days for more lists")
+    write_parts(paths["train"], parts, list(paths.values()))
+    for part, path in zip(sets, paths.values()):
+        part.source = str(path)
+    return sets[0], sets[1], sets[2]
+
+
+def _n_lists(data: Dataset) -> int:
+    return int(len(np.unique(data.groups)))
+
+
+def _record_split(engine: Engine, summary: DatasetSummary, paths: dict[str, Path], train_set: Dataset,
+                  val_set: Dataset, holdout: Dataset) -> dict[str, Any]:
+    """The dataset summary once split (the training file now holds the earliest lists only),
+    also saved as the latest dataset."""
+    out = {**summary.as_dict(), "built_rows": summary.rows, "built_groups": summary.groups,
+           "rows": len(train_set), "positives": int(train_set.y.sum()), "groups": _n_lists(train_set),
+           "val_path": str(paths["validation"]), "val_rows": len(val_set), "val_positives": int(val_set.y.sum()),
+           "holdout_path": str(paths["holdout"]), "holdout_rows": len(holdout),
+           "holdout_positives": int(holdout.y.sum())}
+    with session_scope(engine) as s:
+        put_setting(s, keys.LAST_DATASET, {**out, "created_at": utcnow().isoformat()})
+    return out
+
+
+def _checkpoint_ndcg(path: Path, data: Dataset) -> float | None:
+    """NDCG@10 of the checkpoint at ``path`` on ``data``."""
+    with torch.no_grad():
+        return evaluate_model(load_checkpoint(path).model(), data)["model"][keys.NDCG_AT_10]
+
+
+def _active_ndcg(data: Dataset) -> float | None:
+    """NDCG@10 of the active model on ``data``, or None when its checkpoint cannot be evaluated."""
     try:
-        ckpt = load_checkpoint(active_path())
-        with torch.no_grad():
-            return evaluate_model(ckpt.model(), val_set)["model"][keys.NDCG_AT_10]
+        return _checkpoint_ndcg(active_path(), data)
     except (CheckpointError, ValueError) as exc:
         log.warning("active model could not be evaluated (%s); treating it as absent", exc)
         return None
 
 
 def _verdict(new_ndcg: float, rule_ndcg: float, current_ndcg: float | None) -> tuple[bool, str]:
-    """(promote?, why): the candidate must be no worse than the rule-based ranker and the active model."""
+    """(promote?, why): the candidate must be no worse than the rule-based ranker and the active
+    model, on the promotion holdout."""
     if new_ndcg < rule_ndcg:
-        return False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f}"
+        return False, f"not promoted: below the rule-based ranker's NDCG@10 {rule_ndcg:.4f} on the holdout"
     if current_ndcg is not None and new_ndcg < current_ndcg:
-        return False, f"not promoted: below the active model's NDCG@10 {current_ndcg:.4f}"
+        return False, f"not promoted: below the active model's NDCG@10 {current_ndcg:.4f} on the holdout"
     return True, "promoted"
