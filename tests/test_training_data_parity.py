@@ -116,3 +116,19 @@ def _engaged_developer(engine) -> int:
             select(User.id).join(Interaction, Interaction.user_id == User.id)
             .where(User.role == "developer", Interaction.kind.in_(config.POSITIVE_KINDS))
             .group_by(User.id).order_by(func.count().desc(), User.id).limit(1)).scalar_one()
+
+
+def test_feedback_rows_after_served_traffic_use_the_features_as_served(served, isolated_dirs):
+    from ranker.sim.simulate import simulate
+
+    simulate(served, days=1, requests_per_day=60, seed=1, refit_base=False)
+    cfg = DatasetConfig(output=isolated_dirs["data"] / "after.csv", base_model="popularity", window_days=10)
+    build_dataset(served, cfg)
+    rows = pd.read_csv(cfg.output)
+    ranker_rows = rows[~rows["group_id"].str.startswith(f"{config.LEGACY}-")]
+    assert len(ranker_rows) > 0 and len(ranker_rows) < len(rows)  # legacy lists and the simulated ones
+    with served.connect() as conn:
+        logged = conn.execute(select(Impression.features).where(
+            Impression.request_id == ranker_rows["group_id"].iloc[0],
+            Impression.item_id == int(ranker_rows["item_id"].iloc[0]))).scalar_one()
+    assert ranker_rows["model_score"].iloc[0] == pytest.approx(logged["model_score"], abs=1e-6)

@@ -357,7 +357,7 @@ class _LoggedLists:
         for a, b in zip(bounds[:-1], bounds[1:]):
             labels = np.array([_label_or_none(self.kinds.get(int(i), set())) for i in ids[a:b]], dtype=np.int8)
             yield (f["request_id"].iat[a], int(users[a]), f["served_at"].iat[a].to_pydatetime(), items[a:b],
-                   labels, f["features"].iat[a:b].tolist() if f["features"].iat[a] else None)
+                   labels, f["features"].iloc[a:b].tolist() if f["features"].iat[a] else None)
 
 
 def _label_or_none(kinds: set[str]) -> int:
