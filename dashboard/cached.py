@@ -157,3 +157,17 @@ def _held_out(stamped: tuple[tuple[str, float | None], ...]) -> dataset_files.He
 
 def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime if path.exists() else None
+
+
+@st.cache_data(ttl=60, show_spinner=False, hash_funcs=BY_URL)
+def parity(engine: Engine) -> dict | None:
+    """`ranker parity` of the latest training file, or None when there is none."""
+    from ranker.evaluation.parity import latest_training_csv, parity_gate, parity_report
+    from ranker.rank.train import DataError
+
+    try:
+        report = parity_report(engine, latest_training_csv(engine))
+    except DataError:
+        return None
+    ok, reason = parity_gate(report)
+    return {**report.as_dict(), "gate_ok": ok, "gate_reason": reason}

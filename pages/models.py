@@ -77,3 +77,12 @@ else:
     diff["B − A"] = [rb[k] - ra[k] if isinstance(ra[k], float) and isinstance(rb[k], float) else ""
                      for k in diff.index]
     st.dataframe(diff.astype(str), width="stretch")
+
+st.subheader("Train/serve parity")
+par = cached.parity(engine)
+if par is None:
+    st.caption("No training file yet: build one with `ranker dataset`.")
+else:
+    st.dataframe(par["features"], hide_index=True, width="stretch")
+    (st.caption if par["gate_ok"] else st.warning)(
+        f"{par['period']}; {par['population']}. Promotion gate: {par['gate_reason']}")

@@ -718,3 +718,9 @@ def test_experiments_are_listed_stopped_and_started_from_the_metrics_page(demo):
     at = open_page("metrics_ab")
     assert at.dataframe[0].value["name"].tolist() == ["from-the-page", "demo"]
     assert at.selectbox[2].options == ["from-the-page", "demo"]  # flow, source, experiment
+
+
+def test_models_page_shows_train_serve_parity(demo):
+    at = open_page("models")
+    assert "Train/serve parity" in [h.value for h in at.subheader]
+    assert any("Promotion gate" in c for c in texts(at, "caption") + texts(at, "warning"))

@@ -22,7 +22,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from ranker.rank.dataset import DatasetConfig, build_dataset
 
     cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
-                        window_days=args.window_days, base_model=args.base_model,
+                        window_days=args.window_days, base_model=args.base_model, refit_days=args.refit_days,
                         val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)
     summary = build_dataset(ensure_schema(get_engine()), cfg, show_bar=True)
     print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives, {summary.groups:,} lists) "
@@ -169,6 +169,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if report["active_before"]:
         print(f"active {report['active_before']}: {_f(report['active_ndcg@10'])}")
     print(f"rule-based ranker: {_f(report['rule_ndcg@10'])}")
+    print(f"train/serve parity: {report['parity']['reason']}")
     print(f"{report['candidate']} {report['verdict']}")
     if report["backup"]:
         print(f"backup of the previous active file: {report['backup']}")
@@ -192,6 +193,9 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     ds.add_argument("--window-days", type=positive_float, default=D.window_days,
                     help="feedback: use lists from the last N days; the base model sees only earlier data")
     ds.add_argument("--base-model", default=D.base_model, help="base model that gives model_score")
+    ds.add_argument("--refit-days", type=positive_float, default=D.refit_days,
+                    help="feedback: model_score comes from the base model refitted this often over the window, "
+                         "as serving would have had it (default %(default)s)")
     ds.add_argument("--val-output", type=Path, default=None,
                     help="also write the latest --val-fraction of lists here (a time split)")
     ds.add_argument("--val-fraction", type=float, default=D.val_fraction)

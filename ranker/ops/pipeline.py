@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
+from ranker.evaluation.parity import parity_gate, parity_report
 from ranker.rank.dataset import DatasetConfig, DatasetSummary, build_dataset
 from ranker.rank.registry import (
     CheckpointError,
@@ -164,6 +165,8 @@ def retrain(
     for stale in (paths["validation"], paths["holdout"]):  # never left to pair with a new training file
         stale.unlink(missing_ok=True)
     summary = build_dataset(engine, replace(dataset_cfg, val_output=None), show_bar=show_bar)
+    parity = parity_report(engine, paths["train"])  # the whole fresh dataset, before the time split
+    parity_ok, parity_why = parity_gate(parity)
     train_set, val_set, holdout = _split_three_ways(paths, val_split, holdout_split)
     summary = _record_split(engine, summary, paths, train_set, val_set, holdout)
     outcome = train_and_register(engine, paths["train"], train_cfg, val=paths["validation"],
@@ -173,9 +176,12 @@ def retrain(
     current_ndcg = _active_ndcg(holdout) if current is not None else None
     rule_ndcg = offline_ndcg(current_weights(engine), holdout)
     promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
+    if promote and not parity_ok:  # a model trained on skewed features would be served on other ones
+        promote, why = False, f"not promoted: {parity_why}"
     if promote:
         activate_version(engine, outcome.version, actor="retrain")
     return {
+        "parity": {**parity.as_dict(), "ok": parity_ok, "reason": parity_why},
         "dataset": summary,
         "split_by": "time",
         "sets": {"train": describe_set(train_set, "fit"), "validation": describe_set(val_set, "best epoch"),

@@ -375,11 +375,11 @@ def build_report(engine, requests: int = 3000, seed: int = 7, show_bar: bool = F
     ``report["peer"]`` says what the LightGBM peer was trained on, and for how many rounds.
     """
     from ranker.rank.registry import version_scorer
-    from ranker.serving.online import ab_test, guardrail_tests, summary_by_arm
+    from ranker.serving.online import LATEST, ab_test, guardrail_tests, summary_by_arm
     from ranker.serving.service import service
 
     report: dict[str, Any] = {}
-    arms = summary_by_arm(engine)
+    arms = summary_by_arm(engine, experiment=LATEST)  # the A/B window: never the world's legacy lists
     report["online"] = {"arms": arms.reset_index().to_dict(orient="records") if not arms.empty else [],
                         "ab": _plain(ab_test(engine)),
                         "guardrails": {k: _plain(v) for k, v in guardrail_tests(engine).items()}}
