@@ -108,9 +108,11 @@ def test_the_peer_trains_on_the_active_models_data_and_reports_its_rounds(served
     assert scorer is not None, info
     assert info["version"] == meta["version"] and info["data_path"] == meta["data_path"]
     assert info["data_hash"] == meta["data_hash"] == data_hash(Path(meta["data_path"]))
-    # No validation file recorded with the model: the latest lists of its own file validate.
-    assert info["train_rows"] + info["val_rows"] == rows_in(Path(meta["data_path"]))
-    assert "latest 20% of the lists" in info["validation"]
+    # The model recorded the validation file that picked its best epoch: the peer stops on it too.
+    assert meta["val_hash"] == data_hash(Path(meta["val_path"]))
+    assert info["train_rows"] == rows_in(Path(meta["data_path"]))
+    assert info["val_rows"] == rows_in(Path(meta["val_path"]))
+    assert "latest 20% of the lists" not in info["validation"]
     assert info["rounds"] == scorer.rounds < PEER_MAX_ROUNDS == info["max_rounds"]
 
 

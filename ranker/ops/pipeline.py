@@ -106,7 +106,9 @@ def train_and_register(
         how = "file" if val is not None else split_by
         sets["validation"] = {**describe_set(val_set, "best epoch"), "split": how}
     result = train(dataset, cfg, val=val_set, on_epoch=on_epoch, should_stop=should_stop)
-    paths = write_checkpoints(result, Path(output_dir or config.MODELS_DIR), data_hash(Path(data)), str(data))
+    recorded = {"val_path": str(val), "val_hash": data_hash(Path(val))} if val is not None else None
+    paths = write_checkpoints(result, Path(output_dir or config.MODELS_DIR), data_hash(Path(data)), str(data),
+                              recorded)  # the LightGBM peer stops early on the same validation file
     chosen = paths.get("best", paths["final"])
     notes = []
     if activate is None:

@@ -549,18 +549,20 @@ def checkpoint_meta(result: TrainResult, data_hash: str | None, data_path: str |
 
 
 def write_checkpoints(result: TrainResult, output_dir: Path, data_hash: str | None = None,
-                      data_path: str | None = None) -> dict[str, Path]:
-    """Write ``ranker_v1.pth`` and, with a validation set, ``ranker_v1_best.pth``."""
+                      data_path: str | None = None, extra_meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``ranker_v1.pth`` and, with a validation set, ``ranker_v1_best.pth``; ``extra_meta``
+    (e.g. the validation file's ``val_path`` and ``val_hash``) goes into both."""
     from ranker.rank.registry import save_checkpoint
 
     output_dir = Path(output_dir)
     paths = {"final": output_dir / "ranker_v1.pth"}
-    save_checkpoint(paths["final"], result.model, checkpoint_meta(result, data_hash, data_path))
+    save_checkpoint(paths["final"], result.model, {**checkpoint_meta(result, data_hash, data_path),
+                                                   **(extra_meta or {})})
     if result.best_state is not None:
         best = result.model.spec.build()
         best.load_state_dict(result.best_state)
         best.eval()
-        meta = checkpoint_meta(result, data_hash, data_path, best=True)
+        meta = {**checkpoint_meta(result, data_hash, data_path, best=True), **(extra_meta or {})}
         if result.eval_data is not None:
             meta["metrics"] = {**evaluate_model(best, result.eval_data), "evaluated_on": "validation"}
         paths["best"] = output_dir / "ranker_v1_best.pth"
