@@ -157,49 +157,51 @@ def retrain(
         A share outside (0, 1), shares that leave nothing to train on, or fewer than
         :data:`MIN_EVAL_LISTS` lists in the validation set or the holdout.
     """
-    from ranker.rank.tuning import current_weights, offline_ndcg
-
     check_shares(val_split=val_split, holdout_split=holdout_split)
     dataset_cfg = _with_val_output(dataset_cfg)
-    train_cfg = train_cfg or TrainConfig()
     backup = backup_active()
     paths = _split_paths(dataset_cfg)
     for stale in (paths["validation"], paths["holdout"]):  # never left to pair with a new training file
         stale.unlink(missing_ok=True)
     summary = build_dataset(engine, replace(dataset_cfg, val_output=None), show_bar=show_bar)
     parity = parity_report(engine, paths["train"])  # the whole fresh dataset, before the time split
-    parity_ok, parity_why = parity_gate(parity)
     train_set, val_set, holdout = _split_three_ways(paths, val_split, holdout_split)
     summary = _record_split(engine, summary, paths, train_set, val_set, holdout)
-    outcome = train_and_register(engine, paths["train"], train_cfg, val=paths["validation"],
+    outcome = train_and_register(engine, paths["train"], train_cfg or TrainConfig(), val=paths["validation"],
                                  output_dir=output_dir, activate=False, on_epoch=on_epoch)
-    new_ndcg = _checkpoint_ndcg(Path(outcome.paths.get("best", outcome.paths["final"])), holdout) or 0.0
-    current = active_version(engine)
-    current_ndcg = _active_ndcg(holdout) if current is not None else None
-    rule_ndcg = offline_ndcg(current_weights(engine), holdout)
-    promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
-    if promote and not parity_ok:  # a model trained on skewed features would be served on other ones
-        promote, why = False, f"not promoted: {parity_why}"
-    if promote:
+    gate = _gate(engine, outcome, holdout, parity)
+    if gate["promoted"]:
         activate_version(engine, outcome.version, actor="retrain")
     return {
-        "parity": {**parity.as_dict(), "ok": parity_ok, "reason": parity_why},
         "dataset": summary,
         "split_by": "time",
         "sets": {"train": describe_set(train_set, "fit"), "validation": describe_set(val_set, "best epoch"),
                  "holdout": describe_set(holdout, "promotion gate")},
         "gate_on": "holdout",
         "candidate": outcome.version,
-        "candidate_ndcg@10": new_ndcg,
         "candidate_val_ndcg@10": outcome.metrics["model"][keys.NDCG_AT_10],
-        "active_before": current,
-        "active_ndcg@10": current_ndcg,
-        "rule_ndcg@10": rule_ndcg,
-        "promoted": promote,
-        "verdict": why,
+        **gate,
         "backup": str(backup) if backup else None,
         "metrics": outcome.metrics,
     }
+
+
+def _gate(engine: Engine, outcome: TrainOutcome, holdout, parity) -> dict[str, Any]:
+    """The promotion decision on the holdout: the candidate against the active model and the rule
+    (NDCG@10), and train/serve parity (no feature's PSI over the gate's threshold)."""
+    from ranker.rank.tuning import current_weights, offline_ndcg
+
+    new_ndcg = _checkpoint_ndcg(Path(outcome.paths.get("best", outcome.paths["final"])), holdout) or 0.0
+    current = active_version(engine)
+    current_ndcg = _active_ndcg(holdout) if current is not None else None
+    rule_ndcg = offline_ndcg(current_weights(engine), holdout)
+    promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
+    parity_ok, parity_why = parity_gate(parity)
+    if promote and not parity_ok:  # a model trained on skewed features would be served on other ones
+        promote, why = False, f"not promoted: {parity_why}"
+    return {"candidate_ndcg@10": new_ndcg, "active_before": current, "active_ndcg@10": current_ndcg,
+            "rule_ndcg@10": rule_ndcg, "promoted": promote, "verdict": why,
+            "parity": {**parity.as_dict(), "ok": parity_ok, "reason": parity_why}}
 
 
 def _with_val_output(dataset_cfg: DatasetConfig | None) -> DatasetConfig:
