@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from datetime import timedelta
@@ -52,3 +53,18 @@ def test_offline_table_scores_every_policy_on_the_same_lists(small_world, tmp_pa
     assert table.loc["base-again", "recall@10"] == pytest.approx(table.loc["base", "recall@10"], abs=0.02)
     assert table.loc["rule", "ndcg@10"] != table.loc["base", "ndcg@10"]
     engine.dispose()
+
+
+def test_ranker_offline_prints_every_policy_with_the_peer(served, capsys):
+    from ranker.cli import main
+    from ranker.data.db import _cached_engine
+
+    _cached_engine.cache_clear()
+    try:
+        assert main(["offline", "--days", "10", "--base-model", "popularity", "--lightgbm", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [p["policy"] for p in out["policies"]] == ["base", "rule", "neural v1", "lightgbm"]
+        assert main(["offline", "--days", "0.0001"]) == 2  # nothing in the period: one line, what to do
+        assert "widen --days" in capsys.readouterr().err
+    finally:
+        _cached_engine.cache_clear()

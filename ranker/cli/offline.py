@@ -32,6 +32,10 @@ def cmd_offline(args: argparse.Namespace) -> int:
         scorers.update(_peer(engine))
     lists = candidate_lists(engine, start, end, base_model=args.base_model)
     table = offline_table(lists, scorers)
+    if int(table["lists"].iloc[0]) == 0:
+        raise ValueError(f"no list served between {start:%Y-%m-%d} and {end:%Y-%m-%d} logged its candidates "
+                         "and an engaged one; widen --days (lists served through recommend() do not log "
+                         "their candidates)")
     if args.json:
         print(json.dumps({"start": start.isoformat(), "end": end.isoformat(),
                           "policies": table.reset_index(names="policy").to_dict("records")}))
@@ -46,21 +50,14 @@ def cmd_offline(args: argparse.Namespace) -> int:
 
 
 def _peer(engine) -> dict:
-    from ranker.ops.report import train_lightgbm
+    """The LightGBM peer of the active model (its training file, hash-checked), or nothing and why."""
+    from ranker.ops.report import lightgbm_peer
 
-    last = _last_dataset(engine)
-    return {"lightgbm": train_lightgbm(last)} if last else {}
-
-
-def _last_dataset(engine):
-    from pathlib import Path
-
-    from ranker import keys
-    from ranker.data.db import get_setting, session_scope
-
-    with session_scope(engine) as s:
-        last = get_setting(s, keys.LAST_DATASET)
-    return Path(last["path"]) if last and Path(last["path"]).is_file() else None
+    scorer, info = lightgbm_peer()
+    if scorer is None:
+        print(f"note: {info.get('skipped', 'LightGBM peer skipped')}")
+        return {}
+    return {"lightgbm": scorer}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_float, default=D.holdout_days,
                    help="the period: this many days before the clock (default %(default)s)")
     p.add_argument("--base-model", default=D.base_model, help="the base model that proposes the candidates")
-    p.add_argument("--lightgbm", action="store_true", help="also the LightGBM peer, on the latest dataset")
+    p.add_argument("--lightgbm", action="store_true",
+                   help="also the LightGBM peer, trained on the active model's data")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_offline)

@@ -3,13 +3,15 @@
 Two sources:
 
 ``feedback`` (the guide's Step 1, corrected as SPEC §12 says)
-    The window is the last ``window_days`` before the clock. A base model is fitted
-    only on interactions *before* the window, and ``model_score`` is its score (never
-    the interaction weight). A user's views within one session reconstruct the list
-    they were shown, in order; recency and popularity are taken as of that session,
-    and diversity is computed by the serving function over that list. Positives are
-    explicit feedback (like, favorite, apply, interest); negatives are views in the
-    same list with no engagement, sampled at ``neg_ratio`` per positive.
+    The window is the last ``window_days`` before the clock. The lists come from the
+    serving log (a legacy feed's lists, with their candidates, or the ranker's); without
+    logged lists (imported data), a user's views within one session reconstruct the list.
+    ``model_score`` is the score of the base model as it would have served then (refitted
+    every ``refit_days``, each fit on earlier interactions only), scaled over the request's
+    candidates; recency and popularity are taken as of the list, and diversity by the
+    serving function over it. Items serving could not have offered are dropped. Labels
+    follow :func:`ranker.rank.features.label`: engaged (a click or explicit feedback) or
+    looked at and not engaged; negatives are sampled at ``neg_ratio`` per positive.
 
 ``impressions``
     Lists served by :func:`ranker.serving.service.recommend`, with the features logged at serve
@@ -208,7 +210,7 @@ class _Lists:
 
     def labelled(self, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """List ``s`` as (items shown, in order; label per item; positions of the unengaged ones),
-        or None when it holds no explicit positive or fewer than two views."""
+        or None when it holds no engagement or fewer than two views."""
         a, b = self.bounds[s], self.bounds[s + 1]
         kind, item = self.kind[a:b], self.item[a:b]
         shown = _unique_in_order(item[kind == "view"])
@@ -351,6 +353,8 @@ class _LoggedLists:
     def lists(self):
         """(request id, user id, served at, item ids, labels (-1: not looked at), logged features)."""
         f = self.frame
+        if f.empty:
+            return
         bounds = np.flatnonzero(np.r_[True, f["request_id"].to_numpy()[1:] != f["request_id"].to_numpy()[:-1],
                                       True])
         ids, items, users = f["id"].to_numpy(), f["item_id"].to_numpy(), f["user_id"].to_numpy()
