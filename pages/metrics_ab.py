@@ -73,7 +73,8 @@ source = c2.selectbox("Source", ["all", *scope.sources],
                       help="Where the requests came from: api (HTTP), sim (simulator), cli (`ranker recommend`), "
                            "earlier (logged before sources were recorded)")
 lo, hi = scope.first_day, scope.last_day
-picked = c3.date_input("Dates", (lo, hi), min_value=lo, max_value=hi)
+picked = c3.date_input("Dates", (lo, hi), min_value=lo, max_value=hi,
+                       key=f"dates-{lo}-{hi}")  # new traffic widens the range shown
 start, end = (picked[0], picked[1] + timedelta(days=1)) if len(picked) == 2 else (lo, hi + timedelta(days=1))
 flow_f, source_f = (None if flow == "all" else flow), (None if source == "all" else source)
 per_day_arm = cached.metrics_by_arm(engine, flow_f, start, end, source_f)
