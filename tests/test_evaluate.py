@@ -169,6 +169,7 @@ def test_evaluation_refuses_too_little_ranker_data(imported: Engine) -> None:
                             train_config=TrainConfig(epochs=1))
 
 
+@pytest.mark.slow  # a subprocess, a retrain or a second world: not for the inner loop
 def test_cli_evaluate_prints_json_with_the_three_orders(imported: Engine, monkeypatch, capsys) -> None:
     monkeypatch.setenv("RANKER_DATABASE_URL", imported.url.render_as_string(hide_password=False))
 

@@ -104,6 +104,7 @@ def test_users_served_in_both_arms_are_reported_and_left_out(served):
     assert all(g.excluded_users == len(moved) for g in guardrail_tests(served).values())
 
 
+@pytest.mark.slow  # a subprocess, a retrain or a second world: not for the inner loop
 def test_cli_starts_lists_and_stops_experiments(served, tmp_path):
     env = ranker_env(str(served.url), tmp_path / "models")
 

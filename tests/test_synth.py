@@ -92,6 +92,7 @@ def test_non_empty_database_is_refused_without_force(world_copy):
     assert db.table_counts(world_copy) == before
 
 
+@pytest.mark.slow  # a subprocess, a retrain or a second world: not for the inner loop
 def test_force_replaces_the_world_without_mixing(world_copy):
     build_world(world_copy, seed=5, scale="small", force=True)
     fresh = db.make_engine(f"sqlite:///{world_copy.url.database}.fresh")

@@ -169,6 +169,7 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
         torch.testing.assert_close(manual[name], p.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # a subprocess, a retrain or a second world: not for the inner loop
 def test_retrain_promotes_only_a_model_no_worse_than_the_active_one_and_the_rule(served, capsys):
     """`ranker retrain`: the candidate is compared on the promotion holdout (the latest lists) with
     the active model and the rule; a barely trained candidate is kept out, a trained one goes in."""
