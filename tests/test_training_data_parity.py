@@ -19,6 +19,7 @@ from ranker import config
 from ranker.data.schema import Impression, Interaction, Item, ServedList
 from ranker.rank import features as F
 from ranker.rank.dataset import DatasetConfig, build_dataset
+from tests.test_serve import engaged_developer
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_both_arms_scale_model_score_over_the_same_candidates(served):
     from ranker.serving.service import service
 
     svc = service(served)
-    uid = _engaged_developer(served)
+    uid = engaged_developer(served)
     control = svc.recommend(uid, "developer-startup", 5, arm="control")
     treatment = svc.recommend(uid, "developer-startup", 5, arm="treatment")
     scores = [i.features["model_score"] for i in control.items]
@@ -101,34 +102,8 @@ def test_one_label_definition_for_every_source():
 def test_the_impressions_source_reads_only_lists_the_ranker_served(served, isolated_dirs):
     from ranker.serving.service import recommend
 
-    uid = _engaged_developer(served)
+    uid = engaged_developer(served)
     for _ in range(3):
         recommend(uid, "trending", 5, engine=served)
     with pytest.raises(ValueError, match="ranker simulate"):  # legacy and trending lists only: nothing to read
         build_dataset(served, DatasetConfig(output=isolated_dirs["data"] / "i.csv", source="impressions"))
-
-
-def _engaged_developer(engine) -> int:
-    from ranker.data.schema import User
-
-    with engine.connect() as conn:
-        return conn.execute(
-            select(User.id).join(Interaction, Interaction.user_id == User.id)
-            .where(User.role == "developer", Interaction.kind.in_(config.POSITIVE_KINDS))
-            .group_by(User.id).order_by(func.count().desc(), User.id).limit(1)).scalar_one()
-
-
-def test_feedback_rows_after_served_traffic_use_the_features_as_served(served, isolated_dirs):
-    from ranker.sim.simulate import simulate
-
-    simulate(served, days=1, requests_per_day=60, seed=1, refit_base=False)
-    cfg = DatasetConfig(output=isolated_dirs["data"] / "after.csv", base_model="popularity", window_days=10)
-    build_dataset(served, cfg)
-    rows = pd.read_csv(cfg.output)
-    ranker_rows = rows[~rows["group_id"].str.startswith(f"{config.LEGACY}-")]
-    assert len(ranker_rows) > 0 and len(ranker_rows) < len(rows)  # legacy lists and the simulated ones
-    with served.connect() as conn:
-        logged = conn.execute(select(Impression.features).where(
-            Impression.request_id == ranker_rows["group_id"].iloc[0],
-            Impression.item_id == int(ranker_rows["item_id"].iloc[0]))).scalar_one()
-    assert ranker_rows["model_score"].iloc[0] == pytest.approx(logged["model_score"], abs=1e-6)

@@ -262,20 +262,20 @@ def _feedback_window(engine: Engine, cfg: DatasetConfig) -> tuple[datetime, date
     return start, now, history, window
 
 
-def _fit_base(engine: Engine, cfg: DatasetConfig, start: datetime, progress: Progress | None) -> BaseRecommender:
-    """``cfg.base_model`` fitted on the interactions before ``start`` only (no label leak)."""
+def _fit_base(engine: Engine, base_model: str, start: datetime, progress: Progress | None) -> BaseRecommender:
+    """``base_model`` fitted on the interactions before ``start`` only (no label leak)."""
     from ranker.base import make_base_model
     from ranker.base.base import TrainingData
 
     if progress:
-        progress(0.02, f"fitting {cfg.base_model} on history before {start:%Y-%m-%d}")
-    return make_base_model(cfg.base_model).fit(TrainingData.from_engine(engine, start))
+        progress(0.02, f"fitting {base_model} on history before {start:%Y-%m-%d}")
+    return make_base_model(base_model).fit(TrainingData.from_engine(engine, start))
 
 
 def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
                    show_bar: bool, base=None) -> DatasetSummary:
     start, now, history, window = _feedback_window(engine, cfg)
-    bases = _BaseSchedule(engine, cfg, start, progress, base)
+    bases = _BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
     as_of = _AsOf.load(engine, history)
     rng = np.random.default_rng(cfg.seed)
     writer = _Writer(cfg, _val_start(start, now, cfg))
@@ -298,20 +298,20 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
 
 
 class _BaseSchedule:
-    """The base model as it would have served at a moment: refitted every ``cfg.refit_days`` from
+    """The base model as it would have served at a moment: refitted every ``refit_days`` from
     the window's start, each fit on the interactions before its cutoff only."""
 
-    def __init__(self, engine: Engine, cfg: DatasetConfig, start: datetime, progress: Progress | None,
-                 first: BaseRecommender | None = None):
-        self.engine, self.cfg, self.start, self.progress = engine, cfg, start, progress
-        self.step = timedelta(days=cfg.refit_days)
+    def __init__(self, engine: Engine, base_model: str, refit_days: float, start: datetime,
+                 progress: Progress | None, first: BaseRecommender | None = None):
+        self.engine, self.base_model, self.start, self.progress = engine, base_model, start, progress
+        self.step = timedelta(days=refit_days)
         self.cutoff, self.model = (start, first) if first is not None else (None, None)
 
     def at(self, when: datetime) -> BaseRecommender:
         periods = max(int((when - self.start) / self.step), 0)
         cutoff = self.start + periods * self.step
         if self.model is None or cutoff != self.cutoff:
-            self.model, self.cutoff = _fit_base(self.engine, self.cfg, cutoff, self.progress), cutoff
+            self.model, self.cutoff = _fit_base(self.engine, self.base_model, cutoff, self.progress), cutoff
         return self.model
 
 
@@ -350,6 +350,10 @@ class _LoggedLists:
     def __len__(self) -> int:
         return len(self.frame)
 
+    @property
+    def n_lists(self) -> int:
+        return int(self.frame["request_id"].nunique())
+
     def lists(self):
         """(request id, user id, served at, item ids, labels (-1: not looked at), logged features)."""
         f = self.frame
@@ -380,7 +384,7 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
         for n, (request_id, uid, when, shown, labels, features) in enumerate(logged.lists()):
             bar.update(1)
             if progress and n % 2000 == 0:
-                progress(0.1 + 0.9 * n / max(len(logged.candidates), 1), f"list {n:,}")
+                progress(0.1 + 0.9 * n / max(logged.n_lists, 1), f"list {n:,}")
             if not (labels == 1).any() or not (labels == 0).any():
                 continue
             if features is not None:  # served by the ranker: the features as served
@@ -424,8 +428,7 @@ def candidate_lists(engine: Engine, start: datetime, end: datetime, base_model: 
     """Every list served in [start, end) whose candidates were logged, rebuilt point in time with
     the base model as it would have served then (refitted every ``refit_days`` from ``start``);
     lists of users that model did not know, or with no engaged candidate, are left out."""
-    cfg = DatasetConfig(output=Path("unused.csv"), base_model=base_model, refit_days=refit_days)
-    bases = _BaseSchedule(engine, cfg, start, progress)
+    bases = _BaseSchedule(engine, base_model, refit_days, start, progress)
     as_of = _AsOf.load(engine, load_interactions(engine, until=end))
     logged = _LoggedLists.load(engine, start, end)
     for request_id, uid, when, shown, labels, _ in logged.lists():

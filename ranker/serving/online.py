@@ -235,6 +235,7 @@ class Scope:
     start: datetime | date | None
     end: datetime | date | None
     both_arms: object  # a select of the user ids served in both arms
+    excluded: int  # how many users that is
 
 
 def scope(engine: Engine, flow: str | None = None, start=None, end=None, source: str | None = None,
@@ -250,21 +251,18 @@ def scope(engine: Engine, flow: str | None = None, start=None, end=None, source:
             end = min(_as_datetime(end), record.ended_at) if end else record.ended_at
     both = (select(Impression.user_id).where(_filters(Impression, flow, start, end, source))
             .group_by(Impression.user_id).having(func.count(distinct(Impression.arm)) > 1))
-    return Scope(record.name if record else None, start, end, both)
+    with engine.connect() as conn:
+        excluded = int(conn.execute(select(func.count()).select_from(both.subquery())).scalar_one())
+    return Scope(record.name if record else None, start, end, both, excluded)
 
 
 def _as_datetime(value) -> datetime:
     return value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time())
 
 
-def users_in_both_arms(engine: Engine, sc: Scope) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(sc.both_arms.subquery())).scalar_one())
-
-
-def _scoped(engine: Engine, result: ABResult, sc: Scope) -> ABResult:
+def _scoped(result: ABResult, sc: Scope) -> ABResult:
     result.experiment = sc.experiment
-    result.excluded_users = users_in_both_arms(engine, sc)
+    result.excluded_users = sc.excluded
     if result.excluded_users:
         result.verdict += (f" {result.excluded_users:,} users were served in both arms (the rollout changed "
                            "during the experiment) and are left out.")
@@ -277,7 +275,7 @@ def ab_test(engine: Engine, flow: str | None = None, start=None, end=None, mde: 
     (default: the running or latest experiment); users served in both arms are left out."""
     sc = scope(engine, flow, start, end, source, experiment)
     per_user = _per_user(engine, _clicks_per_user(flow, sc.start, sc.end, source, sc.both_arms))
-    return _scoped(engine, _compare_arms(per_user, 0, 1, mde, "CTR"), sc)
+    return _scoped(_compare_arms(per_user, 0, 1, mde, "CTR"), sc)
 
 
 #: List-level metrics compared between arms next to CTR: column of ``served_lists`` → label.
@@ -299,7 +297,7 @@ def guardrail_tests(engine: Engine, flow: str | None = None, start=None, end=Non
             .where(_filters(ServedList, flow, sc.start, sc.end, source), ServedList.user_id.not_in(sc.both_arms))
             .group_by(ServedList.arm, ServedList.user_id))
     per_arm = _per_user(engine, stmt)  # one query for every metric
-    return {column: _scoped(engine, _compare_arms(per_arm, j + 1, 0, mde, label), sc)
+    return {column: _scoped(_compare_arms(per_arm, j + 1, 0, mde, label), sc)
             for j, (column, label) in enumerate(GUARDRAILS.items())}
 
 
@@ -338,4 +336,4 @@ def daily_requests_by_source(engine: Engine, flow: str | None = None, start=None
 
 __all__ = ["EARLIER", "LIST_METRICS", "TrafficScope", "daily_metrics", "daily_metrics_by_arm",
            "traffic_scope", "summary_by_arm", "ab_test", "guardrail_tests", "daily_requests_by_source",
-           "LATEST", "Scope", "scope", "users_in_both_arms"]
+           "LATEST", "Scope", "scope"]
