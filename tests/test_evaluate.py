@@ -17,7 +17,16 @@ from ranker.cli import main
 from ranker.data.catalog import Catalog
 from ranker.data.db import get_setting, make_engine, put_setting, session_scope, table_counts
 from ranker.data.importing import ML100K_GENRES, import_movielens
-from ranker.evaluation.evaluate import ORDERS, evaluate_end_to_end, parse_time_split, split_points, top_k_metrics
+from ranker.evaluation.evaluate import (
+    METRICS,
+    ORDERS,
+    evaluate_end_to_end,
+    mean_interval,
+    order_intervals,
+    parse_time_split,
+    split_points,
+    top_k_metrics,
+)
 from ranker.rank.train import TrainConfig
 
 START = datetime(1998, 1, 1)
@@ -147,6 +156,18 @@ def test_end_to_end_evaluation_gives_finite_metrics_for_all_three_orders(importe
     assert result.dataset["positives"] >= 100
     assert result.n_users >= 20 and result.n_positives >= result.n_users
     assert result.t_fit < result.t_test < result.last
+    # Every order's means have intervals around them; rule and neural a paired difference from base.
+    for name in ORDERS:
+        for metric in METRICS:
+            ci = result.intervals[name][metric]
+            assert ci.low <= getattr(result.orders[name], metric) <= ci.high, (name, metric, ci)
+    assert set(result.vs_base) == {"rule", "neural"}
+    for name, by_metric in result.vs_base.items():
+        d = by_metric["ndcg"]
+        assert d.value == pytest.approx(result.orders[name].ndcg - result.orders["base"].ndcg)
+        assert d.low <= d.value <= d.high
+        assert result.verdict(name) in ("better", "worse", "no significant difference")
+    assert "paired difference from base" in result.table()
     # The learned base model finds test positives far above chance (20 candidates of ~150 items).
     assert result.orders["base"].recall > 0.2
     # Nothing is registered, and the operator's last dataset is left as it was.
@@ -169,6 +190,38 @@ def test_evaluation_refuses_too_little_ranker_data(imported: Engine) -> None:
                             train_config=TrainConfig(epochs=1))
 
 
+# --- Intervals ---------------------------------------------------------------------------------
+
+
+def test_mean_interval_covers_the_true_mean_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(3)
+    covered = 0
+    for trial in range(200):
+        ci = mean_interval(rng.exponential(1.0, size=60), resamples=400, seed=trial)
+        covered += ci.low <= 1.0 <= ci.high
+    # Binomial(200, 0.95) lies in [180, 199] with probability > 0.999; percentile intervals of a
+    # skewed mean undercover a little at n = 60, never this far.
+    assert 175 <= covered <= 200, covered
+
+
+def test_paired_difference_of_identical_orders_is_exactly_zero_and_a_shift_is_significant() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random((80, len(METRICS)))
+    means, diffs = order_intervals({"base": base, "rule": base.copy(), "neural": base + 0.05})
+    assert (diffs["rule"]["ndcg"].low, diffs["rule"]["ndcg"].high) == (0.0, 0.0)
+    assert not diffs["rule"]["ndcg"].excludes_zero
+    shifted = diffs["neural"]["ndcg"]
+    assert shifted.value == pytest.approx(0.05) and shifted.excludes_zero
+    # Unpaired, the same shift hides in the spread of the users: the two means' intervals overlap.
+    assert means["neural"]["ndcg"].low < means["base"]["ndcg"].high
+
+
+def test_mean_interval_of_too_few_values_is_nan_not_an_error() -> None:
+    ci = mean_interval(np.array([0.3]))
+    assert ci.value == 0.3 and math.isnan(ci.low) and math.isnan(ci.high)
+    assert math.isnan(mean_interval(np.array([])).value)
+
+
 @pytest.mark.slow  # a subprocess, a retrain or a second world: not for the inner loop
 def test_cli_evaluate_prints_json_with_the_three_orders(imported: Engine, monkeypatch, capsys) -> None:
     monkeypatch.setenv("RANKER_DATABASE_URL", imported.url.render_as_string(hide_password=False))
@@ -179,6 +232,8 @@ def test_cli_evaluate_prints_json_with_the_three_orders(imported: Engine, monkey
     assert set(out["orders"]) == {"base", "rule", "neural"}
     assert all(math.isfinite(out["orders"][o]["ndcg"]) for o in ORDERS)
     assert out["base_model"] == "ensemble" and out["split"] == [0.8, 0.1, 0.1]
+    assert set(out["vs_base"]) == {"rule", "neural"} and set(out["vs_base"]["neural"]["ndcg"]) == {
+        "value", "low", "high"}
 
 
 def test_cli_evaluate_rejects_a_bad_split_on_one_line(imported: Engine, monkeypatch, capsys) -> None:

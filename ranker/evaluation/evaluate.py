@@ -18,6 +18,9 @@ Interactions are sorted by time and cut at two quantiles (``--time-split 0.8,0.1
 Reported per order, as means over test users: NDCG@k and Recall@k against the user's
 test positives (items in the base model's catalogue, not engaged before ``t_test``),
 intra-list diversity and freshness (mean item age in days at ``t_test``; lower is fresher).
+Each mean has a percentile bootstrap 95 % interval over test users, and each reranked order
+its paired difference from the base order (the same users, the same resamples) with its
+interval: a difference whose interval lies below zero is harm, not noise.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from sqlalchemy import Engine
 from tqdm import tqdm
 
@@ -54,7 +58,10 @@ from ranker.rank.train import DataError, TrainConfig, load_dataset, train
 log = logging.getLogger(__name__)
 
 ORDERS = ("base", "rule", "neural")
+METRICS = ("ndcg", "recall", "ild", "freshness_days")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+BOOTSTRAP_RESAMPLES = 2000
+CI_LEVEL = 0.95
 Progress = Callable[[float, str], None]
 
 
@@ -66,6 +73,56 @@ class OrderMetrics:
     recall: float  # Recall@k = hits in the top k / test positives
     ild: float  # intra-list diversity of the top k, in [0, 1]
     freshness_days: float  # mean age of the top k items in days at t_test (lower is fresher)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic with its bootstrap interval (``low``, ``high``) at :data:`CI_LEVEL`."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.value:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
+
+def mean_interval(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                  level: float = CI_LEVEL) -> Interval:
+    """The mean of ``values`` (NaN ignored) and its percentile bootstrap interval over them.
+
+    For a paired difference pass the per-user differences: resampling users resamples both
+    orders together. Constant values give a zero-width interval; fewer than two values an
+    interval of NaN.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        mean = float(x.mean()) if len(x) else float("nan")
+        return Interval(mean, float("nan"), float("nan"))
+    if np.ptp(x) == 0:
+        return Interval(float(x[0]), float(x[0]), float(x[0]))
+    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return Interval(float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def order_intervals(per_order: dict[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = 0) -> tuple[dict[str, dict[str, Interval]], dict[str, dict[str, Interval]]]:
+    """(each order's metric means with intervals, each non-base order's paired difference from base).
+
+    ``per_order[name]`` is (users, len(METRICS)), rows aligned across orders (the same users).
+    """
+    means = {name: {m: mean_interval(v[:, j], resamples, seed) for j, m in enumerate(METRICS)}
+             for name, v in per_order.items()}
+    base = per_order["base"]
+    diffs = {name: {m: mean_interval(v[:, j] - base[:, j], resamples, seed) for j, m in enumerate(METRICS)}
+             for name, v in per_order.items() if name != "base"}
+    return means, diffs
 
 
 @dataclass
@@ -85,6 +142,10 @@ class EndToEndEvaluation:
     dataset: dict[str, Any]  # rows, positives, lists of the ranker's training data
     ranker: dict[str, Any]  # the neural ranker's own validation metrics
     orders: dict[str, OrderMetrics]
+    #: {order: {metric: mean with its interval over test users}}
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    #: {rule|neural: {metric: paired difference order − base, with its interval}}
+    vs_base: dict[str, dict[str, Interval]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +153,15 @@ class EndToEndEvaluation:
         for key in ("first", "t_fit", "t_test", "last"):
             out[key] = getattr(self, key).isoformat()
         out["split"] = list(self.split)
+        out["ci_level"] = CI_LEVEL
         return out
+
+    def verdict(self, order: str, metric: str = "ndcg") -> str:
+        """``better``, ``worse`` or ``no significant difference`` of ``order`` against base."""
+        d = self.vs_base[order][metric]
+        if not d.excludes_zero:
+            return "no significant difference"
+        return "better" if d.value > 0 else "worse"
 
     def table(self) -> str:
         """A plain-text table: one line per order."""
@@ -108,6 +177,16 @@ class EndToEndEvaluation:
         ]
         for name, m in self.orders.items():
             lines.append(f"{name:<7} {m.ndcg:>8.4f} {m.recall:>10.4f} {m.ild:>6.3f} {m.freshness_days:>17.1f}")
+        pct = f"{CI_LEVEL:.0%}"
+        lines.append(f"{pct} bootstrap intervals over the {self.n_users:,} test users:")
+        for name, by_metric in self.intervals.items():
+            nd, rc = by_metric["ndcg"], by_metric["recall"]
+            lines.append(f"  {name:<7} NDCG@{self.k} [{nd.low:.4f}, {nd.high:.4f}]  "
+                         f"Recall@{self.k} [{rc.low:.4f}, {rc.high:.4f}]")
+        lines.append(f"paired difference from base (same users), with its {pct} interval:")
+        for name, by_metric in self.vs_base.items():
+            lines.append(f"  {name:<7} NDCG@{self.k} {by_metric['ndcg']}  Recall@{self.k} {by_metric['recall']}  "
+                         f"-> {self.verdict(name)}")
         return "\n".join(lines)
 
 
@@ -286,15 +365,16 @@ def _evaluate(engine: Engine, fractions: tuple[float, float, float], base_model:
     n_users = len(per_order["base"])
     if n_users == 0:
         raise ValueError("the base model returned no candidates for any test user")
-    metrics = {name: OrderMetrics(*(float(np.nanmean(col)) for col in zip(*values)))
-               for name, values in per_order.items()}
+    arrays = {name: np.asarray(values, dtype=np.float64) for name, values in per_order.items()}
+    metrics = {name: OrderMetrics(*(float(np.nanmean(col)) for col in v.T)) for name, v in arrays.items()}
+    intervals, vs_base = order_intervals(arrays, seed=seed)
     laps.lap("test", 1.0, f"evaluated {n_users:,} test users")
     seconds = laps.seconds
     seconds["total"] = round(sum(seconds.values()), 2)
     return EndToEndEvaluation(
         split=fractions, first=first, t_fit=t_fit, t_test=t_test, last=last, base_model=base_model, k=k,
         n_candidates=n, n_users=n_users, n_positives=n_positives, dataset=dataset_info, ranker=ranker_metrics,
-        orders=metrics, seconds=seconds,
+        orders=metrics, intervals=intervals, vs_base=vs_base, seconds=seconds,
     )
 
 
@@ -401,6 +481,9 @@ def _test_positives(history: pd.DataFrame, base: BaseRecommender, t_test: dateti
 __all__ = [
     "DEFAULT_SPLIT",
     "EndToEndEvaluation",
+    "Interval",
+    "mean_interval",
+    "order_intervals",
     "ORDERS",
     "OrderMetrics",
     "evaluate_end_to_end",
