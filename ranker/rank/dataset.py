@@ -17,7 +17,8 @@ Two sources:
     Lists served by :func:`ranker.serving.service.recommend`, with the features logged at serve
     time; the label is engaged (an outcome was logged) or not. Groups are requests.
 
-Rows are written as they are made (bounded memory) with a progress bar.
+Rows are written as they are made (bounded memory) with a progress bar, under temporary
+names that become the files' own only when the build has finished.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,8 +41,10 @@ from ranker import config, keys
 from ranker.data.catalog import Catalog, CountIndex, load_catalog
 from ranker.data.clock import serve_now, utcnow
 from ranker.data.db import put_setting, session_scope
+from ranker.data.files import atomic_open
 from ranker.data.interactions import load_interactions, load_users
 from ranker.data.schema import Impression, Outcome, ServedList
+from ranker.faults import fault_point
 from ranker.rank.features import (
     LABEL_POSITIVE_KINDS,
     REGISTRY,
@@ -115,21 +119,28 @@ def header() -> list[str]:
 
 
 class _Writer:
-    """Streams rows into the train file, or the val file for the latest lists."""
+    """Streams rows into the train file, or the val file for the latest lists.
+
+    A context manager: the files are written under temporary names and take their own names
+    only when the block ends without an exception (see :func:`ranker.data.files.atomic_open`),
+    so a failed or killed build never leaves a partial dataset where training would read it.
+    """
 
     def __init__(self, cfg: DatasetConfig, val_from: datetime | None):
         self.cfg, self.val_from = cfg, val_from
-        cfg.output.parent.mkdir(parents=True, exist_ok=True)
-        self._files = [open(cfg.output, "w", newline="")]
-        self._writers = [csv.writer(self._files[0])]
-        if cfg.val_output is not None:
-            Path(cfg.val_output).parent.mkdir(parents=True, exist_ok=True)
-            self._files.append(open(cfg.val_output, "w", newline=""))
-            self._writers.append(csv.writer(self._files[1]))
+        self._stack = ExitStack()
+        paths = [cfg.output] + ([Path(cfg.val_output)] if cfg.val_output is not None else [])
+        self._writers = [csv.writer(self._stack.enter_context(atomic_open(p, newline=""))) for p in paths]
         for w in self._writers:
             w.writerow(header())
         # per file: [train, val]
         self.rows, self.positives, self.groups = [0, 0], [0, 0], [0, 0]
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
 
     def write(self, user_id: int, item_ids, x: np.ndarray, labels, group: str, when: datetime) -> None:
         target = 1 if self.val_from is not None and when >= self.val_from else 0
@@ -140,10 +151,7 @@ class _Writer:
         self.rows[target] += len(labels)
         self.positives[target] += int(np.sum(labels))
         self.groups[target] += 1
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
+        fault_point("dataset:mid_write")
 
     def summary(self, source: str, start: datetime, end: datetime) -> DatasetSummary:
         return DatasetSummary(
@@ -278,22 +286,19 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
     bases = _BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
     as_of = _AsOf.load(engine, history)
     rng = np.random.default_rng(cfg.seed)
-    writer = _Writer(cfg, _val_start(start, now, cfg))
     logged = _LoggedLists.load(engine, start, now)
-    try:
+    with _Writer(cfg, _val_start(start, now, cfg)) as writer:
         if len(logged):
             skipped_unknown = _write_logged(writer, logged, bases, as_of, cfg, rng, progress, show_bar)
         else:  # no lists were logged (imported data): the views of a session are the list
             lists = _Lists.from_window(window, cfg.session_gap_minutes)
             skipped_unknown = _write_lists(writer, lists, bases, as_of, cfg, rng, progress, show_bar)
-    finally:
-        writer.close()
-    if skipped_unknown:
-        log.info("skipped %d lists of users the base model does not know (served trending)",
-                 skipped_unknown)
-    if sum(writer.positives) == 0:
-        raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
-                         "widen --window-days or collect more feedback")
+        if skipped_unknown:
+            log.info("skipped %d lists of users the base model does not know (served trending)",
+                     skipped_unknown)
+        if sum(writer.positives) == 0:
+            raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
+                             "widen --window-days or collect more feedback")
     return writer.summary("feedback", start, now)
 
 
@@ -574,10 +579,9 @@ def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | N
     stmt = _impressions_query(views_logged)
     names = list(REGISTRY)
     rng = np.random.default_rng(cfg.seed)
-    writer = _Writer(cfg, _val_start(first, last, cfg))
     bar = tqdm(desc="dataset", unit="request", disable=not show_bar)
-    try:
-        with engine.connect() as conn:
+    with _Writer(cfg, _val_start(first, last, cfg)) as writer, engine.connect() as conn:
+        try:
             current, rows = None, []
             for row in conn.execution_options(yield_per=5000).execute(stmt):
                 if row.request_id != current and rows:
@@ -588,11 +592,10 @@ def _from_impressions(engine: Engine, cfg: DatasetConfig, progress: Progress | N
                 rows.append(row)
             if rows:
                 _write_request(writer, rows, names, cfg, rng)
-    finally:
-        bar.close()
-        writer.close()
-    if sum(writer.positives) == 0:
-        raise ValueError("no served list has an engaged item yet; simulate more traffic first")
+        finally:
+            bar.close()
+        if sum(writer.positives) == 0:
+            raise ValueError("no served list has an engaged item yet; simulate more traffic first")
     return writer.summary("impressions", first, last)
 
 

@@ -23,6 +23,7 @@ from ranker.data.importing.dirty import FieldWarning
 from ranker.data.importing.mapping import DEFAULT_POSITIVE_MIN, ImportRows, SourceData, plan_rows
 from ranker.data.importing.records import MAX_DB_ID, ImportDataError
 from ranker.data.schema import AuditLog, Base, Interaction, Item, User
+from ranker.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ def _insert(session: Session, model: type, columns: dict[str, Sequence[Any]], do
         batch = [dict(zip(names, values)) for values in zip(*(columns[c][a:b] for c in names))]
         session.execute(insert(model), batch)
         done(b - a)
+        fault_point("import:mid_batch")  # written in the import's transaction, not committed
 
 
 def _sync_id_sequences(session: Session) -> None:
