@@ -21,14 +21,13 @@ from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
 from ranker.data.schema import ExperimentRecord, Impression, Interaction, Outcome, ServedList
-from ranker.errors import RankerError
 from ranker.faults import fault_point
 from ranker.rank.metrics import category_entropy, intra_list_diversity
 
 log = logging.getLogger(__name__)
 
 
-class UnknownImpressionError(RankerError, ValueError):
+class UnknownImpressionError(ValueError):
     pass
 
 
@@ -50,7 +49,7 @@ class Experiment:
     name: str | None = None
 
 
-class ExperimentError(RankerError, ValueError):
+class ExperimentError(ValueError):
     """An experiment action that cannot be done now, with what to do instead."""
 
 
