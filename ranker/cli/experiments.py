@@ -15,9 +15,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
     from ranker.sim.simulate import simulate
 
+    unfinished = "resume" if args.resume else "discard" if args.discard else "auto"
     s = simulate(ensure_schema(get_engine()), days=args.days, requests_per_day=args.requests_per_day,
-                 seed=args.seed, refit_base=not args.no_refit, show_bar=True)
-    print(f"simulated {s.requests:,} requests over {s.days} day(s) ({s.start} → {s.end}): "
+                 seed=args.seed, refit_base=not args.no_refit, show_bar=True, unfinished=unfinished,
+                 notice=lambda message: print(message, flush=True))
+    print(f"simulation run {s.run_id}: simulated {s.requests:,} requests over {s.days} day(s) ({s.start} → {s.end}): "
           f"{s.impressions:,} impressions, {s.clicks:,} clicks, {s.positives:,} explicit positives, "
           f"{s.new_items:,} new items")
     for arm, a in sorted(s.by_arm.items()):
@@ -166,6 +168,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--requests-per-day", type=_positive_int, default=D.sim_requests_per_day)
     sim.add_argument("--seed", type=int, default=D.sim_seed)
     sim.add_argument("--no-refit", action="store_true", help="keep the base models fixed (faster)")
+    after_crash = sim.add_mutually_exclusive_group()
+    after_crash.add_argument("--resume", action="store_true",
+                             help="finish the unfinished run (stopped by a crash) with its own settings")
+    after_crash.add_argument("--discard", action="store_true",
+                             help="roll the unfinished run's partial day back, then start this run")
     sim.set_defaults(handler=cmd_simulate)
 
     rep = sub.add_parser("report", help="online metrics per arm, A/B verdict, offline comparison with the oracle")

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -196,6 +197,44 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class SimulationRun(Base):
+    """One run of simulated traffic (``ranker simulate`` or the dashboard's job): its settings and how far it got.
+
+    The world clock stands at ``start_clock + day`` days; the lists of the day being served
+    carry request ids ``sim-r{id}-d{day}-{i}``. At most one run is unfinished at a time:
+    ``unfinished`` is True until the run finishes or is discarded (then NULL), and its
+    unique index refuses a second one, on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "simulation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))  # running|failed|finished|discarded
+    unfinished: Mapped[bool | None] = mapped_column(Boolean)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    days: Mapped[int] = mapped_column(Integer)
+    requests_per_day: Mapped[int] = mapped_column(Integer)
+    k: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # refit_base, new_items_per_day
+    start_clock: Mapped[datetime] = mapped_column(DateTime)  # the world clock when day 0 began
+    day: Mapped[int] = mapped_column(Integer, default=0)  # days finished (the clock has moved past them)
+    request: Mapped[int] = mapped_column(Integer, default=0)  # requests served in the current day (as last reported)
+    items_day: Mapped[int | None] = mapped_column(Integer)  # the last day whose new items were added
+    new_items: Mapped[int] = mapped_column(Integer, default=0)  # items added over the run
+    #: Bumped whenever a process takes the run over; a write that expects an older lease is refused.
+    lease: Mapped[int] = mapped_column(Integer, default=0)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_started: Mapped[str | None] = mapped_column(String(40))  # the process's start time, against pid reuse
+    host: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(80))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime)  # wall clock, naive UTC
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("uq_simulation_runs_unfinished", "unfinished", unique=True),)
 
 
 class Setting(Base):

@@ -245,8 +245,14 @@ def _run_train(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[st
 def _run_simulate(engine: Engine, params: dict[str, Any], rep: Reporter) -> dict[str, Any]:
     from ranker.sim.simulate import simulate
 
-    summary = simulate(engine, progress=rep.progress, should_stop=_stopper(rep), actor="dashboard", **params)
-    return summary.__dict__
+    def notice(message: str) -> None:  # e.g. "resuming simulation run 3 at day 2 of 3, request 41 of 300"
+        log.info(message)
+        rep.partial["notice"] = message
+        rep.progress(0.0, message, force=True)
+
+    summary = simulate(engine, progress=rep.progress, should_stop=_stopper(rep), actor="dashboard", notice=notice,
+                       **params)
+    return {**summary.__dict__, **rep.partial}
 
 
 RUNNERS: dict[str, Callable[[Engine, dict[str, Any], Reporter], dict[str, Any]]] = {
