@@ -12,6 +12,7 @@ Every other module asks this one; none reads ``config.FLOWS`` itself.
 from __future__ import annotations
 
 from ranker import config
+from ranker.errors import RankerError
 
 GENERIC_FLOW = "user-item"
 TRENDING = config.TRENDING_FLOW
@@ -19,7 +20,7 @@ TRENDING = config.TRENDING_FLOW
 TRENDING_TYPES = (*config.ITEM_TYPES, "item")
 
 
-class FlowError(ValueError):
+class FlowError(RankerError, ValueError):
     """A request that names an unknown user or flow, or a flow the user's role cannot use."""
 
 

@@ -23,12 +23,13 @@ from fastapi import FastAPI
 
 from ranker import keys
 from ranker.api.auth import READ_KEYS_ENV, WRITE_KEYS_ENV, Keys
+from ranker.errors import RankerError
 
 GRACE_S = 30
 LOOPBACK = "127.0.0.1"
 
 
-class ServeError(RuntimeError):
+class ServeError(RankerError, RuntimeError):
     """A server that cannot start, with what to change."""
 
 

@@ -47,12 +47,13 @@ import ranker
 from ranker import config
 from ranker.data.clock import utcnow
 from ranker.data.interactions import load_interactions, load_items, load_users
+from ranker.errors import RankerError
 
 #: Bumped when the file layout changes; older files are refused with a message.
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
 
-class UnknownUserError(ValueError):
+class UnknownUserError(RankerError, ValueError):
     """The user has no engagement before the model's cutoff, so a personalised model cannot score them."""
 
 

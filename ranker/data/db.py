@@ -24,17 +24,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from ranker import config
 from ranker.data.clock import utcnow
 from ranker.data.schema import COUNTED_TABLES, AuditLog, Base, Interaction, Item, Setting, User
+from ranker.errors import RankerError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(RankerError, RuntimeError):
     """A database problem explained for the operator (URL shown with password masked)."""
 
 
-class WorldExistsError(RuntimeError):
+class WorldExistsError(RankerError, RuntimeError):
     """The database already holds data that a new world or an import would mix with."""
 
 

@@ -29,6 +29,7 @@ from ranker.data.clock import utcnow
 from ranker.data.db import audit, get_setting, put_setting, session_scope
 from ranker.data.files import atomic_write_bytes
 from ranker.data.schema import ModelActivation, ModelVersion
+from ranker.errors import RankerError
 from ranker.rank.features import feature_names
 from ranker.rank.model import RankerMLP
 from ranker.rank.rerank import NeuralScorer
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 RULE = "rule"
 
 
-class RegistryError(ValueError):
+class RegistryError(RankerError, ValueError):
     pass
 
 

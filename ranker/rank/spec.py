@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ranker.data.files import atomic_write_bytes
+from ranker.errors import RankerError
 
 if TYPE_CHECKING:
     from ranker.rank.model import RankerMLP
@@ -38,7 +39,7 @@ ARCHS: dict[str, tuple[int, int]] = {
 LINEAR_LAYERS = ("net.0", "net.3", "net.5")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RankerError, ValueError):
     """A checkpoint that cannot be served, with the reason."""
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ranker import config, keys
 from ranker.data.clock import utcnow
+from ranker.errors import RankerError
 from ranker.rank.features import feature_columns, feature_names
 from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
 from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
@@ -39,11 +40,11 @@ MIN_POSITIVES = 100
 SPLITS = ("time", "random")
 
 
-class DataError(ValueError):
+class DataError(RankerError, ValueError):
     """Training data that cannot be used, with what to do about it."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RankerError, RuntimeError):
     pass
 
 

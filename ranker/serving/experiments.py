@@ -21,13 +21,14 @@ from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
 from ranker.data.schema import ExperimentRecord, Impression, Interaction, Outcome, ServedList
+from ranker.errors import RankerError
 from ranker.faults import fault_point
 from ranker.rank.metrics import category_entropy, intra_list_diversity
 
 log = logging.getLogger(__name__)
 
 
-class UnknownImpressionError(ValueError):
+class UnknownImpressionError(RankerError, ValueError):
     pass
 
 
@@ -49,7 +50,7 @@ class Experiment:
     name: str | None = None
 
 
-class ExperimentError(ValueError):
+class ExperimentError(RankerError, ValueError):
     """An experiment action that cannot be done now, with what to do instead."""
 
 

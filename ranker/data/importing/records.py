@@ -18,6 +18,7 @@ import pandas as pd
 
 from ranker.data.importing.dirty import BadValues
 from ranker.data.importing.mapping import SourceData, users_from_events
+from ranker.errors import RankerError
 
 #: Interaction times must fall in [1970-01-01, 2100-01-01].
 MAX_TIMESTAMP = datetime(2100, 1, 1)
@@ -28,7 +29,7 @@ _MIN_RELEASE_SECONDS = (MIN_RELEASE - datetime(1970, 1, 1)).total_seconds()
 MAX_DB_ID = 2**31 - 1
 
 
-class ImportDataError(ValueError):
+class ImportDataError(RankerError, ValueError):
     """Input that cannot be imported; the message names the file and the line."""
 
 
