@@ -48,11 +48,9 @@ def _bar(desc: str, enabled: bool = True) -> Iterator[Progress]:
 
 
 def _engine():  # noqa: ANN202
-    from ranker.data.db import check_connection, get_engine
+    from ranker.data.db import ensure_schema, get_engine
 
-    engine = get_engine()
-    check_connection(engine)
-    return engine
+    return ensure_schema(get_engine())  # a new database gets its tables, then a one-line "empty" error
 
 
 def cmd_base_fit(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ranker import config, keys
-from ranker.cli import positive_float, positive_int  # noqa: E402
+from ranker.cli import CLIError, positive_float, positive_int  # noqa: E402
 from ranker.flows import personalised_flows
 from ranker.rank.spec import ARCHS
 
@@ -21,6 +21,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
     from ranker.rank.dataset import DatasetConfig, build_dataset
 
+    for flag, path in (("--output", args.output), ("--val-output", args.val_output)):
+        if path is not None and path.is_dir():  # say so now, not after building the whole dataset
+            raise CLIError(f"{flag} {path} is a folder; give a file path such as {path / 'ranker_train.csv'}")
     cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
                         window_days=args.window_days, base_model=args.base_model, refit_days=args.refit_days,
                         val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)

@@ -7,6 +7,7 @@ import json
 import math
 
 from ranker import config, keys
+from ranker.cli import CLIError
 
 D = config.DEFAULTS  # every default flag value comes from here
 
@@ -209,8 +210,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     engine = ensure_schema(get_engine())
     if args.jobs_command == "run":
+        _job(engine, args.job_id)
         return jobs.run(engine, args.job_id)
     if args.jobs_command == "cancel":
+        if (job := _job(engine, args.job_id)).status not in jobs.ACTIVE:
+            raise CLIError(f"job {job.id} is {job.status}: there is nothing to cancel; "
+                           "`ranker jobs list` shows the running ones")
         jobs.cancel(engine, args.job_id, actor="cli")
         print(f"cancel requested for job {args.job_id}")
         return 0
@@ -221,11 +226,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(engine, job_id: int):  # noqa: ANN202
+    from ranker.ops import jobs
+
+    try:
+        return jobs.get(engine, job_id)
+    except ValueError:
+        raise CLIError(f"no job {job_id}; `ranker jobs list` shows the recent ones") from None
+
+
 def add_job_commands(sub: argparse._SubParsersAction) -> None:
+    from ranker.cli import positive_int
+
     jobs = sub.add_parser("jobs", help="background jobs started from the dashboard").add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION")
     ls = jobs.add_parser("list", help="recent jobs")
-    ls.add_argument("--limit", type=int, default=D.list_limit)
+    ls.add_argument("--limit", type=positive_int, default=D.list_limit)
     ls.set_defaults(handler=cmd_jobs)
     run = jobs.add_parser("run", help="run a queued job in this process (the dashboard's worker)")
     run.add_argument("job_id", type=int)

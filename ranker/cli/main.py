@@ -1,4 +1,16 @@
-"""The ``ranker`` command line. Every command exits non-zero with a one-line reason on bad input."""
+"""The ``ranker`` command line.
+
+Every command ends in one of three ways (docs/cli.md, "Errors and exit codes"):
+
+- done: exit status 0;
+- an error the operator can fix (a :class:`~ranker.errors.RankerError`, a ``ValueError``, a
+  database that cannot be reached or is not a Ranker database, a path that cannot be read or
+  written): one line ``error: ...`` that says what to do, exit status 2, as argparse does for a
+  bad flag;
+- anything else, a bug: one line naming the log file that keeps its traceback, exit status 1.
+
+``-v`` (before or after the command) logs debug messages and prints the traceback of any error.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +19,14 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 
 from ranker import config
+from ranker.errors import RankerError
 
 Handler = Callable[[argparse.Namespace], int]
 #: Subcommand modules; each defines ``add_commands(sub)``, which adds its parsers and sets ``handler``.
@@ -24,7 +41,16 @@ MODULES = (
 )
 
 
-class CLIError(RuntimeError):
+#: Exit statuses: an error the operator can fix (argparse's own for a bad flag), a bug, Ctrl-C.
+USER_ERROR, UNEXPECTED_ERROR, INTERRUPTED = 2, 1, 130
+#: The file, in the data folder (else the system's temporary folder), that keeps the traceback
+#: of every unexpected error, newest last.
+ERROR_LOG = "ranker-errors.log"
+#: Above this size the log starts afresh, keeping one previous file (``.1``).
+ERROR_LOG_MAX_BYTES = 1_000_000
+
+
+class CLIError(RankerError, RuntimeError):
     """A bad-input error whose message is shown to the operator as is."""
 
 
@@ -160,7 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_commands(sub)
+    _accept_verbose_after_the_command(parser)
     return parser
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every runnable command's parser, named as typed (``"models activate"``), in parser order."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found = list(command_parsers(sub))
+                yield from ((f"{name} {rest}".strip(), p) for rest, p in found) if found else [(name, sub)]
+
+
+def _accept_verbose_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """``ranker models activate v3 -v`` means ``ranker -v models activate v3``."""
+    for _, command in command_parsers(parser):
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages and print the traceback of any error")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         import ranker.rank.features  # noqa: F401  (validates RANKER_EXTRA_FEATURES)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from ranker.data.db import DatabaseError, WorldExistsError
+        return USER_ERROR
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -180,12 +222,91 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except (CLIError, DatabaseError, WorldExistsError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except Exception as exc:  # every error ends in one line; a bug keeps its traceback in the log
+        message = user_message(exc)
+        if args.verbose:
+            traceback.print_exc()
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return USER_ERROR
+        log = _log_traceback(exc, sys.argv[1:] if argv is None else argv)
+        where = f"details in {log}" if isinstance(log, Path) else f"the traceback could not be saved ({log})"
+        then = "the traceback is above" if args.verbose else "rerun with -v to see the traceback"
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc), limit=200)}; {where}; {then}",
+              file=sys.stderr)
+        return UNEXPECTED_ERROR
 
 
-__all__ = ["main", "CLIError", "positive_int", "positive_float"]
+def user_message(exc: BaseException) -> str | None:
+    """The one line an operator needs for an error they can fix, or None for a bug."""
+    from sqlalchemy.exc import DatabaseError as SQLDatabaseError
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, (RankerError, ValueError)):  # plain ValueErrors carry operator messages too
+        return _one_line(str(exc))
+    if isinstance(exc, OperationalError) or type(exc) is SQLDatabaseError:  # not IntegrityError and the like
+        return _database_message(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _path_message(exc)
+    if isinstance(exc, FileNotFoundError):  # raised by our code with its own message
+        return _one_line(str(exc))
+    return None
+
+
+def _database_message(exc: Exception) -> str:
+    from ranker.data.db import database_url, mask_url
+
+    reason = _one_line(str(getattr(exc, "orig", None) or exc).split("\n")[0])
+    return (f"database {mask_url(database_url())}: {reason}. Check that {config.DATABASE_URL_ENV} names a SQLite "
+            "file or PostgreSQL database this user may write; `ranker db upgrade` creates or updates its tables")
+
+
+def _path_message(exc: OSError) -> str:
+    path = exc.filename2 or exc.filename  # a failed rename names its destination second
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file or folder; check the path (a new file's folder must exist)"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; give the path of a file"
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: part of the path is a file, not a folder; check the path"
+    if isinstance(exc, PermissionError):
+        return f"{path}: permission denied; use a path this user may read and write, or change its permissions"
+    if isinstance(exc, FileExistsError):
+        return f"{path} already exists; remove it or choose another path"
+    return f"{path}: {exc.strerror or exc}; check the path, its permissions and the free disk space"
+
+
+def _one_line(text: str, limit: int | None = None) -> str:
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip()) or "(no message)"
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
+
+
+def error_log_path() -> Path:
+    """Where unexpected errors are logged: ``ERROR_LOG`` in the data folder, read at call time."""
+    return Path(config.DATA_DIR) / ERROR_LOG
+
+
+def _log_traceback(exc: BaseException, argv: list[str]) -> Path | str:
+    """Append the traceback to the error log, or to the one in the temporary folder when the data
+    folder cannot be written. Returns the file written, or why none could be."""
+    entry = (f"--- {datetime.now().isoformat(timespec='seconds')} ranker {' '.join(argv)}\n"
+             + "".join(traceback.format_exception(exc)))
+    reasons = []
+    for path in (error_log_path(), Path(tempfile.gettempdir()) / ERROR_LOG):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.stat().st_size > ERROR_LOG_MAX_BYTES:
+                path.replace(path.with_name(path.name + ".1"))
+            with path.open("a", encoding="utf-8") as out:
+                out.write(entry)
+            return path.resolve()
+        except OSError as err:
+            reasons.append(f"{path}: {err.strerror or err}")
+    return "; ".join(reasons)
+
+
+__all__ = ["main", "CLIError", "positive_int", "positive_float", "command_parsers", "user_message",
+           "error_log_path"]
