@@ -29,6 +29,7 @@ weights = {}
 cols = st.columns(len(feature_names()))
 for col, name in zip(cols, feature_names()):
     weights[name] = col.slider(name, 0.0, 1.0, float(saved.get(name, 0.0)), 0.05, key=f"w_{name}")
+st.caption("All weights zero serves the base order unchanged: every candidate scores 0 and ties keep the base order.")
 
 c1, c2, _ = st.columns([1, 1, 4])
 if c1.button("Save", type="primary", disabled=not can_edit or weights == saved) and can_edit:
