@@ -92,6 +92,8 @@ class Defaults:
     arch: str = "default"  # small 16/8, default 32/16, large 64/32
     val_split: float = 0.0  # without a validation file: hold out this share of lists
     split_by: str = "time"  # --val-split holds out the latest lists ("time") or random ones ("random")
+    max_pairs_per_positive: int = 64  # pairs per positive per epoch, sampled; lists with fewer negatives keep all
+    max_memory_fraction: float = 0.5  # without --max-memory, training may use this share of the machine's RAM
     # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,
     # promote on the latest
     retrain_val_split: float = 0.2  # share of lists that picks the best epoch

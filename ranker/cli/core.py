@@ -42,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ranker.rank.train import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
-                      seed=args.seed)
+                      seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
+                      max_memory=args.max_memory)
     bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", file=sys.stderr)
 
     def on_epoch(epoch: int, train_loss: float, val_loss: float | None) -> None:
@@ -156,7 +157,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     dcfg = DatasetConfig(output=out, val_output=out.with_name(out.stem + "_val.csv"),
                          neg_ratio=args.neg_ratio, window_days=args.window_days, source=args.source)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
-                       seed=args.seed)
+                       seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
+                       max_memory=args.max_memory)
     report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True,
                      val_split=args.val_split, holdout_split=args.holdout_split)
     if args.json:
@@ -211,7 +213,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _train_args(tr)
     tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
     tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
-    tr.add_argument("--val-split", type=float, default=D.val_split,
+    tr.add_argument("--val-split", type=share, default=D.val_split,
                     help="without --val: hold out this share of the lists for validation, the latest by "
                          "event_time (see --split-by)")
     tr.add_argument("--split-by", default=D.split_by, metavar="time|random",
@@ -271,3 +273,31 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, default=config.MODELS_DIR)
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--arch", choices=tuple(ARCHS), default=D.arch)
+    p.add_argument("--max-pairs-per-positive", type=positive_int, default=D.max_pairs_per_positive,
+                   help="each epoch pairs a positive with at most this many negatives of its list, sampled; "
+                        "lists with fewer keep all their pairs (default %(default)s)")
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                   help="refuse to train when the estimated memory exceeds SIZE, e.g. 2G, 512M or bytes "
+                        f"(default: {D.max_memory_fraction:.0%} of this machine's RAM)")
+
+
+def share(text: str) -> float:
+    """argparse type: a share of the lists, 0 <= x < 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share of the lists, at least 0 and below 1 (e.g. 0.2), "
+                                         f"got {text}")
+    return value
+
+
+def memory_size(text: str) -> int:
+    """argparse type: bytes, from e.g. ``2G``, ``512M`` or a number of bytes."""
+    from ranker.rank.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -8,6 +8,7 @@ as ``softplus`` so that huge score gaps stay finite.
 
 from __future__ import annotations
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -99,46 +100,87 @@ def same_group_pairs(labels, groups):
     """All (better, worse) row-index pairs within the same group, as numpy int64 arrays.
 
     ``labels`` and ``groups`` are numpy arrays of shape (N,). Pairs are built group by
-    group, so memory is the number of pairs, not N**2.
+    group, so memory is the number of pairs, not N**2; but that number grows with the
+    square of the group size. Training uses :func:`sample_pairs`, which caps it.
     """
-    import numpy as np
+    return sample_pairs(labels, groups, cap=None)
 
+
+def sample_pairs(labels, groups, cap: int | None, rng=None):
+    """(better, worse) row-index pairs within each group, at most ``cap`` per better row.
+
+    Parameters
+    ----------
+    labels, groups : numpy arrays, shape (N,)
+        Relevance (binary or graded) and group (list) id of each row; rows of a group
+        need not be adjacent.
+    cap : int or None
+        Pairs per better row (per positive, with 0/1 labels). A row with at most ``cap``
+        lower-labelled rows in its group is paired with every one of them, so a group
+        small enough keeps exactly its :func:`same_group_pairs`. A row with more is paired
+        with ``cap`` of them, distinct and drawn uniformly: a window of ``cap`` consecutive
+        rows, at a random start, in a random order of the group's lower rows (one order
+        per group and call, shared by its better rows). None: every pair.
+    rng : numpy Generator or seed, optional
+        Draws the samples; the same seed gives the same pairs. Default: seed 0.
+
+    Returns
+    -------
+    better, worse : numpy int64 arrays, shape (P,)
+        ``labels[better] > labels[worse]`` and ``groups[better] == groups[worse]``;
+        ``better`` ascending; P <= cap * N. Memory and time are linear in N + P.
+    """
     labels = np.asarray(labels)
-    groups = np.asarray(groups, dtype=np.int64)
-    if np.isin(labels, (0, 1)).all():
-        return _binary_pairs(labels, groups)
-    order = np.lexsort((-labels, groups))
-    g = groups[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    ends = np.r_[starts[1:], len(g)]
-    better, worse = [], []
-    for a, b in zip(starts, ends):
-        if b - a < 2:
-            continue
-        rows = order[a:b]
-        lab = labels[rows]
-        if lab[0] == lab[-1]:
-            continue
-        i, j = np.nonzero(lab[:, None] > lab[None, :])
-        better.append(rows[i])
-        worse.append(rows[j])
-    if not better:
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1).astype(np.int64)
+    parts = [_pairs_below(labels == level, labels < level, g, cap, rng) for level in np.unique(labels)[1:]]
+    if not parts:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(better).astype(np.int64), np.concatenate(worse).astype(np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    better, worse = np.concatenate([b for b, _ in parts]), np.concatenate([w for _, w in parts])
+    order = np.argsort(better, kind="stable")
+    return better[order], worse[order]
 
 
-def _binary_pairs(labels, groups):
-    """Vectorised positives x negatives cross join within each group (0/1 labels)."""
-    import numpy as np
+def count_sampled_pairs(labels, groups, cap: int | None) -> np.ndarray:
+    """Pairs :func:`sample_pairs` gives each group, without building them.
 
-    pos = np.flatnonzero(labels == 1)
-    neg = np.flatnonzero(labels == 0)
-    neg = neg[np.argsort(groups[neg], kind="stable")]
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    ncount = np.bincount(groups[neg], minlength=n_groups)
-    nstart = np.cumsum(ncount) - ncount
-    reps = ncount[groups[pos]]
-    better = np.repeat(pos, reps)
-    offsets = np.arange(len(better)) - np.repeat(np.cumsum(reps) - reps, reps)
-    worse = neg[np.repeat(nstart[groups[pos]], reps) + offsets]
-    return better.astype(np.int64), worse.astype(np.int64)
+    Returns an int64 array with one count per distinct group id, in sorted id order:
+    the sum over the group's rows of ``min(cap, lower-labelled rows in the group)``.
+    """
+    labels = np.asarray(labels)
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1)
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    counts = np.zeros(n_groups, np.int64)
+    for level in np.unique(labels)[1:]:
+        upper = np.bincount(g[labels == level], minlength=n_groups)
+        lower = np.bincount(g[labels < level], minlength=n_groups)
+        counts += upper * (lower if cap is None else np.minimum(lower, cap))
+    return counts
+
+
+def _pairs_below(upper: np.ndarray, lower: np.ndarray, g: np.ndarray, cap: int | None, rng):
+    """Pairs of each ``upper`` row with (up to ``cap`` of) the ``lower`` rows of its group.
+
+    ``upper``, ``lower``: (N,) bool masks; ``g``: (N,) group codes 0..G-1.
+    """
+    better_rows = np.flatnonzero(upper)
+    lower_rows = np.flatnonzero(lower)
+    lower_rows = lower_rows[np.argsort(g[lower_rows], kind="stable")]  # grouped, row order within
+    count = np.bincount(g[lower_rows], minlength=int(g.max()) + 1)
+    first = np.cumsum(count) - count  # each group's first entry in lower_rows
+    n = count[g[better_rows]]  # lower rows of each better row's group
+    k = n if cap is None else np.minimum(n, cap)
+    better = np.repeat(better_rows, k)
+    t = np.arange(len(better)) - np.repeat(np.cumsum(k) - k, k)  # 0 .. k-1 for each better row
+    if cap is not None and bool((n > cap).any()):
+        rng = np.random.default_rng(0 if rng is None else rng)
+        lower_rows = lower_rows[np.lexsort((rng.random(len(lower_rows)), g[lower_rows]))]  # shuffled within groups
+        shift = np.zeros(len(better_rows), np.int64)
+        over = n > cap
+        shift[over] = rng.integers(0, n[over])
+        t = (t + np.repeat(shift, k)) % np.repeat(n, k)
+    worse = lower_rows[np.repeat(first[g[better_rows]], k) + t]
+    return better.astype(np.int64, copy=False), worse.astype(np.int64, copy=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,11 @@ import torch.nn.functional as F
 from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.errors import RankerError
+from ranker.faults import fault_point
+from ranker.rank import memory
 from ranker.rank.features import feature_columns, feature_names
-from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
+from ranker.rank.losses import count_sampled_pairs, sample_pairs
+from ranker.rank.memory import MemoryLimitError
 from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
 from ranker.rank.model import RankerMLP, count_parameters
 from ranker.rank.rerank import RuleScorer
@@ -306,6 +309,18 @@ def write_parts(path: str | Path, parts: np.ndarray, outputs: list[Path]) -> Non
 
 # --- Training -----------------------------------------------------------------------
 
+#: Rows (whole lists) whose pairs are drawn at once in training, or scored at once for the
+#: per-epoch losses and the final metrics.
+CHUNK_ROWS = 8192
+#: Peak bytes per pair of the largest chunk: drawing them, then a step's loss and gradients
+#: (measured: 52 to 101).
+BYTES_PER_PAIR = 112
+#: Peak bytes per row beside the data itself: the standardised copy, each epoch's shuffled
+#: order, the scores and metrics at the end (measured: 200).
+BYTES_PER_ROW = 224
+#: Fixed headroom for the chunks, the model and the optimiser.
+BYTES_FIXED = 64 * 1024**2
+
 
 @dataclass
 class TrainConfig:
@@ -315,15 +330,20 @@ class TrainConfig:
     arch: str = config.DEFAULTS.arch  # small 16/8, default 32/16, large 64/32
     seed: int = config.DEFAULTS.seed
     weight_decay: float = 0.0
+    # each epoch pairs a positive with at most this many negatives of its list, sampled afresh
+    max_pairs_per_positive: int = config.DEFAULTS.max_pairs_per_positive
+    max_memory: int | None = None  # bytes training may use; None: DEFAULTS.max_memory_fraction of the RAM
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "max_pairs_per_positive"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
 
 
 EpochCallback = Callable[[int, float, float | None], None]
@@ -346,11 +366,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _group_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Row indices in shuffled whole-group batches of about ``batch_size`` rows."""
-    n_groups = int(groups.max()) + 1
-    rank = rng.permutation(n_groups)
-    order = np.argsort(rank[groups], kind="stable")
+def _group_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Row indices in whole-group batches of about ``batch_size`` rows (more when one group is
+    larger); the groups in a random order, or in code order when ``rng`` is None."""
+    if rng is None:
+        order = np.argsort(groups, kind="stable")
+    else:
+        rank = rng.permutation(int(groups.max()) + 1)
+        order = np.argsort(rank[groups], kind="stable")
     g = groups[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])  # first row of each group
     cuts, next_cut = [], batch_size
@@ -361,32 +384,27 @@ def _group_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator
     return np.split(order, cuts)
 
 
-def _pair_loss(model: RankerMLP, data: Dataset, pairs: tuple[np.ndarray, np.ndarray]) -> float:
-    """Mean pairwise loss over all same-group pairs of ``data`` (eval mode)."""
+def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int]) -> float:
+    """Mean pairwise loss (eval mode) over :func:`sample_pairs` with ``cap``, drawn from ``seed``.
+
+    The same seed gives the same pairs every epoch, so the figures are comparable across
+    epochs; data whose lists all fit under the cap gives the loss over all its pairs.
+    Streams lists in chunks of about :data:`CHUNK_ROWS` rows, so memory does not grow
+    with the data's pairs. nan when there is no pair.
+    """
     model.eval()
+    rng = np.random.default_rng(seed)
+    total, count = 0.0, 0
     with torch.no_grad():
-        s = model(torch.from_numpy(data.x))
-        loss = pairwise_logistic_loss_from_pairs(s, *(torch.from_numpy(p) for p in pairs))
-    return float(loss) if len(pairs[0]) else float("nan")
-
-
-def _batch_pairs(pairs: tuple[np.ndarray, np.ndarray], groups: np.ndarray,
-                 batches: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each batch's pairs, as indices local to that batch's rows."""
-    better, worse = pairs
-    batch_of_row = np.empty(len(groups), dtype=np.int64)
-    local = np.empty(len(groups), dtype=np.int64)
-    for b, idx in enumerate(batches):
-        batch_of_row[idx] = b
-        local[idx] = np.arange(len(idx))
-    pb = batch_of_row[better]
-    order = np.argsort(pb, kind="stable")
-    bounds = np.searchsorted(pb[order], np.arange(len(batches) + 1))
-    out = []
-    for b in range(len(batches)):
-        sel = order[bounds[b]:bounds[b + 1]]
-        out.append((torch.from_numpy(local[better[sel]]), torch.from_numpy(local[worse[sel]])))
-    return out
+        for idx in _group_batches(data.groups, CHUNK_ROWS, None):
+            better, worse = sample_pairs(data.y[idx], data.groups[idx], cap, rng)
+            if len(better) == 0:
+                continue
+            s = model(torch.from_numpy(data.x[idx]))
+            terms = F.softplus(-(s[torch.from_numpy(better)] - s[torch.from_numpy(worse)]))
+            total += float(terms.sum(dtype=torch.float64))
+            count += len(better)
+    return total / count if count else float("nan")
 
 
 def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
@@ -436,34 +454,45 @@ def train(
 ) -> TrainResult:
     """Fit a :class:`RankerMLP` with the pairwise logistic loss over same-group pairs.
 
-    ``on_epoch(epoch, train_loss, val_loss)`` is called after each epoch (1-based);
-    ``should_stop()`` lets a caller cancel between batches.
+    Each epoch pairs every positive with at most ``cfg.max_pairs_per_positive`` negatives of
+    its list, drawn afresh per batch; a list with fewer negatives keeps all its pairs. The
+    reported losses are means over one fixed sample of such pairs. ``on_epoch(epoch,
+    train_loss, val_loss)`` is called after each epoch (1-based); ``should_stop()`` lets a
+    caller cancel between batches.
 
     Raises
     ------
+    MemoryLimitError
+        The estimate (:func:`estimate_memory`) exceeds ``cfg.max_memory``; raised before
+        training allocates anything.
     TrainingError
-        The loss became NaN or inf (nothing is saved), or the run was cancelled.
+        No list holds a pair, the loss became NaN or inf (nothing is saved), or the run was
+        cancelled.
     """
     cfg = cfg or TrainConfig()
+    need = estimate_memory(data, cfg, val)
+    if need.pairs == 0:
+        raise TrainingError("no group holds both a positive and a negative, so there is no pair "
+                            "to learn from; check the group_id column")
+    need.check(cfg.max_memory)
     seed_everything(cfg.seed)
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they save
     model = _new_model(data, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # batch order
+    pair_rng = np.random.default_rng([cfg.seed, 1])  # each epoch's pairs
+    loss_seed = [cfg.seed, 2]  # the pairs the reported losses are measured on, the same every epoch
     with torch.no_grad():
         z_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
-    pairs = same_group_pairs(data.y, data.groups)
-    if len(pairs[0]) == 0:
-        raise TrainingError("no group holds both a positive and a negative, so there is no pair "
-                            "to learn from; check the group_id column")
-    val_pairs = same_group_pairs(val.y, val.groups) if val is not None and len(val) else None
+    has_val = val is not None and len(val) > 0
+    cap = cfg.max_pairs_per_positive
     result = TrainResult(model=model, best_state=None, config=cfg)
     best_val = math.inf
 
     for epoch in range(1, cfg.epochs + 1):
-        _train_epoch(model, opt, data, z_all, pairs, cfg.batch_size, rng, epoch, should_stop)
-        train_loss = _pair_loss(model, data, pairs)
-        val_loss = _pair_loss(model, val, val_pairs) if val_pairs is not None else None
+        _train_epoch(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
+        train_loss = _pair_loss(model, data, cap, loss_seed)
+        val_loss = _pair_loss(model, val, cap, loss_seed) if has_val else None
         if not math.isfinite(train_loss):
             raise TrainingError(f"loss became NaN at epoch {epoch}; nothing was saved")
         result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
@@ -473,13 +502,61 @@ def train(
             result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch:
             on_epoch(epoch, train_loss, val_loss)
+        fault_point("train:after_epoch")
 
     model.eval()
-    has_val = val is not None and len(val) > 0
     result.eval_data = val if has_val else data
     result.metrics = evaluate_model(model, result.eval_data)
     result.metrics["evaluated_on"] = "validation" if has_val else "training"
     return result
+
+
+@dataclass
+class MemoryEstimate:
+    """What :func:`train` will hold at its peak, estimated before it allocates."""
+
+    bytes: int  # this process's resident size now, plus what training adds
+    rows: int  # training and validation rows
+    pairs: int  # training pairs per epoch, after the cap
+    chunk_pairs: int  # pairs drawn at once, at most
+    pair_bytes: int  # the part of ``bytes`` that those pairs take
+
+    def check(self, limit: int | None) -> None:
+        """Raise :class:`MemoryLimitError` when the estimate exceeds ``limit`` (bytes;
+        None: the default share of the machine's RAM); the one-line message names the flag."""
+        given = limit is not None
+        limit = limit if given else memory.default_limit()
+        if self.bytes <= limit:
+            return
+        what = (f"--max-memory is {memory.format_size(limit)}" if given else
+                f"the limit is {memory.format_size(limit)} ({config.DEFAULTS.max_memory_fraction:.0%} "
+                f"of this machine's {memory.format_size(memory.machine_memory())})")
+        fix = ("lower --max-pairs-per-positive or --batch-size" if self.pair_bytes > self.bytes // 2
+               else "train on fewer rows")
+        raise MemoryLimitError(
+            f"training needs about {memory.format_size(self.bytes)} ({self.rows:,} rows, {_millions(self.pairs)} "
+            f"pairs) but {what}; raise --max-memory or {fix}")
+
+
+def estimate_memory(data: Dataset, cfg: TrainConfig, val: Dataset | None = None) -> MemoryEstimate:
+    """Peak memory of ``train(data, cfg, val)``: the process as it stands (the data loaded)
+    plus :data:`BYTES_PER_ROW` per row, :data:`BYTES_PER_PAIR` per pair drawn at once and
+    :data:`BYTES_FIXED`. A chunk of batches draws at most the largest list's pairs plus
+    ``max_pairs_per_positive`` for each of ``CHUNK_ROWS + batch_size`` more rows."""
+    cap = cfg.max_pairs_per_positive
+    per_group = count_sampled_pairs(data.y, data.groups, cap)
+    biggest = int(per_group.max(initial=0))
+    if val is not None and len(val):
+        biggest = max(biggest, int(count_sampled_pairs(val.y, val.groups, cap).max(initial=0)))
+    chunk_pairs = biggest + (CHUNK_ROWS + cfg.batch_size) * cap
+    rows = len(data) + (len(val) if val is not None else 0)
+    pair_bytes = BYTES_PER_PAIR * chunk_pairs
+    total = memory.current_rss() + BYTES_PER_ROW * rows + pair_bytes + BYTES_FIXED
+    return MemoryEstimate(int(total), rows, int(per_group.sum()), chunk_pairs, pair_bytes)
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
 
 def _new_model(data: Dataset, cfg: TrainConfig) -> RankerMLP:
@@ -492,12 +569,12 @@ def _new_model(data: Dataset, cfg: TrainConfig) -> RankerMLP:
 
 
 def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
-                 pairs: tuple[np.ndarray, np.ndarray], batch_size: int, rng: np.random.Generator, epoch: int,
+                 cfg: TrainConfig, rng: np.random.Generator, pair_rng: np.random.Generator, epoch: int,
                  should_stop: Callable[[], bool] | None) -> None:
     """One pass over the groups in shuffled batches, one optimiser step per batch."""
     model.train()
-    batches = _group_batches(data.groups, batch_size, rng)
-    for idx, (better, worse) in zip(batches, _batch_pairs(pairs, data.groups, batches)):
+    batches = _group_batches(data.groups, cfg.batch_size, rng)
+    for idx, better, worse in _batch_pairs(data, batches, cfg.max_pairs_per_positive, pair_rng):
         if should_stop and should_stop():
             raise TrainingError("training cancelled")
         zb = z_all[torch.from_numpy(idx)]
@@ -509,10 +586,32 @@ def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_
         opt.step()
 
 
+def _batch_pairs(data: Dataset, batches: list[np.ndarray], cap: int, rng: np.random.Generator,
+                 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Each batch's rows with its pairs (indices into those rows), drawn by :func:`sample_pairs`
+    for about :data:`CHUNK_ROWS` rows of consecutive batches at a time: an epoch never holds
+    all its pairs, and the draws cost little per batch."""
+    chunk: list[np.ndarray] = []
+    for i, idx in enumerate(batches):
+        chunk.append(idx)
+        if i + 1 < len(batches) and sum(map(len, chunk)) < CHUNK_ROWS:
+            continue
+        rows = np.concatenate(chunk)
+        better, worse = sample_pairs(data.y[rows], data.groups[rows], cap, rng)  # ordered by better row
+        starts = np.cumsum([0] + [len(b) for b in chunk])
+        bounds = np.searchsorted(better, starts)
+        for b, batch in enumerate(chunk):
+            sel = slice(bounds[b], bounds[b + 1])
+            yield batch, torch.from_numpy(better[sel] - starts[b]), torch.from_numpy(worse[sel] - starts[b])
+        chunk = []
+
+
 def evaluate_model(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
     """NDCG@k, AUC and pairwise accuracy for the model, the rule and the base order."""
-    with torch.no_grad():
-        neural = model.eval()(torch.from_numpy(data.x)).numpy().astype(np.float64)
+    model.eval()
+    with torch.no_grad():  # in chunks: a whole-data forward pass would hold every row's hidden layers
+        neural = np.concatenate([model(torch.from_numpy(data.x[i:i + CHUNK_ROWS])).numpy()
+                                 for i in range(0, len(data), CHUNK_ROWS)]).astype(np.float64)
     x = data.x.astype(np.float64)
     scorers = {
         "model": neural,
