@@ -31,7 +31,7 @@ def models_dir(isolated_dirs):
 
 
 def test_hot_reload_picks_up_a_new_active_file(models_dir):
-    watcher = registry.ActiveModel()
+    watcher = registry.ActiveModel(path=registry.active_path())
     assert watcher.get() is None  # no file: rule fallback
     make_checkpoint(registry.active_path(), seed=1, version="v1")
     assert watcher.get().version == "v1"
@@ -41,7 +41,7 @@ def test_hot_reload_picks_up_a_new_active_file(models_dir):
 
 def test_missing_model_logs_the_guides_message(models_dir, caplog):
     caplog.set_level(logging.WARNING)
-    watcher = registry.ActiveModel()
+    watcher = registry.ActiveModel(path=registry.active_path())
     assert watcher.get() is None
     assert "Ranker model not found, using rule-based ranker" in caplog.text
     assert "Ranker model not found" in watcher.reason
@@ -51,7 +51,7 @@ def test_missing_model_logs_the_guides_message(models_dir, caplog):
 def test_bad_new_file_keeps_the_previous_model_serving(models_dir, caplog, damage):
     path = registry.active_path()
     make_checkpoint(path, seed=1, version="v1")
-    watcher = registry.ActiveModel()
+    watcher = registry.ActiveModel(path=path)
     assert watcher.get().version == "v1"
     if damage == "truncate":
         data = path.read_bytes()
@@ -112,3 +112,39 @@ def test_activating_a_corrupt_version_is_refused_and_changes_nothing(models_dir,
 def test_rollback_without_history_says_so(models_dir, world_copy):
     with pytest.raises(registry.RegistryError, match="no earlier version"):
         registry.rollback(world_copy)
+
+
+def test_serving_follows_the_active_row_and_its_version_file(models_dir, world_copy):
+    watcher = registry.ActiveModel(engine=world_copy)
+    assert watcher.get() is None and "no active version" in watcher.reason
+    v1 = registry.register(world_copy, make_checkpoint(models_dir / "a.pth", seed=1), activate=True)
+    v2 = registry.register(world_copy, make_checkpoint(models_dir / "b.pth", seed=2))
+    assert watcher.get().version == v1
+    registry.active_path().unlink()  # the tools' copy plays no part in serving
+    assert watcher.get().version == v1
+    registry.activate_version(world_copy, v2)
+    assert watcher.get().version == v2
+    assert registry.load_checkpoint(registry.active_path()).version == v2  # rewritten after the commit
+    registry.activate_version(world_copy, registry.RULE)
+    assert watcher.get() is None and not registry.active_path().exists()
+
+
+def test_a_version_file_holding_another_version_is_not_served_as_it(models_dir, world_copy, caplog):
+    v1 = registry.register(world_copy, make_checkpoint(models_dir / "a.pth", seed=1), activate=True)
+    watcher = registry.ActiveModel(engine=world_copy)
+    assert watcher.get().version == v1
+    make_checkpoint(registry.version_path(v1), seed=5, version="v7")
+    caplog.set_level(logging.WARNING)
+    assert watcher.get().version == v1
+    assert "holds v7, not v1" in caplog.text
+
+
+def test_rollback_is_one_activation(models_dir, world_copy):
+    for seed in (1, 2, 3):
+        registry.register(world_copy, make_checkpoint(models_dir / f"{seed}.pth", seed=seed), activate=True)
+    assert registry.rollback(world_copy) == "v2"
+    assert registry.rollback(world_copy) == "v1"
+    assert registry.active_version(world_copy) == "v1"
+    with pytest.raises(registry.RegistryError, match="no earlier version"):
+        registry.rollback(world_copy)
+    assert [a.version for a in registry.activations(world_copy)] == ["v1", "v2", "v3", "v2", "v1"]

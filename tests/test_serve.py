@@ -83,15 +83,16 @@ def test_hot_reload_between_two_calls_and_corrupt_file_keeps_serving(served, cap
     uid = engaged_developer(served)
     first = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
     assert first.model_version == "v1"
-    ckpt = registry.load_checkpoint(registry.active_path())
+    ckpt = registry.load_checkpoint(registry.version_path("v1"))
     model = ckpt.model()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.0)  # a visibly different model
-    registry.save_checkpoint(registry.active_path(), model, {**ckpt.meta, "version": "v2"})
+    registry.save_checkpoint(registry.models_dir() / "negated.pth", model, ckpt.meta)
+    registry.register(served, registry.models_dir() / "negated.pth", activate=True)
     second = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
     assert second.model_version == "v2"
-    registry.active_path().write_bytes(b"not a checkpoint")
+    registry.version_path("v2").write_bytes(b"not a checkpoint")  # the served version's file goes bad
     caplog.set_level(logging.WARNING)
     third = recommend(uid, "developer-startup", 5, engine=served, arm="treatment", log=False)
     assert third.model_version == "v2"

@@ -18,16 +18,17 @@ from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
 from ranker.evaluation.parity import parity_gate, parity_report
+from ranker.faults import fault_point
 from ranker.rank.dataset import DatasetConfig, DatasetSummary, build_dataset
 from ranker.rank.registry import (
     CheckpointError,
     activate_version,
-    active_path,
     active_version,
     backup_active,
     data_hash,
     load_checkpoint,
     register,
+    version_path,
 )
 from ranker.rank.train import (
     SPLITS,
@@ -115,6 +116,7 @@ def train_and_register(
         activate = active_version(engine) is None
         if not activate:
             notes.append("another version is active; activate this one with `ranker models activate`")
+    fault_point("train:before_register")  # the checkpoints are on disk; the registry has no row yet
     version = register(engine, chosen, activate=activate, actor=actor)
     # The metrics of the checkpoint registered (the best epoch's, with validation data).
     metrics = load_checkpoint(chosen).meta.get("metrics") or result.metrics
@@ -193,7 +195,7 @@ def _gate(engine: Engine, outcome: TrainOutcome, holdout, parity) -> dict[str, A
 
     new_ndcg = _checkpoint_ndcg(Path(outcome.paths.get("best", outcome.paths["final"])), holdout) or 0.0
     current = active_version(engine)
-    current_ndcg = _active_ndcg(holdout) if current is not None else None
+    current_ndcg = _active_ndcg(current, holdout) if current is not None else None
     rule_ndcg = offline_ndcg(current_weights(engine), holdout)
     promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
     parity_ok, parity_why = parity_gate(parity)
@@ -267,10 +269,10 @@ def _checkpoint_ndcg(path: Path, data: Dataset) -> float | None:
         return evaluate_model(load_checkpoint(path).model(), data)["model"][keys.NDCG_AT_10]
 
 
-def _active_ndcg(data: Dataset) -> float | None:
+def _active_ndcg(version: str, data: Dataset) -> float | None:
     """NDCG@10 of the active model on ``data``, or None when its checkpoint cannot be evaluated."""
     try:
-        return _checkpoint_ndcg(active_path(), data)
+        return _checkpoint_ndcg(version_path(version), data)  # the registry's file, as served
     except (CheckpointError, ValueError) as exc:
         log.warning("active model could not be evaluated (%s); treating it as absent", exc)
         return None

@@ -7,8 +7,10 @@ layers the serving scorer evaluates. Nothing else knows the layer names.
 
 A checkpoint is ``{"state_dict": ..., "meta": {"format": ..., **spec.to_meta(), ...}}``;
 ``ModelSpec.from_meta(meta)`` reads the spec back, and ``from_meta(to_meta())`` is the
-identity. This module imports torch only when it builds, saves or loads a net, so the
-serving path can use :func:`linear_layers` without it.
+identity. Loading validates by value as well as by shape (:func:`check_servable`), so
+registering, activating and hot reloading all refuse a model that cannot be served.
+This module imports torch only when it builds, saves or loads a net, so the serving
+path can use :func:`linear_layers` without it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ if TYPE_CHECKING:
     from ranker.rank.model import RankerMLP
 
 CHECKPOINT_FORMAT = "ranker-checkpoint/1"
+#: A served model's scores on feature vectors in [0, 1] stay within ±this. Trained models
+#: give logits of a few units; a score of a million means weights that have blown up.
+MAX_ABS_SCORE = 1e6
+#: The probe grid has at most this many rows (feature vectors).
+PROBE_ROWS = 4096
+#: What the operator can do about a checkpoint that is refused.
+FIX = "retrain with `ranker train`, or activate another version with `ranker models activate vN`"
 
 #: arch name -> (hidden_dim1, hidden_dim2)
 ARCHS: dict[str, tuple[int, int]] = {
@@ -114,8 +123,9 @@ class ModelSpec:
         Raises
         ------
         CheckpointError
-            Missing, truncated, corrupt or foreign file; or features/shape that do not
-            match the feature registry. The message says which.
+            Missing, truncated, corrupt or foreign file; features/shape that do not match
+            the feature registry; or weights that cannot be served (see
+            :func:`check_servable`). The one-line message says which, and what to do.
         """
         from ranker.rank.features import feature_names
 
@@ -126,8 +136,8 @@ class ModelSpec:
         expected = feature_names()
         if list(meta.get("feature_names", [])) != expected:
             raise CheckpointError(
-                f"{path} was trained on features {meta.get('feature_names')} but the registry has "
-                f"{expected}; retrain with `ranker train`"
+                f"{path} was trained on features {meta.get('feature_names')} but the server computes "
+                f"{expected}; {FIX}"
             )
         ckpt = Checkpoint(obj["state_dict"], meta)
         try:
@@ -135,7 +145,52 @@ class ModelSpec:
         except Exception as exc:
             raise CheckpointError(f"{path}: weights do not fit the declared shape: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
+        check_servable(ckpt, str(path))
         return ckpt
+
+
+def probe_grid(n_features: int) -> np.ndarray:
+    """A fixed grid of feature vectors in [0, 1], corners included: (rows, n_features).
+
+    Every feature takes the same evenly spaced levels (0 and 1 among them); the number of
+    levels is the largest that keeps the grid within :data:`PROBE_ROWS` rows (at least 2).
+    """
+    levels = 2
+    while (levels + 1) ** n_features <= PROBE_ROWS:
+        levels += 1
+    axes = [np.linspace(0.0, 1.0, levels)] * n_features
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, n_features)
+    if len(grid) > PROBE_ROWS:  # many features: all-0, all-1 and a fixed sample of the rest
+        rng = np.random.default_rng(0)
+        grid = np.vstack([np.zeros(n_features), np.ones(n_features), rng.random((PROBE_ROWS - 2, n_features))])
+    return grid
+
+
+def check_servable(ckpt: Checkpoint, name: str) -> None:
+    """Refuse weights that are not finite, or a net whose scores on :func:`probe_grid` are
+    not finite or exceed :data:`MAX_ABS_SCORE` in magnitude (the serving scorer is probed,
+    as it serves: in numpy, the input standardisation folded into the first layer).
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the problem and what to do (:data:`FIX`).
+    """
+    bad = {key: int((~np.isfinite(np.asarray(value, dtype=np.float64))).sum())
+           for key, value in ckpt.state_dict.items()}
+    bad = {key: n for key, n in bad.items() if n}
+    if bad:
+        where = ", ".join(f"{n} in {key}" for key, n in bad.items())
+        raise CheckpointError(f"{name} has weight(s) that are not finite (NaN or inf: {where}); {FIX}")
+    with np.errstate(all="ignore"):
+        scores = ckpt.scorer()(probe_grid(ckpt.spec.input_dim))
+    if not np.isfinite(scores).all():
+        raise CheckpointError(f"{name} gives non-finite scores on feature vectors in [0, 1] "
+                              f"(e.g. an input scale of 0); {FIX}")
+    worst = float(np.abs(scores).max())
+    if worst >= MAX_ABS_SCORE:
+        raise CheckpointError(f"{name} gives scores up to {worst:.3g} on feature vectors in [0, 1], outside "
+                              f"±{MAX_ABS_SCORE:g} (its weights have blown up); {FIX}")
 
 
 def checkpoint_bytes(state_dict: dict[str, Any], meta: dict[str, Any]) -> bytes:

@@ -2,8 +2,9 @@
 
 The settings (serve clock, experiment, rule weights, freshness boost) are read together in
 one query per request and never cached, so a save reaches every process on its next
-request. The neural scorer comes from the registry's hot-reloaded active model; without
-one, the rule scorer with the saved weights serves, with the reason.
+request. The neural scorer is the version the registry's active row names (read on each
+request too, its file reloaded when the row changes); without one, the rule scorer with the
+saved weights serves, with the reason.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Scoring:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.model = ActiveModel()
+        self.model = ActiveModel(engine=engine)  # the version the registry's active row names
 
     def settings(self) -> ServingSettings:
         return read_settings(self.engine)
