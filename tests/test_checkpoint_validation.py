@@ -207,3 +207,23 @@ def test_a_crash_while_activating_leaves_list_server_and_rollback_in_agreement(s
         assert back.stdout.strip() == "rolled back; active: v1"
     assert registry.active_version(served) == "v1"  # what `models list` marks
     assert _served_version(served, uid) == "v1"
+
+
+@pytest.mark.slow
+def test_a_crash_before_registering_a_trained_model_leaves_the_registry_and_server_as_they_were(served, tmp_path):
+    uid = engaged_developer(served)
+    env = ranker_env(str(served.url), registry.models_dir())
+    out = tmp_path / "out"
+    train = ("train", "--data", str(tmp_path / "data" / "ranker_train.csv"), "--epochs", "1",
+             "--min-positives", "1", "--output-dir", str(out), "--activate")
+
+    crashed = _ranker({**env, "RANKER_FAULT": "train:before_register"}, *train)
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr
+    assert (out / "ranker_v1.pth").is_file()  # written, never registered
+    assert [v.version for v in registry.list_versions(served)] == ["v1"]
+    assert _served_version(served, uid) == "v1"
+
+    again = _ranker(env, *train)  # the same command, run again, completes
+    assert again.returncode == 0, again.stderr
+    assert [v.version for v in registry.list_versions(served)] == ["v1", "v2"]
+    assert _served_version(served, uid) == "v2"

@@ -155,15 +155,14 @@ def probe_grid(n_features: int) -> np.ndarray:
     Every feature takes the same evenly spaced levels (0 and 1 among them); the number of
     levels is the largest that keeps the grid within :data:`PROBE_ROWS` rows (at least 2).
     """
+    if 2**n_features > PROBE_ROWS:  # many features: all-0, all-1 and a fixed sample of the rest
+        rng = np.random.default_rng(0)
+        return np.vstack([np.zeros(n_features), np.ones(n_features), rng.random((PROBE_ROWS - 2, n_features))])
     levels = 2
     while (levels + 1) ** n_features <= PROBE_ROWS:
         levels += 1
     axes = [np.linspace(0.0, 1.0, levels)] * n_features
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, n_features)
-    if len(grid) > PROBE_ROWS:  # many features: all-0, all-1 and a fixed sample of the rest
-        rng = np.random.default_rng(0)
-        grid = np.vstack([np.zeros(n_features), np.ones(n_features), rng.random((PROBE_ROWS - 2, n_features))])
-    return grid
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, n_features)
 
 
 def check_servable(ckpt: Checkpoint, name: str) -> None:
