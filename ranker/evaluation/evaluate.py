@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ from ranker.rank.train import DataError, TrainConfig, load_dataset, train
 log = logging.getLogger(__name__)
 
 ORDERS = ("base", "rule", "neural")
-METRICS = ("ndcg", "recall", "ild", "freshness_days")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
@@ -73,6 +72,10 @@ class OrderMetrics:
     recall: float  # Recall@k = hits in the top k / test positives
     ild: float  # intra-list diversity of the top k, in [0, 1]
     freshness_days: float  # mean age of the top k items in days at t_test (lower is fresher)
+
+
+#: The per-user metrics, in :class:`OrderMetrics`' order.
+METRICS = tuple(f.name for f in fields(OrderMetrics))
 
 
 @dataclass(frozen=True)
