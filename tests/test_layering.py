@@ -14,8 +14,10 @@ import ranker
 
 PACKAGE = Path(ranker.__file__).parent
 
-#: Bottom first. ``ranker/config.py``, ``ranker/keys.py`` and the flow router ``ranker/flows.py`` are the foundation.
-LAYERS = ["config", "keys", "flows", "data", "base", "rank", "evaluation", "serving", "sim", "ops", "api", "cli"]
+#: Bottom first. ``ranker/config.py``, ``ranker/errors.py``, ``ranker/faults.py``, ``ranker/keys.py``
+#: and the flow router ``ranker/flows.py`` are the foundation.
+LAYERS = ["config", "errors", "faults", "keys", "flows",
+          "data", "base", "rank", "evaluation", "serving", "sim", "ops", "api", "cli"]
 
 #: (file, imported layer): upward imports to remove, not to add to.
 KNOWN_BREAKS = {
