@@ -40,7 +40,7 @@ CHOICES = (AUTO, RESUME, DISCARD)
 STALE_AFTER = timedelta(minutes=15)
 SOURCE = "sim"  # ServedList.source of simulated lists
 
-_HERE: set[int] = set()  # runs this process is driving (another thread of it may ask)
+_HERE: set[tuple[str, int]] = set()  # (database, run id) of the runs this process drives, for its other threads
 
 
 class RunBusyError(ValueError):
@@ -135,11 +135,11 @@ class _Retry(Exception):
 
 def _claim_once(engine: Engine, settings: RunSettings, choice: str, actor: str) -> tuple[Run | None, str | None]:
     """One transaction of :func:`claim`: (the run, or None after discarding one; what to tell the user)."""
-    claimed: set[int] = set()
+    claimed: set[tuple[str, int]] = set()
     try:
         with session_scope(engine) as s:
             row = s.scalar(select(SimulationRun).where(SimulationRun.unfinished.is_(True)))
-            if row is not None and _alive(row):
+            if row is not None and _alive(row, _key(engine, row.id)):
                 raise RunBusyError(_busy_message(row))
             if row is not None:
                 row_settings = _settings(row)
@@ -154,12 +154,12 @@ def _claim_once(engine: Engine, settings: RunSettings, choice: str, actor: str) 
                 if choice == AUTO and row_settings != settings:
                     raise ValueError(
                         f"simulation run {row.id} stopped at day {row.day + 1} of {row.days}, request {served + 1} "
-                        f"(it ran with {row_settings.flags()}); finish it with `ranker simulate --resume`, or roll "
-                        "its partial day back and start this one with `ranker simulate --discard`")
+                        f"(it ran with {row_settings.flags()}); finish it with `ranker simulate --resume`, or add "
+                        "--discard to this command to roll its partial day back and start this run")
                 _check_clock(s, row)
                 _take(s, row, status="running", error=None)
-                claimed.add(row.id)
-                _HERE.add(row.id)
+                claimed.add(_key(engine, row.id))
+                _HERE.add(_key(engine, row.id))
                 run = Run(row.id, row.lease, row_settings, row.start_clock, row.day, served, row.items_day,
                           resumed=True)
                 return run, f"resuming simulation run {run.id} at {run.where()}"
@@ -180,8 +180,8 @@ def _claim_once(engine: Engine, settings: RunSettings, choice: str, actor: str) 
                                 actor=actor, started_at=utcnow(), updated_at=utcnow(), **_me())
             s.add(row)
             s.flush()
-            claimed.add(row.id)
-            _HERE.add(row.id)  # before the commit: once others can see the row, it is ours
+            claimed.add(_key(engine, row.id))
+            _HERE.add(_key(engine, row.id))  # before the commit: once others can see the row, it is ours
             return Run(row.id, row.lease, settings, clock, 0, 0, None, resumed=False), None
     except BaseException:
         _HERE.difference_update(claimed)
@@ -308,7 +308,7 @@ def finish(engine: Engine, run: Run, actor: str, details: dict) -> None:
             audit(s, "simulate", {"run": run.id, **asdict(run.settings), "resumed": run.resumed, **details}, actor)
     with write_lock(engine):
         with_retries(write)
-    _HERE.discard(run.id)
+    _HERE.discard(_key(engine, run.id))
 
 
 def fail(engine: Engine, run: Run, error: BaseException) -> None:
@@ -322,7 +322,7 @@ def fail(engine: Engine, run: Run, error: BaseException) -> None:
     except RunLostError:
         pass
     finally:
-        _HERE.discard(run.id)
+        _HERE.discard(_key(engine, run.id))
 
 
 # --- Is the run's process alive? ------------------------------------------------------
@@ -334,13 +334,17 @@ def _me() -> dict:
     return {"pid": pid, "host": socket.gethostname()[:255], "pid_started": proc[1] if proc else None}
 
 
-def _alive(row: SimulationRun) -> bool:
+def _key(engine: Engine, run_id: int) -> tuple[str, int]:
+    return engine.url.render_as_string(hide_password=True), run_id
+
+
+def _alive(row: SimulationRun, key: tuple[str, int]) -> bool:
     if row.status != "running" or row.pid is None:
         return False
     if row.host != socket.gethostname()[:255]:
         return utcnow() - row.updated_at < STALE_AFTER
     if row.pid == os.getpid():
-        return row.id in _HERE
+        return key in _HERE
     try:
         os.kill(row.pid, 0)
     except ProcessLookupError:
