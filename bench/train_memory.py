@@ -12,6 +12,10 @@ of the child (``ru_maxrss`` of its ``wait4`` rusage, the figure
 ``resource.getrusage(RUSAGE_CHILDREN)`` reports for one child). The pair columns say
 how many pairs an epoch draws under ``--max-pairs-per-positive`` against all
 same-list pairs, which is what training once held. Not a test: nothing is asserted.
+
+Linux carries a parent's peak RSS into the ``ru_maxrss`` of a child it starts (exec
+records the high-water mark of the memory it replaces), so this process stays small: it
+imports only the standard library, and a subprocess writes the CSV.
 """
 
 from __future__ import annotations
@@ -26,16 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
-def write_csv(path: Path, rows: int, groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``rows`` rows in ``groups`` lists of varied size to ``path``; return (labels, list ids)."""
+def write_csv(path: Path, rows: int, groups: int, cap: int, seed: int = 0) -> dict:
+    """Write ``rows`` rows in ``groups`` lists of varied size to ``path``; return the largest
+    list and the pairs per epoch, under ``cap`` and uncapped. Run it in a subprocess."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT))
     from ranker.rank.features import feature_columns
+    from ranker.rank.losses import count_sampled_pairs
 
     rng = np.random.default_rng(seed)
     sizes = np.maximum(2, np.round(rng.dirichlet(np.full(groups, 2.0)) * rows)).astype(np.int64)
@@ -51,7 +57,9 @@ def write_csv(path: Path, rows: int, groups: int, seed: int = 0) -> tuple[np.nda
     df["group_id"] = np.char.add("r", group.astype(str))
     df["event_time"] = np.datetime_as_string(shown[group])
     df.to_csv(path, index=False, float_format="%.4f")
-    return label, group
+    return {"largest_list": int(np.bincount(group).max()),
+            "pairs_sampled": int(count_sampled_pairs(label, group, cap).sum()),
+            "pairs_all": int(count_sampled_pairs(label, group, None).sum())}
 
 
 def run_train(csv: Path, work: Path, extra: list[str]) -> dict:
@@ -73,23 +81,17 @@ def run_train(csv: Path, work: Path, extra: list[str]) -> dict:
 
 
 def bench(rows: int, groups: int, repeats: int, extra: list[str]) -> dict:
-    from ranker import config
-    from ranker.rank.losses import count_sampled_pairs
-
-    cap = config.DEFAULTS.max_pairs_per_positive
-    if "--max-pairs-per-positive" in extra:
-        cap = int(extra[extra.index("--max-pairs-per-positive") + 1])
+    cap = extra[extra.index("--max-pairs-per-positive") + 1] if "--max-pairs-per-positive" in extra else "default"
     with tempfile.TemporaryDirectory(prefix="ranker-train-memory-") as tmp:
         work = Path(tmp)
         csv = work / "train.csv"
-        label, group = write_csv(csv, rows, groups)
+        wrote = subprocess.run([sys.executable, __file__, "--write-csv", str(csv), str(rows), str(groups), cap],
+                               check=True, capture_output=True, text=True, cwd=ROOT)
+        shape = json.loads(wrote.stdout)
         runs = [run_train(csv, work, extra) for _ in range(repeats)]
         size_mb = csv.stat().st_size / 1e6
     return {
-        "rows": rows, "groups": groups, "csv_mb": round(size_mb, 1),
-        "largest_list": int(np.bincount(group).max()),
-        "pairs_sampled": int(count_sampled_pairs(label, group, cap).sum()),
-        "pairs_all": int(count_sampled_pairs(label, group, None).sum()),
+        "rows": rows, "groups": groups, "csv_mb": round(size_mb, 1), **shape,
         "rc": [r["rc"] for r in runs],
         "peak_rss_gib": round(statistics.median(r["peak_rss"] for r in runs) / 1024**3, 2),
         "wall_s": round(statistics.median(r["wall_s"] for r in runs), 1),
@@ -99,6 +101,14 @@ def bench(rows: int, groups: int, repeats: int, extra: list[str]) -> dict:
 
 def main() -> int:
     argv = sys.argv[1:]
+    if argv[:1] == ["--write-csv"]:  # the subprocess that writes the data
+        path, rows, groups, cap = argv[1:5]
+        sys.path.insert(0, str(ROOT))
+        from ranker import config
+
+        limit = config.DEFAULTS.max_pairs_per_positive if cap == "default" else int(cap)
+        print(json.dumps(write_csv(Path(path), int(rows), int(groups), limit)))
+        return 0
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
