@@ -61,7 +61,7 @@ if can_edit:
     except (registry.CheckpointError, registry.RegistryError) as exc:
         st.error(f"Nothing changed: {exc}")
     if back_up:
-        path = registry.backup_active()
+        path = registry.backup_active(engine)
         common.audit(engine, "model_backup", {"path": str(path)})
         st.success(f"Saved {path}" if path else "No active model file to back up.")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ranker.ops.report import PEER_MAX_ROUNDS, gap_closed, lightgbm_peer, train_lightgbm
-from ranker.rank.registry import active_path, data_hash, load_checkpoint, save_checkpoint
+from ranker.rank.registry import active_file, data_hash, load_checkpoint, save_checkpoint
 from ranker.rank.train import Dataset, TrainConfig
 
 # --- Gap closed ---------------------------------------------------------------------------------
@@ -103,8 +103,8 @@ def rows_in(csv: Path) -> int:
 
 
 def test_the_peer_trains_on_the_active_models_data_and_reports_its_rounds(served):
-    meta = load_checkpoint(active_path()).meta
-    scorer, info = lightgbm_peer()
+    meta = load_checkpoint(active_file(served)).meta
+    scorer, info = lightgbm_peer(served)
     assert scorer is not None, info
     assert info["version"] == meta["version"] and info["data_path"] == meta["data_path"]
     assert info["data_hash"] == meta["data_hash"] == data_hash(Path(meta["data_path"]))
@@ -123,7 +123,7 @@ def test_the_peer_follows_the_active_model_not_the_default_dataset(served, tmp_p
     half = rows_in(default) // 2
     part = head_of(default, tmp_path / "part.csv", half)
     version = train_active(served, part, tmp_path / "models")
-    _, info = lightgbm_peer()
+    _, info = lightgbm_peer(served)
     assert info["version"] == version and info["data_path"] == str(part)
     assert info["train_rows"] + info["val_rows"] == half
 
@@ -136,7 +136,7 @@ def test_a_changed_training_file_is_refused_with_a_clear_note(served, tmp_path):
     part = head_of(default, tmp_path / "part.csv", rows_in(default) // 2)
     version = train_active(served, part, tmp_path / "models")
     part.write_text(part.read_text() + part.read_text().splitlines(keepends=True)[1])  # one more row
-    scorer, info = lightgbm_peer()
+    scorer, info = lightgbm_peer(served)
     assert scorer is None
     assert info["skipped"].startswith(f"LightGBM peer skipped: {version}'s training file {part} has changed (hash ")
     assert "retrain (`ranker train`)" in info["skipped"]
@@ -149,28 +149,28 @@ def test_the_peer_early_stops_on_the_validation_file_the_model_recorded(served, 
     from ranker import config
 
     val = config.DATA_DIR / "ranker_val.csv"
-    ckpt = load_checkpoint(active_path())
+    ckpt = load_checkpoint(active_file(served))
     model = ckpt.spec.build()
     model.load_state_dict(ckpt.state_dict)
-    save_checkpoint(active_path(), model, {**ckpt.meta, "val_path": str(val), "val_hash": data_hash(val)})
-    _, info = lightgbm_peer()
+    save_checkpoint(active_file(served), model, {**ckpt.meta, "val_path": str(val), "val_hash": data_hash(val)})
+    _, info = lightgbm_peer(served)
     assert info["validation"] == f"the model's validation file {val}"
     assert info["val_rows"] == rows_in(val) and info["train_rows"] == rows_in(Path(ckpt.meta["data_path"]))
 
     val.write_text(val.read_text() + val.read_text().splitlines(keepends=True)[1])  # changed since training
-    _, info = lightgbm_peer()
+    _, info = lightgbm_peer(served)
     assert info["validation"].startswith(f"the model's validation file {val} has changed")
     assert "latest 20% of the lists" in info["validation"]
 
 
 @pytest.mark.parametrize("what", ["gone", "unrecorded"])
 def test_a_model_without_its_training_file_gets_no_peer(served, tmp_path, what):
-    ckpt = load_checkpoint(active_path())
+    ckpt = load_checkpoint(active_file(served))
     model = ckpt.spec.build()
     model.load_state_dict(ckpt.state_dict)
     meta = {**ckpt.meta, "data_path": str(tmp_path / "nowhere.csv")} if what == "gone" else \
         {**ckpt.meta, "data_path": None, "data_hash": None}
-    save_checkpoint(active_path(), model, meta)
-    scorer, info = lightgbm_peer()
+    save_checkpoint(active_file(served), model, meta)
+    scorer, info = lightgbm_peer(served)
     assert scorer is None
     assert ("nowhere.csv is gone" if what == "gone" else "records no training file") in info["skipped"]

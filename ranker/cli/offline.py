@@ -53,7 +53,7 @@ def _peer(engine) -> dict:
     """The LightGBM peer of the active model (its training file, hash-checked), or nothing and why."""
     from ranker.ops.report import lightgbm_peer
 
-    scorer, info = lightgbm_peer()
+    scorer, info = lightgbm_peer(engine)
     if scorer is None:
         print(f"note: {info.get('skipped', 'LightGBM peer skipped')}")
         return {}

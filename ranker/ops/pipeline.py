@@ -161,7 +161,7 @@ def retrain(
     """
     check_shares(val_split=val_split, holdout_split=holdout_split)
     dataset_cfg = _with_val_output(dataset_cfg)
-    backup = backup_active()
+    backup = backup_active(engine)
     paths = _split_paths(dataset_cfg)
     for stale in (paths["validation"], paths["holdout"]):  # never left to pair with a new training file
         stale.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from ranker import config, keys
 from ranker.data.clock import serve_now
@@ -32,7 +32,7 @@ from ranker.data.db import session_scope
 from ranker.data.schema import User
 from ranker.rank.features import ListContext, feature_names
 from ranker.rank.metrics import intra_list_diversity
-from ranker.rank.registry import CheckpointError, active_path, data_hash, load_checkpoint
+from ranker.rank.registry import CheckpointError, active_file, data_hash, load_checkpoint
 from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
 from ranker.rank.train import GROUP_COLUMN, Dataset, load_dataset
 from ranker.sim.oracle import Oracle, load_oracle
@@ -94,7 +94,8 @@ def train_lightgbm(train: Dataset, val: Dataset, seed: int = 42, max_rounds: int
     return LightGBMScorer(booster)
 
 
-def lightgbm_peer(val: Path | None = None, seed: int = 42) -> tuple[LightGBMScorer | None, dict[str, Any]]:
+def lightgbm_peer(engine: Engine, val: Path | None = None,
+                  seed: int = 42) -> tuple[LightGBMScorer | None, dict[str, Any]]:
     """The LightGBM peer of the active model: trained on the same file, checked by its hash.
 
     The data is the active checkpoint's ``data_path``, refused (peer skipped) when the file
@@ -109,8 +110,8 @@ def lightgbm_peer(val: Path | None = None, seed: int = 42) -> tuple[LightGBMScor
     ``data_path``, ``data_hash``, ``validation``, ``train_rows``, ``val_rows``, ``rounds``,
     ``max_rounds``, ``patience``; or ``skipped``, the reason).
     """
-    path = active_path()
-    if not path.exists():
+    path = active_file(engine)
+    if path is None or not path.exists():
         return None, {"skipped": "LightGBM peer skipped: no trained model is active (`ranker train`), so there "
                                  "is no training data to share"}
     try:
@@ -396,7 +397,7 @@ def build_report(engine, requests: int = 3000, seed: int = 7, show_bar: bool = F
         notes.append("no trained model is active: train one (`ranker train`) to include the neural ranker")
     for version in compare:
         scorers[f"neural {version}"] = version_scorer(engine, version)  # RegistryError names the known ones
-    peer, report["peer"] = lightgbm_peer()
+    peer, report["peer"] = lightgbm_peer(engine)
     if peer is not None:
         scorers["lightgbm"] = peer
     elif fallback is None:  # without a model, the note above says it all

@@ -178,6 +178,13 @@ def _switch(engine: Engine, pick: Callable[[list[str]], tuple[str, list[str]]], 
     return version
 
 
+def active_file(engine: Engine) -> Path | None:
+    """The file of the database's active version (``versions/vN.pth``), or None when the rule
+    serves. Tools that read the active model use this, never the ``active.pth`` copy."""
+    version = active_version(engine)
+    return version_path(version) if version is not None else None
+
+
 def sync_active_file(engine: Engine) -> str | None:
     """Make ``active.pth`` a copy of the database's active version (remove it when the rule is
     active) and return that version. Run after every activation and whenever serving loads a
@@ -217,10 +224,10 @@ def rollback(engine: Engine, actor: str = "cli") -> str:
     return _switch(engine, pick, actor)
 
 
-def backup_active(dest_dir: Path | None = None) -> Path | None:
-    """Copy the active file to ``models/backups/`` with a timestamp; None if no model is active."""
-    src = active_path()
-    if not src.exists():
+def backup_active(engine: Engine, dest_dir: Path | None = None) -> Path | None:
+    """Copy the active version's file to ``models/backups/`` with a timestamp; None if the rule serves."""
+    src = active_file(engine)
+    if src is None or not src.exists():
         return None
     dest_dir = dest_dir or models_dir() / "backups"
     dest_dir.mkdir(parents=True, exist_ok=True)
