@@ -8,6 +8,7 @@ from dashboard import cached, charts, common, jobs_ui
 from ranker import config, keys
 from ranker.ops import jobs
 from ranker.serving import experiments, online
+from ranker.sim import runs
 
 st.title("Metrics & A/B")
 engine = common.get_engine_or_stop()
@@ -55,9 +56,16 @@ with st.expander("Run simulated traffic on the demo world", expanded=not served_
     days = c1.number_input("Days", 1, 60, 3)
     per_day = c2.number_input("Requests per day", 10, 20000, 300, 50)
     seed = c3.number_input("Seed", 0, 10**6, 0)
+    params = {"days": int(days), "requests_per_day": int(per_day), "seed": int(seed)}
+    left = runs.unfinished_run(engine)
+    if left is not None and not left.alive:
+        st.warning(f"The {left.describe()}, stopped before it finished.")
+        choice = st.radio("Unfinished run", ["resume", "discard"], horizontal=True,
+                          format_func={"resume": "Resume it with its own settings",
+                                       "discard": "Discard its partial day, then run the settings above"}.get)
+        params = {"unfinished": choice} if choice == "resume" else {**params, "unfinished": choice}
     if st.button("Run simulation", disabled=not can_edit) and can_edit:
-        job, _ = jobs.submit(engine, "simulate", {"days": int(days), "requests_per_day": int(per_day),
-                                                  "seed": int(seed)})
+        job, _ = jobs.submit(engine, "simulate", params)
         st.toast(f"Simulation job #{job.id} started")
 jobs_ui.job_status(engine, "simulate", can_edit)
 

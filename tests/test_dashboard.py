@@ -724,3 +724,29 @@ def test_models_page_shows_train_serve_parity(demo):
     at = open_page("models")
     assert "Train/serve parity" in [h.value for h in at.subheader]
     assert any("Promotion gate" in c for c in texts(at, "caption") + texts(at, "warning"))
+
+
+def test_an_unfinished_simulation_run_offers_resume_or_discard(untrained):
+    from ranker.data.clock import serve_now
+    from ranker.data.schema import SimulationRun
+
+    with db.session_scope(untrained) as s:
+        now = serve_now(s)
+        s.add(SimulationRun(status="failed", unfinished=True, seed=5, days=2, requests_per_day=40, k=10,
+                            params={"refit_base": False, "new_items_per_day": 0.0}, start_clock=now, day=0,
+                            request=17, new_items=0, lease=1, actor="cli", started_at=now, updated_at=now))
+    at = open_page("metrics_ab")
+    assert any("simulation run 1 (failed): seed 5, 40 requests a day, day 1 of 2" in w for w in texts(at, "warning"))
+    radio = [r for r in at.radio if r.label == "Unfinished run"][0]
+    assert radio.value == "resume"
+    radio.set_value("discard").run()
+    button(at, "Run simulation").click().run()
+    job = jobs.recent(untrained, kind="simulate", limit=1)[0]
+    try:
+        assert job.params == {"days": 3, "requests_per_day": 300, "seed": 0, "unfinished": "discard"}
+    finally:
+        if job.pid:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

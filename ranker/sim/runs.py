@@ -219,6 +219,34 @@ def _refuse_leftovers(s: Session, clock: datetime) -> None:
                          "simulation that stopped mid-day; roll them back with `ranker simulate --discard`")
 
 
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """What an operator needs to decide about an unfinished run: resume it, or discard its partial day."""
+
+    id: int
+    status: str
+    seed: int
+    days: int
+    requests_per_day: int
+    day: int  # days finished
+    request: int  # requests served in the current day (as last reported)
+    alive: bool  # its process is still running: neither resume nor discard applies
+
+    def describe(self) -> str:
+        return (f"simulation run {self.id} ({self.status}): seed {self.seed}, {self.requests_per_day} requests a day, "
+                f"day {self.day + 1} of {self.days}, {self.request} requests into it")
+
+
+def unfinished_run(engine: Engine) -> UnfinishedRun | None:
+    """The unfinished run, if any (for the dashboard's choice between resume and discard)."""
+    with session_scope(engine) as s:
+        row = s.scalar(select(SimulationRun).where(SimulationRun.unfinished.is_(True)))
+        if row is None:
+            return None
+        return UnfinishedRun(row.id, row.status, int(row.seed), row.days, row.requests_per_day, row.day,
+                             row.request, _alive(row, _key(engine, row.id)))
+
+
 def next_request(s: Session, run_id: int, day: int) -> int:
     """The index of the day's next request: one past the last list served (0 when none is)."""
     prefix = f"sim-r{run_id}-d{day}-"
