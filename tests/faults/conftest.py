@@ -75,7 +75,12 @@ class World:
     def run(self, args: list[str], fault: str | None = None) -> Run:
         """Run ``ranker ARGS`` to its end; returns its exit status and output."""
         proc = self.start(args, fault)
-        out, _ = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+        try:
+            out, _ = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return Run(None, f"ranker {' '.join(args)} did not end within {COMMAND_TIMEOUT_S} s:\n{out}")
         return Run(proc.returncode, out)
 
     @contextmanager
@@ -251,11 +256,6 @@ def readable_files(root: Path) -> list[Path]:
     """Files under ``models/`` and ``data/`` that a reader opens by name (not dot-named temporaries)."""
     return sorted(p for d in ("models", "data") for p in (root / d).rglob("*")
                   if p.is_file() and not p.name.startswith("."))
-
-
-def temporary_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for d in ("models", "data") for p in (root / d).rglob(".*")
-                  if p.is_file())
 
 
 def snapshot(world: World) -> Snapshot:
