@@ -59,7 +59,7 @@ with st.expander("Run simulated traffic on the demo world", expanded=not served_
     params = {"days": int(days), "requests_per_day": int(per_day), "seed": int(seed)}
     left = runs.unfinished_run(engine)
     if left is not None and not left.alive:
-        st.warning(f"The {left.describe()}, stopped before it finished.")
+        st.warning(f"The {left.summary()}, stopped before it finished.")
         choice = st.radio("Unfinished run", ["resume", "discard"], horizontal=True,
                           format_func={"resume": "Resume it with its own settings",
                                        "discard": "Discard its partial day, then run the settings above"}.get)

@@ -232,7 +232,7 @@ class UnfinishedRun:
     request: int  # requests served in the current day (as last reported)
     alive: bool  # its process is still running: neither resume nor discard applies
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (f"simulation run {self.id} ({self.status}): seed {self.seed}, {self.requests_per_day} requests a day, "
                 f"day {self.day + 1} of {self.days}, {self.request} requests into it")
 
