@@ -109,6 +109,18 @@ def test_activating_a_corrupt_version_is_refused_and_changes_nothing(models_dir,
     assert registry.load_checkpoint(registry.active_path()).version == "v1"
 
 
+def test_activating_what_is_already_active_records_nothing_and_repairs_the_copy(models_dir, world_copy):
+    v1 = registry.register(world_copy, make_checkpoint(models_dir / "a.pth", seed=1), activate=True)
+    before = len(registry.activations(world_copy))
+    registry.active_path().unlink()  # as a crash between the commit and the copy leaves it
+    assert registry.activate_version(world_copy, v1) is False
+    assert len(registry.activations(world_copy)) == before
+    assert registry.load_checkpoint(registry.active_path()).version == v1
+    assert registry.activate_version(world_copy, registry.RULE) is True
+    assert registry.activate_version(world_copy, registry.RULE) is False
+    assert len(registry.activations(world_copy)) == before + 1
+
+
 def test_rollback_without_history_says_so(models_dir, world_copy):
     with pytest.raises(registry.RegistryError, match="no earlier version"):
         registry.rollback(world_copy)

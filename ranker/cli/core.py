@@ -117,8 +117,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             print("(no active version: serving the rule-based ranker)")
         return 0
     if args.models_command == "activate":
-        registry.activate_version(engine, args.version)
-        print(f"active: {args.version}")
+        changed = registry.activate_version(engine, args.version)
+        print(f"active: {args.version}" + ("" if changed else " (it already was; nothing recorded)"))
         return 0
     if args.models_command == "rollback":
         print(f"rolled back; active: {registry.rollback(engine)}")

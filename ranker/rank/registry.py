@@ -142,16 +142,34 @@ def _version_row(s: Session, version: str) -> ModelVersion:
     return row
 
 
-def activate_version(engine: Engine, version: str, actor: str = "cli") -> None:
+def activate_version(engine: Engine, version: str, actor: str = "cli") -> bool:
     """Make ``version`` (or ``rule``) the served model. Its file is validated first.
 
     The commit of the database row is the activation: serving follows the active row
     (:class:`ActiveModel`), and ``active.pth`` is rewritten from it only afterwards.
+    Activating what is already active records nothing and only repairs ``active.pth``, so
+    a retry after a crash past the commit ends as one activation. Returns whether anything
+    changed.
     """
+    if _already_active(engine, version):
+        sync_active_file(engine)
+        return False
+
     def pick(history: list[str]) -> tuple[str, list[str]]:
         return version, history if history and history[-1] == version else [*history, version]
 
     _switch(engine, pick, actor)
+    return True
+
+
+def _already_active(engine: Engine, version: str) -> bool:
+    """``version`` is serving: its row is the active one, or (``rule``) no row is and the rule was chosen last."""
+    with session_scope(engine) as s:
+        active = s.scalar(select(ModelVersion.version).where(ModelVersion.is_active))
+        if version != RULE:
+            return active == version
+        history = list(get_setting(s, keys.ACTIVE_HISTORY, []))
+        return active is None and bool(history) and history[-1] == RULE
 
 
 def _switch(engine: Engine, pick: Callable[[list[str]], tuple[str, list[str]]], actor: str) -> str:
