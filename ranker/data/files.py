@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+
+#: A temporary file untouched this long was left by a writer that died; the next write of its
+#: target removes it. A live writer touches its file far more often than this.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,6 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    sweep_stale_temps(path)
 
 
 @contextmanager
@@ -48,6 +54,23 @@ def atomic_open(path: Path, newline: str | None = None) -> Iterator[TextIO]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    sweep_stale_temps(path)
+
+
+def sweep_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove the temporary files of ``path`` (``.<name>.*``) that crashed writers left behind:
+    those not modified for ``older_than`` seconds. Returns what was removed."""
+    path = Path(path)
+    cutoff = time.time() - older_than
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another writer renamed or removed it meanwhile
+            continue
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
