@@ -799,3 +799,13 @@ def test_postgres_imports_dirty_recbole_files_with_null_attributes(pg_url, tmp_p
     finally:
         _drop_all(engine)
         engine.dispose()
+
+
+def test_cli_force_import_over_a_trained_world_leaves_no_stale_active_copy(served, ml100k, capsys) -> None:
+    from ranker.cli.main import main
+    from ranker.rank import registry
+
+    assert registry.active_path().exists() and registry.active_version(served) is not None
+    assert main(["import", "movielens", str(ml100k), "--force", "--json"]) == 0
+    assert registry.active_version(served) is None
+    assert not registry.active_path().exists()  # the model of the old world is not a tool's "active" model

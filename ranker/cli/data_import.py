@@ -40,6 +40,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         data = importing.read_csv_export(args.interactions, args.items, args.users)
     engine = get_engine()
     summary = importing.write_import(engine, data, **_write_options(args))
+    if summary.mode == "force":  # the registry's rows went with the old world; so does the tools' copy
+        from ranker.rank.registry import sync_active_file
+
+        sync_active_file(engine)
     for warning in summary.warnings:  # one line per field; --json carries them too
         print(f"warning: {warning.message()}", file=sys.stderr)
     if args.json:

@@ -92,7 +92,10 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
             return 0
     counts = build_world(engine, seed=args.seed, preset=args.preset, scale=args.scale,
                          force=args.force, show_bar=True)
+    from ranker.rank.registry import sync_active_file
     from ranker.serving.experiments import get_experiment
+
+    sync_active_file(engine)  # a replaced world has no model versions: no active.pth copy either
 
     print(f"demo world built in {mask_url(str(engine.url))} "
           f"(seed {args.seed}, preset {args.preset}, scale {args.scale})")
