@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import cached, common
 from ranker import keys
 from ranker.rank import registry
+from ranker.serving import views
 
 st.title("Models")
 engine = common.get_engine_or_stop()
@@ -15,6 +16,9 @@ can_edit = common.operator_gate()
 
 versions = registry.list_versions(engine)
 active = registry.active_version(engine)
+if hold := views.base_order_hold(engine):
+    st.error(f"The treatment arm serves the base order (do no harm): {hold.removeprefix('serving the base order: ')}. "
+             "Activating a version here ends it.")
 if not versions:
     st.info("No trained versions yet: serving uses the rule-based ranker. Train one on the "
             "**Data & Training** page (or `ranker train`).")

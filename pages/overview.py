@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard import cached, common
 from ranker import keys
 from ranker.data import db
-from ranker.rank.rerank import FreshnessBoosted
+from ranker.rank.rerank import BaseOrderScorer, FreshnessBoosted
 from ranker.serving import online, views
 from ranker.serving.service import service
 
@@ -24,7 +24,11 @@ if common.empty_database_notice(counts):
 svc = service(engine)
 scorer, reason = svc.scorer()
 
-if reason is None and isinstance(scorer, FreshnessBoosted):
+if isinstance(scorer, BaseOrderScorer):
+    why = reason.removeprefix("serving the base order: ")
+    st.error(f"The treatment arm serves the **base order** (do no harm): {why}. "
+             "A model that passes `ranker retrain`'s gate, or one activated on the Models page, ends this.")
+elif reason is None and isinstance(scorer, FreshnessBoosted):
     st.success(f"Serving the neural ranker **{scorer.inner.version}** with a freshness boost of "
                f"{scorer.boost:g} (Rule weights page).")
 elif reason is None:

@@ -16,9 +16,13 @@ LAST_TRAINING = "last_training"  # summary of the latest training run
 POPULARITY_MAX_VIEWS = "popularity_max_views"  # the popularity feature's normaliser
 WORLD = "world"  # what built the data: demo world parameters or the import
 API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, started_at
+#: Set when the reranker serving was significantly worse than the base order on a retrain's
+#: holdout: the treatment arm serves the base order until a model passes the gate or an operator
+#: activates one ({"reason", "since", "scorer", "diff"}).
+BASE_ORDER_HOLD = "base_order_hold"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
-                POPULARITY_MAX_VIEWS, WORLD, API_SERVER)
+                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

@@ -750,3 +750,17 @@ def test_an_unfinished_simulation_run_offers_resume_or_discard(untrained):
                 os.killpg(job.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_do_no_harm_hold_is_one_sentence_on_the_overview_and_models_pages(demo):
+    from ranker.data.db import put_setting, session_scope
+
+    reason = ("serving the base order: v1 is significantly worse than the base order on the holdout: NDCG@10 "
+              "0.4000 against 0.5000")
+    with session_scope(demo) as s:
+        put_setting(s, keys.BASE_ORDER_HOLD, {"reason": reason})
+    for page in ("overview", "models"):
+        at = open_page(page)
+        assert not at.exception
+        said = [e for e in texts(at, "error") if "serves the **base order**" in e or "serves the base order" in e]
+        assert len(said) == 1 and "v1 is significantly worse than the base order" in said[0], (page, said)

@@ -10,6 +10,9 @@ shuffled order so that file order says nothing about time. Two patterns:
   0.4 + 0 = 0.4 and ranks it last (NDCG@10 = 1 / log2(4) = 0.5).
 - ``"rule"``: the reverse. The rule ranks the positive first (0.4 against 0.3), a model
   trained on the learnable pattern ranks it last.
+- ``"base"``: only the base order is right. The positive has model_score 0.8, recency and
+  popularity 0; the negatives 0.6, 1 and 1. The base order ranks the positive first; the rule
+  (0.4 against 0.7) and a model trained on the learnable pattern rank it last.
 """
 
 from __future__ import annotations
@@ -43,10 +46,13 @@ def lists_frame(patterns: list[str], seed: int = 0) -> pd.DataFrame:
         when = (START + timedelta(hours=i)).isoformat(timespec="seconds")
         for pos in range(3):
             positive = pos == 0
-            recency_high = positive == (pattern == "learnable")
-            model_score = 0.2 if recency_high else 0.8
-            feats = {"model_score": model_score, "recency_score": 1.0 if recency_high else 0.0,
-                     "popularity_score": 0.5, "diversity_score": 0.5}
+            if pattern == "base":
+                feats = {"model_score": 0.8 if positive else 0.6, "recency_score": 0.0 if positive else 1.0,
+                         "popularity_score": 0.0 if positive else 1.0, "diversity_score": 0.5}
+            else:
+                recency_high = positive == (pattern == "learnable")
+                feats = {"model_score": 0.2 if recency_high else 0.8, "recency_score": 1.0 if recency_high else 0.0,
+                         "popularity_score": 0.5, "diversity_score": 0.5}
             noisy = [float(np.clip(feats[c] + rng.uniform(-0.03, 0.03), 0, 1)) for c in feature_columns()]
             rows.append([i % 40, i * 3 + pos, *noisy, int(positive), f"l{i}", when])
     df = pd.DataFrame(rows, columns=["user_id", "item_id", *feature_columns(), "label", "group_id", "event_time"])
@@ -211,6 +217,40 @@ def test_the_promotion_verdict_follows_the_holdout_not_validation(engine, monkey
         assert "below the rule-based ranker" in report["verdict"] and "holdout" in report["verdict"]
         assert registry.active_version(engine) is None
     assert report["promoted"] is promoted
+
+
+def test_a_candidate_significantly_worse_than_the_base_order_is_not_promoted_and_the_base_order_serves(
+        engine, monkeypatch):
+    """No harm: the candidate ties the rule on the holdout (both rank the positive last) but the
+    base order ranks it first. Neither reranker may serve: the treatment arm gets the base order."""
+    from ranker import keys
+    from ranker.data.db import get_setting, session_scope
+    from ranker.rank.rerank import BaseOrderScorer
+    from ranker.serving.scoring import Scoring
+
+    report = run_retrain(engine, monkeypatch, ["learnable"] * 160 + ["base"] * 40)
+
+    assert report["candidate_ndcg@10"] == pytest.approx(report["rule_ndcg@10"], abs=0.01)
+    assert report["base_ndcg@10"] == pytest.approx(1.0)
+    assert report["promoted"] is False and registry.active_version(engine) is None
+    assert "significantly worse than the base order on the holdout" in report["verdict"]
+    assert report["vs_base"]["harmful"] and report["vs_base"]["diff"]["high"] < 0
+    hold = report["base_order_hold"]
+    assert hold["scorer"] == "the rule-based ranker" and hold["reason"].startswith("serving the base order: ")
+    scorer, reason = Scoring(engine).scorer()
+    assert isinstance(scorer, BaseOrderScorer) and reason == hold["reason"]
+
+    registry.activate_version(engine, report["candidate"])  # an operator's choice ends the hold
+    with session_scope(engine) as s:
+        assert get_setting(s, keys.BASE_ORDER_HOLD) is None
+    assert Scoring(engine).scorer()[0].version == report["candidate"]
+
+
+def test_a_promoted_candidate_is_not_worse_than_the_base_order_and_sets_no_hold(engine, monkeypatch):
+    report = run_retrain(engine, monkeypatch, ["learnable"] * 200)
+    assert report["promoted"] and not report["vs_base"]["harmful"]
+    assert "significantly better than the base order" in report["vs_base"]["sentence"]
+    assert "base_order_hold" not in report
 
 
 def test_too_few_lists_for_a_holdout_is_refused_before_training(engine, monkeypatch):

@@ -266,3 +266,22 @@ def test_freshness_boost_adds_recency_to_the_neural_score_and_serves_younger_lis
     assert service(served).scorer()[0].version == "v1"
     assert tuning.freshness_boost(served) == 0.0  # the Rule weights page reads it the same way
     assert "ignoring the saved freshness boost" in caplog.text
+
+
+def test_under_a_do_no_harm_hold_the_treatment_arm_serves_the_base_order_and_says_why(served):
+    from ranker import keys
+    from ranker.data.db import put_setting, session_scope
+    from ranker.serving.service import _SERVICES, recommend
+    from ranker.serving.views import recently_active_user
+
+    user_id, flow = recently_active_user(served)
+    before = recommend(user_id, flow, engine=served, arm="treatment", log=False)
+    reason = "serving the base order: v1 is significantly worse than the base order on the holdout: ..."
+    with session_scope(served) as s:
+        put_setting(s, keys.BASE_ORDER_HOLD, {"reason": reason})
+    _SERVICES.clear()
+    treated = recommend(user_id, flow, engine=served, arm="treatment", log=False)
+    control = recommend(user_id, flow, engine=served, arm="control", log=False)
+    assert before.model_version == "v1" and before.item_ids != control.item_ids  # v1 reranks this list
+    assert treated.model_version == "base" and treated.fallback_reason == reason
+    assert treated.item_ids == control.item_ids

@@ -174,8 +174,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if report["active_before"]:
         print(f"active {report['active_before']}: {_f(report['active_ndcg@10'])}")
     print(f"rule-based ranker: {_f(report['rule_ndcg@10'])}")
+    print(f"base order: {_f(report['base_ndcg@10'])}; {report['vs_base']['sentence']}")
     print(f"train/serve parity: {report['parity']['reason']}")
     print(f"{report['candidate']} {report['verdict']}")
+    if report.get("base_order_hold"):
+        print(f"do no harm: {report['base_order_hold']['reason']}; the treatment arm serves it until a model "
+              "passes this gate or one is activated (`ranker models activate`)")
     if report["backup"]:
         print(f"backup of the previous active file: {report['backup']}")
     return 0

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from sqlalchemy import Engine
 from tqdm import tqdm
 
@@ -49,6 +48,7 @@ from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.db import get_setting, put_setting, session_scope
 from ranker.data.interactions import load_interactions, load_users
 from ranker.data.schema import Setting
+from ranker.evaluation.intervals import BOOTSTRAP_RESAMPLES, CI_LEVEL, Interval, mean_interval
 from ranker.rank.dataset import DatasetConfig, build_dataset
 from ranker.rank.features import age_days, make_context
 from ranker.rank.metrics import intra_list_diversity, ndcg_at_k
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 ORDERS = ("base", "rule", "neural")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
-BOOTSTRAP_RESAMPLES = 2000
-CI_LEVEL = 0.95
 Progress = Callable[[float, str], None]
 
 
@@ -76,42 +74,6 @@ class OrderMetrics:
 
 #: The per-user metrics, in :class:`OrderMetrics`' order.
 METRICS = tuple(f.name for f in fields(OrderMetrics))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A statistic with its bootstrap interval (``low``, ``high``) at :data:`CI_LEVEL`."""
-
-    value: float
-    low: float
-    high: float
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
-    def __str__(self) -> str:
-        return f"{self.value:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
-
-
-def mean_interval(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                  level: float = CI_LEVEL) -> Interval:
-    """The mean of ``values`` (NaN ignored) and its percentile bootstrap interval over them.
-
-    For a paired difference pass the per-user differences: resampling users resamples both
-    orders together. Constant values give a zero-width interval; fewer than two values an
-    interval of NaN.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) < 2:
-        mean = float(x.mean()) if len(x) else float("nan")
-        return Interval(mean, float("nan"), float("nan"))
-    if np.ptp(x) == 0:
-        return Interval(float(x[0]), float(x[0]), float(x[0]))
-    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                          rng=np.random.default_rng(seed))
-    return Interval(float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def order_intervals(per_order: dict[str, np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,

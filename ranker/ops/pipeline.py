@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.db import put_setting, session_scope
+from ranker.evaluation.harm import HarmCheck, against_base
 from ranker.evaluation.parity import parity_gate, parity_report
 from ranker.faults import fault_point
 from ranker.rank.dataset import DatasetConfig, DatasetSummary, build_dataset
@@ -173,7 +174,9 @@ def retrain(
                                  output_dir=output_dir, activate=False, on_epoch=on_epoch)
     gate = _gate(engine, outcome, holdout, parity)
     if gate["promoted"]:
-        activate_version(engine, outcome.version, actor="retrain")
+        activate_version(engine, outcome.version, actor="retrain")  # ends any base-order hold
+    else:
+        gate["base_order_hold"] = _hold_if_harmful(engine, holdout, gate)
     return {
         "dataset": summary,
         "split_by": "time",
@@ -189,21 +192,48 @@ def retrain(
 
 
 def _gate(engine: Engine, outcome: TrainOutcome, holdout, parity) -> dict[str, Any]:
-    """The promotion decision on the holdout: the candidate against the active model and the rule
-    (NDCG@10), and train/serve parity (no feature's PSI over the gate's threshold)."""
+    """The promotion decision on the holdout: the candidate against the base order (do no harm:
+    not significantly worse, paired over lists), the active model and the rule (NDCG@10), and
+    train/serve parity (no feature's PSI over the gate's threshold)."""
     from ranker.rank.tuning import current_weights, offline_ndcg
 
-    new_ndcg = _checkpoint_ndcg(Path(outcome.paths.get("best", outcome.paths["final"])), holdout) or 0.0
+    candidate = Path(outcome.paths.get("best", outcome.paths["final"]))
+    new_ndcg = _checkpoint_ndcg(candidate, holdout) or 0.0
+    vs_base = against_base(load_checkpoint(candidate).scorer()(holdout.x.astype(float)), holdout, outcome.version)
     current = active_version(engine)
     current_ndcg = _active_ndcg(current, holdout) if current is not None else None
     rule_ndcg = offline_ndcg(current_weights(engine), holdout)
     promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
+    if promote and vs_base.harmful:
+        promote, why = False, f"not promoted: {vs_base.sentence()}"
     parity_ok, parity_why = parity_gate(parity)
     if promote and not parity_ok:  # a model trained on skewed features would be served on other ones
         promote, why = False, f"not promoted: {parity_why}"
     return {"candidate_ndcg@10": new_ndcg, "active_before": current, "active_ndcg@10": current_ndcg,
-            "rule_ndcg@10": rule_ndcg, "promoted": promote, "verdict": why,
+            "rule_ndcg@10": rule_ndcg, "base_ndcg@10": vs_base.base_ndcg, "vs_base": vs_base.as_dict(),
+            "promoted": promote, "verdict": why,
             "parity": {**parity.as_dict(), "ok": parity_ok, "reason": parity_why}}
+
+
+def _hold_if_harmful(engine: Engine, holdout: Dataset, gate: dict[str, Any]) -> dict[str, Any] | None:
+    """With no promotion, what keeps serving (the active model, else the rule with the saved
+    weights) is checked against the base order on the same holdout. When it is significantly
+    worse, the treatment arm serves the base order (a hold in settings, shown on the dashboard)
+    until a model passes this gate or an operator activates one; otherwise any hold is lifted."""
+    from ranker.rank.registry import version_scorer
+    from ranker.rank.rerank import RuleScorer
+    from ranker.rank.tuning import current_weights
+
+    current = gate["active_before"]
+    scorer = version_scorer(engine, current) if current is not None else RuleScorer(current_weights(engine))
+    check: HarmCheck = against_base(scorer(holdout.x.astype(float)), holdout, current or "the rule-based ranker")
+    hold = None
+    if check.harmful:
+        hold = {"reason": f"serving the base order: {check.sentence()}", "since": utcnow().isoformat(),
+                "scorer": check.scorer, "diff": check.diff.value}
+    with session_scope(engine) as s:
+        put_setting(s, keys.BASE_ORDER_HOLD, hold)
+    return hold
 
 
 def _with_val_output(dataset_cfg: DatasetConfig | None) -> DatasetConfig:

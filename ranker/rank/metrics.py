@@ -145,6 +145,19 @@ def ranked_metrics_at_k(relevant: ArrayLike, order: ArrayLike, k: int) -> dict[s
             "recall": float(hits.sum() / n_rel)}
 
 
+def ndcg_per_group(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike, k: int) -> np.ndarray:
+    """NDCG@k of every group that has a positive, in ascending group order.
+
+    Two scorings of the same rows give aligned arrays, ready for a paired comparison;
+    their means are :func:`mean_ndcg_at_k`.
+    """
+    y_true, y_score, groups = _rows(y_true=y_true, y_score=y_score, groups=groups)
+    if len(y_true) == 0:
+        return np.zeros(0)
+    ndcg, has_positive = _ndcg_by_group(y_true, y_score, groups, k)
+    return ndcg[has_positive]
+
+
 def mean_ndcg_at_k(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike, k: int) -> float:
     """Mean over groups of :func:`ndcg_at_k`.
 

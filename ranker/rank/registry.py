@@ -183,6 +183,8 @@ def _switch(engine: Engine, pick: Callable[[list[str]], tuple[str, list[str]]], 
         if version != RULE:
             s.execute(update(ModelVersion).where(ModelVersion.version == version).values(is_active=True))
         put_setting(s, keys.ACTIVE_HISTORY, history[-50:])
+        if get_setting(s, keys.BASE_ORDER_HOLD):  # an operator's or the gate's choice ends a do-no-harm hold
+            put_setting(s, keys.BASE_ORDER_HOLD, None)
         s.add(ModelActivation(version=version, activated_at=utcnow(), actor=actor))
         audit(s, "model_activate", {"version": version}, actor)
         s.flush()

@@ -132,6 +132,27 @@ class NeuralScorer:
         return x * grads / steps
 
 
+class BaseOrderScorer:
+    """The base order as a scorer: its ``model_score`` feature alone.
+
+    Served when the reranker was significantly worse than the base order on a retrain's
+    holdout (do no harm). The greedy rerank then places the candidates in base order.
+    """
+
+    version = "base"
+
+    def __init__(self) -> None:
+        self._j = feature_names().index("model_score")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x[:, self._j]
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(x, dtype=np.float64)
+        out[:, self._j] = x[:, self._j]
+        return out
+
+
 #: Largest freshness boost an operator may set (score units: the neural ranker's logit).
 MAX_FRESHNESS_BOOST = 5.0
 #: The settings key it is saved under.

@@ -18,7 +18,14 @@ from sqlalchemy import Engine, select
 from ranker import keys
 from ranker.data.schema import Setting
 from ranker.rank.registry import ActiveModel
-from ranker.rank.rerank import FreshnessBoosted, RuleScorer, Scorer, saved_freshness_boost, saved_weights
+from ranker.rank.rerank import (
+    BaseOrderScorer,
+    FreshnessBoosted,
+    RuleScorer,
+    Scorer,
+    saved_freshness_boost,
+    saved_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class ServingSettings:
     experiment: Any  # ranker.serving.experiments.Experiment
     rule_weights: dict[str, float]
     freshness_boost: float
+    #: Why the treatment arm serves the base order (do no harm), or None.
+    base_order_hold: str | None = None
 
 
 def read_settings(engine: Engine) -> ServingSettings:
@@ -36,7 +45,7 @@ def read_settings(engine: Engine) -> ServingSettings:
     from ranker.data.clock import utcnow
     from ranker.serving.experiments import Experiment
 
-    wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST)
+    wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST, keys.BASE_ORDER_HOLD)
     with engine.connect() as conn:
         rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted))).all()
     values = {key: (value or {}).get("v") for key, value in rows}
@@ -45,11 +54,14 @@ def read_settings(engine: Engine) -> ServingSettings:
     return ServingSettings(now=datetime.fromisoformat(clock) if clock else utcnow(),
                            experiment=Experiment(**raw) if raw else Experiment(),
                            rule_weights=saved_weights(values.get(keys.RULE_WEIGHTS)),
-                           freshness_boost=saved_freshness_boost(values.get(keys.FRESHNESS_BOOST)))
+                           freshness_boost=saved_freshness_boost(values.get(keys.FRESHNESS_BOOST)),
+                           base_order_hold=(values.get(keys.BASE_ORDER_HOLD) or {}).get("reason"))
 
 
 class Scoring:
-    """Chooses the scorer: the active neural model (with the freshness boost), else the rule."""
+    """Chooses the scorer: the base order while a do-no-harm hold stands (see
+    :func:`ranker.ops.pipeline.retrain`), else the active neural model (with the freshness
+    boost), else the rule."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -62,6 +74,8 @@ class Scoring:
         """The active neural scorer (with the operator's freshness boost, if any), or the rule
         scorer and the reason for the fallback. Settings are read unless given."""
         settings = settings or self.settings()
+        if settings.base_order_hold:
+            return BaseOrderScorer(), settings.base_order_hold
         neural = self.model.get()
         if neural is not None:
             boost = settings.freshness_boost

@@ -177,6 +177,12 @@ def latest_runs(engine: Engine) -> LatestRuns:
         return LatestRuns(get_setting(s, keys.LAST_DATASET), get_setting(s, keys.LAST_TRAINING))
 
 
+def base_order_hold(engine: Engine) -> str | None:
+    """Why the treatment arm serves the base order (a do-no-harm hold from the last retrain), or None."""
+    with session_scope(engine) as s:
+        return (get_setting(s, keys.BASE_ORDER_HOLD) or {}).get("reason")
+
+
 def base_models_ready(engine: Engine) -> bool:
     """True when the saved base models that serving needs were fitted on this database."""
     return all(name in load_base_models(engine) for name in (DEFAULT_MODEL, FALLBACK_MODEL))
