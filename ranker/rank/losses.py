@@ -1,4 +1,4 @@
-"""Pairwise logistic (RankNet) loss over pairs drawn from the same group.
+"""Ranking losses: pairwise logistic (RankNet) over same-group pairs, and listwise ListNet and LambdaLoss.
 
 After ``allrank/models/losses/rankNet.py`` (allegro/allRank). A group is one ranked
 list, e.g. one request or one user. For every pair ``(i, j)`` in the same group with
@@ -8,7 +8,10 @@ as ``softplus`` so that huge score gaps stay finite.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -184,3 +187,162 @@ def _pairs_below(upper: np.ndarray, lower: np.ndarray, g: np.ndarray, cap: int |
         t = (t + np.repeat(shift, k)) % np.repeat(n, k)
     worse = lower_rows[np.repeat(first[g[better_rows]], k) + t]
     return better.astype(np.int64, copy=False), worse.astype(np.int64, copy=False)
+
+
+# --- Listwise losses -----------------------------------------------------------------
+# After ``allrank/models/losses/listNet.py`` and ``lambdaLoss.py`` (allegro/allRank). They
+# take whole lists as padded (B, L) tensors, built by :func:`pad_lists`; ``mask`` marks
+# real rows. A list whose labels are all equal (or that has one row) carries no ranking
+# signal and adds nothing, as with the pairwise loss; the batch loss is the mean over
+# the lists that remain, and 0.0 (attached to the graph) when none does.
+
+#: The training losses: ``ranker train --loss``.
+LOSSES = ("pairwise", "listnet", "lambdaloss")
+#: LambdaLoss weighting schemes (allRank's names): NDCG-Loss2++ and LambdaRank's |ΔNDCG|.
+LAMBDA_SCHEMES = ("ndcgLoss2PP", "lambdaRank")
+
+
+def pad_lists(groups) -> np.ndarray:
+    """(B, L) int64 row indices of each group's rows, in row order, padded with -1.
+
+    ``groups`` is a numpy array of shape (N,) of group ids; lists come in sorted id
+    order; L is the longest list's length.
+    """
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1)
+    if len(g) == 0:
+        return np.empty((0, 0), np.int64)
+    order = np.argsort(g, kind="stable")
+    counts = np.bincount(g)
+    pos = np.arange(len(g)) - np.repeat(np.cumsum(counts) - counts, counts)
+    idx = np.full((len(counts), int(counts.max())), -1, np.int64)
+    idx[g[order], pos] = order
+    return idx
+
+
+def split_long_lists(groups, max_len: int, rng=None) -> np.ndarray:
+    """(N,) int64 group codes in which each list longer than ``max_len`` is cut at random into
+    pieces of at most ``max_len`` rows (as even as the cut allows); shorter lists keep one code.
+
+    LambdaLoss is O(L**2) per list: this bounds its memory on lists of any length. A new
+    ``rng`` draw gives a new cut, so an epoch sees different pairs of a long list each time.
+    """
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1).astype(np.int64)
+    if len(g) == 0:
+        return g
+    counts = np.bincount(g)
+    if counts.max() <= max_len:
+        return g
+    rng = np.random.default_rng(0 if rng is None else rng)
+    order = np.lexsort((rng.random(len(g)), g))  # shuffled within groups
+    pos = np.empty(len(g), np.int64)
+    pos[order] = np.arange(len(g)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pieces = -(-counts // max_len)  # ceil: pieces per list
+    piece = pos % pieces[g]  # round robin: piece sizes differ by at most one
+    first = np.cumsum(pieces) - pieces
+    return first[g] + piece
+
+
+def _informative(labels: Tensor, mask: Tensor) -> Tensor:
+    """(B,) bool: the list has real rows with at least two different labels."""
+    big = torch.finfo(labels.dtype).max
+    top = labels.masked_fill(~mask, -big).amax(dim=1)
+    bottom = labels.masked_fill(~mask, big).amin(dim=1)
+    return mask.any(dim=1) & (top > bottom)
+
+
+def listnet_loss(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """ListNet's top-one loss: cross-entropy between softmax(labels) and softmax(scores) per list.
+
+    Parameters
+    ----------
+    scores : Tensor, shape (B, L)
+        Model outputs; padded entries are ignored, whatever their value.
+    labels : Tensor, shape (B, L)
+        Relevance, binary or graded (softmax of the labels is the target distribution).
+    mask : Tensor, shape (B, L), bool
+        True for real rows, False for padding.
+
+    Returns
+    -------
+    Tensor, shape ()
+        ``mean over lists of -sum_i softmax(labels)_i * log softmax(scores)_i``, over lists
+        with two different labels. O(B * L) memory. Unlike allRank, which adds eps=1e-10 to
+        the softmax before the log, ``log_softmax`` keeps huge scores exact and finite.
+    """
+    keep = _informative(labels, mask)
+    if not bool(keep.any()):
+        return scores.sum() * 0.0
+    scores, labels, mask = scores[keep], labels[keep], mask[keep]
+    log_p = torch.log_softmax(scores.masked_fill(~mask, -math.inf), dim=1)
+    target = torch.softmax(labels.masked_fill(~mask, -math.inf), dim=1)
+    return -(target * log_p.masked_fill(~mask, 0.0)).sum(dim=1).mean()
+
+
+def lambda_loss(scores: Tensor, labels: Tensor, mask: Tensor, scheme: str = "ndcgLoss2PP",
+                mu: float = 10.0, sigma: float = 1.0) -> Tensor:
+    """LambdaLoss (Wang et al. 2018), as allRank's ``lambdaLoss`` with ``k=None``.
+
+    Rank each list by ``scores`` (descending; ties keep row order). For every pair of
+    positions ``i, j`` with ``labels[i] > labels[j]`` the term is
+    ``-w_ij * log2(sigmoid(sigma * (s_i - s_j)))``, with gains ``G = (2**label - 1) / maxDCG``,
+    discounts ``D(r) = log2(1 + r)`` at 1-based rank ``r``, and weights
+
+    - ``lambdaRank``: ``|1/D(r_i) - 1/D(r_j)| * |G_i - G_j|`` (LambdaRank's |ΔNDCG|);
+    - ``ndcgLoss2PP``: ``mu * |1/D(|r_i - r_j|) - 1/D(|r_i - r_j| + 1)| * |G_i - G_j|`` plus
+      the ``lambdaRank`` weight (NDCG-Loss2++).
+
+    The weights depend on the labels and the ranks only, so no gradient flows through them.
+
+    Parameters
+    ----------
+    scores, labels : Tensor, shape (B, L)
+    mask : Tensor, shape (B, L), bool
+        True for real rows, False for padding.
+
+    Returns
+    -------
+    Tensor, shape ()
+        The sum of a list's terms, averaged over lists with two different labels (allRank
+        sums over the whole batch). ``-log sigmoid`` is computed as ``softplus``, so huge
+        score gaps stay finite, without allRank's eps clamp. Builds (B, L, L) matrices:
+        cut long lists first with :func:`split_long_lists`.
+    """
+    if scheme not in LAMBDA_SCHEMES:
+        raise ValueError(f"unknown LambdaLoss scheme {scheme!r}; choose one of: {', '.join(LAMBDA_SCHEMES)}")
+    keep = _informative(labels, mask)
+    if not bool(keep.any()):
+        return scores.sum() * 0.0
+    scores, labels, mask = scores[keep], labels[keep], mask[keep]
+    with torch.no_grad():
+        order = scores.detach().masked_fill(~mask, -math.inf).sort(dim=1, descending=True, stable=True).indices
+        y = labels.gather(1, order)
+        real = mask.gather(1, order)  # the padding sorts last
+        gains = torch.where(real, torch.pow(2.0, y) - 1.0, torch.zeros_like(y))
+        ranks = torch.arange(1, y.shape[1] + 1, dtype=scores.dtype, device=scores.device)
+        inv_d = 1.0 / torch.log2(1.0 + ranks)  # 1 / D(r), r = 1..L
+        ideal = gains.sort(dim=1, descending=True).values
+        max_dcg = (ideal * inv_d).sum(dim=1, keepdim=True).clamp_min(1e-10)
+        g = gains / max_dcg
+        weights = (inv_d[:, None] - inv_d[None, :]).abs() * (g[:, :, None] - g[:, None, :]).abs()
+        if scheme == "ndcgLoss2PP":
+            delta = (ranks[:, None] - ranks[None, :]).abs()  # >= 1 off the diagonal
+            inv_delta = 1.0 / torch.log2(1.0 + delta) - 1.0 / torch.log2(2.0 + delta)
+            inv_delta = inv_delta.fill_diagonal_(0.0)
+            weights = weights + mu * inv_delta * (g[:, :, None] - g[:, None, :]).abs()
+        pairs = real[:, :, None] & real[:, None, :] & (y[:, :, None] > y[:, None, :])
+        weights = torch.where(pairs, weights, torch.zeros_like(weights))
+    s = scores.gather(1, order).masked_fill(~real, 0.0)
+    diff = s[:, :, None] - s[:, None, :]
+    terms = weights * F.softplus(-sigma * diff) / math.log(2.0)
+    return terms.sum(dim=(1, 2)).mean()
+
+
+def listwise_loss(name: str, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """:func:`listnet_loss` for ``"listnet"``, :func:`lambda_loss` (NDCG-Loss2++) for ``"lambdaloss"``."""
+    if name == "listnet":
+        return listnet_loss(scores, labels, mask)
+    if name == "lambdaloss":
+        return lambda_loss(scores, labels, mask)
+    raise ValueError(f"unknown listwise loss {name!r}; choose listnet or lambdaloss")
