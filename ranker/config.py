@@ -58,6 +58,8 @@ EXTRA_FEATURES_ENV = "RANKER_EXTRA_FEATURES"
 EXTRA_FEATURES = tuple(n.strip() for n in os.environ.get(EXTRA_FEATURES_ENV, "").split(",") if n.strip())
 FETCH_MULTIPLIER = 2
 DEFAULT_K = 10
+#: The ranker's training losses (``ranker train --loss``): pairwise RankNet, listwise ListNet, LambdaLoss.
+LOSSES = ("pairwise", "listnet", "lambdaloss")
 
 # --- Experiments -------------------------------------------------------------
 DEFAULT_ROLLOUT_PERCENT = 50.0
@@ -93,6 +95,7 @@ class Defaults:
     val_split: float = 0.0  # without a validation file: hold out this share of lists
     split_by: str = "time"  # --val-split holds out the latest lists ("time") or random ones ("random")
     max_pairs_per_positive: int = 64  # pairs per positive per epoch, sampled; lists with fewer negatives keep all
+    loss: str = "pairwise"  # the training loss: pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
     max_memory_fraction: float = 0.5  # without --max-memory, training may use this share of the machine's RAM
     # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,
     # promote on the latest
@@ -113,6 +116,11 @@ class Defaults:
     sim_seed: int = 0
     report_requests: int = 3000
     report_seed: int = 7
+    # diversity (`ranker diversity`): the method the treatment arm's lists are reranked with
+    diversity_method: str = "greedy"  # the guide's greedy penalty; or "mmr", "dpp"
+    mmr_knob: float = 0.7  # MMR's λ, relevance against redundancy (1: the relevance order)
+    dpp_knob: float = 0.7  # the DPP's θ, in [0, 1) (towards 1: the relevance order)
+    diversity_curve_requests: int = 300  # paired requests behind the CTR against ILD curves
     # listings
     list_limit: int = 20
     # the HTTP API (`ranker serve`)

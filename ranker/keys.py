@@ -20,9 +20,11 @@ API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, star
 #: holdout: the treatment arm serves the base order until a model passes the gate or an operator
 #: activates one ({"reason", "since", "scorer", "diff"}).
 BASE_ORDER_HOLD = "base_order_hold"
+#: How the treatment arm's lists are diversified: {"method": "greedy" | "mmr" | "dpp", "knob": trade-off}.
+DIVERSITY = "diversity"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
-                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD)
+                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

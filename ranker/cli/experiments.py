@@ -161,6 +161,25 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diversity(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.rank import tuning
+
+    engine = ensure_schema(get_engine())
+    if args.action == "set":
+        if args.method is None:
+            raise ValueError("nothing to set: give --method greedy, mmr or dpp (and --knob K for mmr or dpp)")
+        chosen = tuning.save_diversity(engine, args.method, args.knob)
+        print(f"saved: serving reranks with {chosen.label} from the next request")
+    elif args.method is not None or args.knob is not None:
+        raise ValueError("`ranker diversity show` changes nothing: use `ranker diversity set --method M [--knob K]`")
+    current = tuning.diversity(engine)
+    print(f"diversity method: {current.label}"
+          + ("" if current.knob is None else " (lower is more diverse; 1 for mmr, or near 1 for dpp, is the "
+                                             "relevance order)"))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from ranker.cli import positive_int as _positive_int
 
@@ -199,6 +218,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--freshness-boost", type=float, default=None, metavar="B",
                    help="boost × recency added to the neural ranker's score (0 turns it off; at most 5)")
     w.set_defaults(handler=cmd_weights)
+
+    div = sub.add_parser("diversity", help="show or set how the reranked lists are diversified: the guide's greedy "
+                                           "penalty (default), MMR or DPP, with a trade-off knob")
+    div.add_argument("action", choices=("show", "set"))
+    div.add_argument("--method", default=None, metavar="METHOD", help="greedy, mmr or dpp")
+    div.add_argument("--knob", type=float, default=None, metavar="K",
+                     help=f"the trade-off, lower is more diverse: MMR's λ in [0, 1] (default {D.mmr_knob:g}), "
+                          f"the DPP's θ in [0, 1) (default {D.dpp_knob:g}); greedy has none")
+    div.set_defaults(handler=cmd_diversity)
     add_job_commands(sub)
 
 

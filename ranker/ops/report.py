@@ -280,6 +280,68 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     return _compare_policies(out, requests, skipped, k, resamples, seed)
 
 
+#: The knob values each diversity method is swept over on the CTR against ILD curves, from the
+#: relevance order (MMR's λ = 1, the DPP's θ near 1) to diverse lists; greedy has no knob: one point.
+CURVE_KNOBS: dict[str, tuple[float | None, ...]] = {
+    "greedy": (None,),
+    "mmr": (1.0, 0.9, 0.8, 0.7, 0.5, 0.3),
+    "dpp": (0.95, 0.9, 0.8, 0.7, 0.5, 0.3),
+}
+
+
+def diversity_curves(engine, requests: int = config.DEFAULTS.diversity_curve_requests,
+                     seed: int = config.DEFAULTS.report_seed, k: int = config.DEFAULT_K,
+                     knobs: dict[str, tuple[float | None, ...]] | None = None) -> dict[str, Any]:
+    """Expected CTR against mean intra-list diversity for each diversity method and knob.
+
+    The serving scorer (what the treatment arm is served: the active model, else the rule)
+    reranks the *same* requests' candidates with every (method, knob) of ``knobs`` (default
+    :data:`CURVE_KNOBS`), and the oracle's click model scores each list with the same random
+    numbers, as in :func:`paired_simulation`. The base order is a reference point.
+
+    Returns ``{"scorer", "saved" (the diversity method serving now), "requests", "skipped_trending",
+    "k", "base": {expected_ctr, ctr, ild}, "points": [{method, knob, label, expected_ctr, ctr, ild,
+    rerank_ms}]}``; ``rerank_ms`` is the mean time of one rerank (n = fetch multiplier × k → k).
+    """
+    import time
+
+    from ranker.rank.diversity import Diversity, rerank
+    from ranker.serving.service import service
+
+    oracle, as_of, users = _report_world(engine)
+    svc = service(engine)
+    counts = svc.counts(as_of)
+    settings = svc.settings()
+    scorer, _ = svc.scorer(settings)
+    points = [Diversity(method, knob) for method, values in (knobs or CURVE_KNOBS).items() for knob in values]
+    out = {p: PolicyStats() for p in points}
+    base, seconds = PolicyStats(), dict.fromkeys(points, 0.0)
+    rng = np.random.default_rng(seed)
+    skipped = 0
+    for _ in range(requests):
+        request = _draw_request(engine, rng, users, k, as_of, counts)
+        if request is None:
+            skipped += 1
+            continue
+        ctx, u_exam, u_click = request
+        _observe(base, oracle, ctx, np.arange(k), u_exam, u_click, k)
+        for p in points:  # the same draws for every point: common random numbers
+            t0 = time.perf_counter()
+            order = rerank(ctx, scorer, k, p.method, *([] if p.knob is None else [p.knob])).order
+            seconds[p] += time.perf_counter() - t0
+            _observe(out[p], oracle, ctx, order, u_exam, u_click, k)
+
+    def summary(st: PolicyStats) -> dict[str, float]:
+        d = st.as_dict()
+        return {"expected_ctr": d["expected_ctr"], keys.CTR: d[keys.CTR], keys.ILD: d[keys.ILD]}
+
+    lists = requests - skipped
+    return {"scorer": scorer.version, "saved": settings.diversity.label, "requests": requests,
+            "skipped_trending": skipped, "k": k, "base": summary(base),
+            "points": [{"method": p.method, "knob": p.knob, "label": p.label, **summary(out[p]),
+                        "rerank_ms": seconds[p] / lists * 1e3 if lists else float("nan")} for p in points]}
+
+
 def _report_world(engine) -> tuple[Oracle, datetime, list]:
     """(the world's oracle, the world clock, every user's id, role, category and field)."""
     with session_scope(engine) as s:

@@ -27,10 +27,13 @@ items that are identical in all three attributes selectable, after every other o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ranker import config
 from ranker.rank.features import ListContext, fill_dynamic, static_matrix
-from ranker.rank.rerank import Reranked, Scorer, greedy_rerank
+from ranker.rank.rerank import Reranked, Scorer, _warn_once, greedy_rerank
 
 #: The diversity methods an operator can choose; ``greedy`` is the guide's default.
 METHODS = ("greedy", "mmr", "dpp")
@@ -148,5 +151,62 @@ def check_method(method: str, knob: float) -> None:
         raise ValueError(f"the {method} trade-off {knob!r} is outside {bound}: lower means more diverse")
 
 
-__all__ = ["DPP_RIDGE", "METHODS", "check_method", "dpp_order", "mmr_order", "relevance", "rerank",
-           "served_features"]
+#: Each method's knob, as the operator sees it (greedy has none).
+KNOB_NAMES = {"mmr": "λ", "dpp": "θ"}
+
+
+@dataclass(frozen=True)
+class Diversity:
+    """The operator's diversity method and its knob (None for greedy, which has none)."""
+
+    method: str = config.DEFAULTS.diversity_method
+    knob: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``greedy``, ``mmr λ=0.7`` or ``dpp θ=0.7``."""
+        return self.method if self.knob is None else f"{self.method} {KNOB_NAMES[self.method]}={self.knob:g}"
+
+    def as_setting(self) -> dict[str, object]:
+        return {"method": self.method, "knob": self.knob}
+
+
+def default_knob(method: str) -> float | None:
+    """The knob a method gets when the operator names none (:data:`ranker.config.DEFAULTS`)."""
+    return {"mmr": config.DEFAULTS.mmr_knob, "dpp": config.DEFAULTS.dpp_knob}.get(method)
+
+
+def validate_diversity(method: str, knob: float | None = None) -> Diversity:
+    """A checked :class:`Diversity`; without ``knob``, the method's default. Raises ValueError
+    saying what is allowed (greedy takes no knob)."""
+    if method not in METHODS:
+        check_method(method, 0.0)  # raises, naming the methods
+    if method == "greedy":
+        if knob is not None:
+            raise ValueError("the greedy method has no knob: set its strength with the diversity rule weight "
+                             "(`ranker weights set diversity=W`), or choose mmr or dpp with a knob")
+        return Diversity("greedy", None)
+    if knob is None:
+        knob = default_knob(method)
+    try:
+        knob = float(knob)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"the {method} trade-off must be a number, got {knob!r}") from None
+    check_method(method, knob)
+    return Diversity(method, knob)
+
+
+def saved_diversity(stored: object) -> Diversity:
+    """The method saved in settings, or greedy (with a warning, once) when the saved value is not valid."""
+    if stored is None:
+        return Diversity()
+    try:
+        return validate_diversity(stored["method"], stored.get("knob"))  # type: ignore[index, union-attr]
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        _warn_once(("diversity", repr(stored)), "ignoring the saved diversity method %r, serving greedy: %s",
+                   stored, exc)
+        return Diversity()
+
+
+__all__ = ["DPP_RIDGE", "KNOB_NAMES", "METHODS", "Diversity", "check_method", "default_knob", "dpp_order",
+           "mmr_order", "relevance", "rerank", "saved_diversity", "served_features", "validate_diversity"]

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from ranker import keys
 from ranker.data.db import audit, get_setting, put_setting, session_scope
+from ranker.rank.diversity import Diversity, saved_diversity, validate_diversity
 from ranker.rank.metrics import mean_ndcg_at_k
 from ranker.rank.rerank import (
     RuleScorer,
@@ -49,6 +50,23 @@ def save_freshness_boost(engine: Engine, value: float, actor: str = "cli") -> fl
         put_setting(s, keys.FRESHNESS_BOOST, value)
         audit(s, keys.FRESHNESS_BOOST, {"value": value}, actor)
     return value
+
+
+def diversity(engine: Engine) -> Diversity:
+    """The diversity method serving reranks with (greedy, the default; also greedy, with a
+    warning, when the saved value is not valid, as serving reads it)."""
+    with session_scope(engine) as s:
+        return saved_diversity(get_setting(s, keys.DIVERSITY))
+
+
+def save_diversity(engine: Engine, method: str, knob: float | None = None, actor: str = "cli") -> Diversity:
+    """Validate and persist the diversity method and its knob (without one: the method's default).
+    Every serving process uses it from its next request."""
+    chosen = validate_diversity(method, knob)
+    with session_scope(engine) as s:
+        put_setting(s, keys.DIVERSITY, chosen.as_setting())
+        audit(s, keys.DIVERSITY, chosen.as_setting(), actor)
+    return chosen
 
 
 def offline_ndcg(weights: Mapping[str, float], data: Dataset, k: int = 10) -> float:

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ranker.rank import diversity
+from ranker.rank.diversity import Diversity
 from ranker.rank.features import ListContext, feature_names, list_features
-from ranker.rank.rerank import Scorer, greedy_rerank
+from ranker.rank.rerank import Scorer
 
 
 @dataclass
@@ -66,9 +68,12 @@ def base_items(ctx: ListContext, k: int) -> list[RecommendedItem]:
             for p, j in enumerate(top)]
 
 
-def reranked_items(ctx: ListContext, scorer: Scorer, k: int) -> list[RecommendedItem]:
-    """The greedy rerank's top ``k``, with scores, features as served and each feature's contribution."""
-    ranked = greedy_rerank(ctx, scorer, k)
+def reranked_items(ctx: ListContext, scorer: Scorer, k: int,
+                   method: Diversity | None = None) -> list[RecommendedItem]:
+    """The rerank's top ``k`` by the operator's diversity ``method`` (the guide's greedy penalty by
+    default), with scores, features as served and each feature's contribution."""
+    method = method or Diversity()
+    ranked = diversity.rerank(ctx, scorer, k, method.method, *([] if method.knob is None else [method.knob]))
     contrib = scorer.contributions(ranked.features)
     names = feature_names()
     return [RecommendedItem(int(ctx.item_ids[j]), p, float(ranked.scores[p]), float(ctx.base_scores[j]), int(j),

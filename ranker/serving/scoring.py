@@ -1,6 +1,6 @@
 """Scoring: which scorer serves a request, from the operator's settings and the active model.
 
-The settings (serve clock, experiment, rule weights, freshness boost) are read together in
+The settings (serve clock, experiment, rule weights, freshness boost, diversity method) are read together in
 one query per request and never cached, so a save reaches every process on its next
 request. The neural scorer is the version the registry's active row names (read on each
 request too, its file reloaded when the row changes); without one, the rule scorer with the
@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from ranker import keys
 from ranker.data.schema import Setting
+from ranker.rank.diversity import Diversity, saved_diversity
 from ranker.rank.registry import ActiveModel
 from ranker.rank.rerank import (
     BaseOrderScorer,
@@ -38,14 +39,17 @@ class ServingSettings:
     freshness_boost: float
     #: Why the treatment arm serves the base order (do no harm), or None.
     base_order_hold: str | None = None
+    #: How the reranked lists are diversified (the guide's greedy penalty unless the operator chose MMR or DPP).
+    diversity: Diversity = Diversity()
 
 
 def read_settings(engine: Engine) -> ServingSettings:
-    """Clock, experiment, rule weights and freshness boost, as saved now (one query)."""
+    """Clock, experiment, rule weights, freshness boost, hold and diversity method, as saved now (one query)."""
     from ranker.data.clock import utcnow
     from ranker.serving.experiments import Experiment
 
-    wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST, keys.BASE_ORDER_HOLD)
+    wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST, keys.BASE_ORDER_HOLD,
+              keys.DIVERSITY)
     with engine.connect() as conn:
         rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted))).all()
     values = {key: (value or {}).get("v") for key, value in rows}
@@ -55,7 +59,8 @@ def read_settings(engine: Engine) -> ServingSettings:
                            experiment=Experiment(**raw) if raw else Experiment(),
                            rule_weights=saved_weights(values.get(keys.RULE_WEIGHTS)),
                            freshness_boost=saved_freshness_boost(values.get(keys.FRESHNESS_BOOST)),
-                           base_order_hold=(values.get(keys.BASE_ORDER_HOLD) or {}).get("reason"))
+                           base_order_hold=(values.get(keys.BASE_ORDER_HOLD) or {}).get("reason"),
+                           diversity=saved_diversity(values.get(keys.DIVERSITY)))
 
 
 class Scoring:

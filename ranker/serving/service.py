@@ -6,8 +6,9 @@ One request is three steps, each in its own module:
    or the caller's, and their feature context (catalogue and item counts as of the request);
 2. **scoring** (:mod:`ranker.serving.scoring`): the operator's settings and the scorer they
    choose (the active neural model, else the rule);
-3. **assembly** (:mod:`ranker.serving.assembly`): greedy rerank → top k, with scores, features
-   as served and contributions; or the base order, for the control arm and trending lists.
+3. **assembly** (:mod:`ranker.serving.assembly`): rerank → top k by the operator's diversity
+   method (the guide's greedy penalty by default; MMR or DPP), with scores, features as served
+   and contributions; or the base order, for the control arm and trending lists.
 
 :class:`Service` holds the process-wide state of the first two for one database and runs
 the steps; :func:`recommend` and :func:`rank` add the experiment arm and the impressions log.
@@ -27,8 +28,10 @@ from sqlalchemy import Engine
 from ranker import config
 from ranker.data.db import get_engine
 from ranker.flows import is_trending
+from ranker.rank import diversity
+from ranker.rank.diversity import Diversity
 from ranker.rank.features import make_context
-from ranker.rank.rerank import RuleScorer, Scorer, greedy_rerank
+from ranker.rank.rerank import RuleScorer, Scorer
 from ranker.serving.assembly import (
     Recommendation,
     RecommendedItem,
@@ -85,13 +88,16 @@ class Service:
         return self.scorer()[0].version
 
     def rerank_latency(self, repeats: int = 300, n: int = 2 * config.DEFAULT_K, k: int = config.DEFAULT_K,
-                       seed: int = 0) -> dict[str, float]:
-        """p50/p99 milliseconds of one greedy rerank (n → k) with the serving scorer,
-        on real catalogue items with their current features."""
+                       seed: int = 0, method: Diversity | None = None) -> dict[str, float]:
+        """p50/p99 milliseconds of one rerank (n → k) with the serving scorer and ``method``
+        (default: the saved diversity method), on real catalogue items with their current features."""
         catalog = self.catalog()
         if len(catalog) < n:
             return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": n, "k": k}
-        scorer, _ = self.scorer()
+        settings = self.settings()
+        scorer, _ = self.scorer(settings)
+        method = method or settings.diversity
+        knob = [] if method.knob is None else [method.knob]
         as_of = catalog.created.max().astype("datetime64[us]").item()
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(catalog), size=n, replace=False)
@@ -99,11 +105,11 @@ class Service:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            greedy_rerank(ctx, scorer, k)
+            diversity.rerank(ctx, scorer, k, method.method, *knob)
             times.append(time.perf_counter() - t0)
         ms = np.array(times) * 1e3
         return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": n, "k": k,
-                "scorer": scorer.version}
+                "scorer": scorer.version, "method": method.label}
 
     # --- Requests ---------------------------------------------------------------------
     def recommend(self, user_id: int, flow: str, k: int = config.DEFAULT_K, *,
@@ -127,9 +133,10 @@ class Service:
             reason = "no history for this user: trending list (not reranked)" if cands.fallback else None
             return Recommendation(request_id, int(user_id), flow, k, False, arm, version, cands.source,
                                   as_of, reason, base_items(ctx, k))
+        settings = settings or self.settings()
         chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version,
-                              cands.source, as_of, reason, reranked_items(ctx, chosen, k))
+                              cands.source, as_of, reason, reranked_items(ctx, chosen, k, settings.diversity))
 
     def rank(self, user_id: int, item_ids: list[int], base_scores: list[float] | None = None,
              k: int = config.DEFAULT_K, *, flow: str | None = None, as_of: datetime | None = None,
@@ -164,9 +171,10 @@ class Service:
         if arm == "control" or len(ctx) == 0:
             return Recommendation(request_id, int(user_id), flow, k, False, arm, "base", "caller", as_of, None,
                                   base_items(ctx, k)), left_out
+        settings = settings or self.settings()
         chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version, "caller", as_of,
-                              reason, reranked_items(ctx, chosen, k)), left_out
+                              reason, reranked_items(ctx, chosen, k, settings.diversity)), left_out
 
     def _trending(self, user: UserRow, flow: str, k: int, as_of: datetime, arm: str,
                   request_id: str) -> Recommendation:
