@@ -55,6 +55,11 @@ def table_counts(engine: Engine) -> dict[str, int]:
     return db.table_counts(engine)
 
 
+@st.cache_data(ttl=10, show_spinner=False, hash_funcs=BY_URL)
+def interaction_origins(engine: Engine) -> dict[str, int]:
+    return db.interaction_origins(engine)
+
+
 @st.cache_data(ttl=5, show_spinner=False, hash_funcs=BY_URL)
 def api_server(engine: Engine) -> dict[str, Any] | None:
     """The server ``ranker serve`` recorded (url, pid, workers, started_at) with ``ready``, its

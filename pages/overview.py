@@ -52,8 +52,11 @@ else:
 # --- Data ---------------------------------------------------------------------------
 st.subheader("Data")
 cols = st.columns(5)
+origins = cached.interaction_origins(engine)
+origin_help = (f"{origins['organic']:,} organic (found by the users themselves, imported), "
+               f"{origins['impression']:,} outcomes of served lists; popularity counts the organic ones")
 for col, name in zip(cols, ("users", "items", "interactions", "impressions", "outcomes")):
-    col.metric(name.capitalize(), f"{counts[name]:,}")
+    col.metric(name.capitalize(), f"{counts[name]:,}", help=origin_help if name == "interactions" else None)
 
 latest = views.latest_runs(engine)
 last_dataset, last_training = latest.dataset, latest.training

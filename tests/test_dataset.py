@@ -62,13 +62,13 @@ def test_shuffled_labels_teach_nothing_that_real_labels_do(trained_world):
     assert abs(np.mean(shuffled) - 0.5) < 0.15
 
 
-def test_popularity_is_taken_as_of_the_event(trained_world, frame, small_world_engine):
+def test_popularity_is_taken_as_of_the_event_over_organic_interactions(trained_world, frame, small_world_engine):
     row = frame.iloc[len(frame) // 2]
     at = datetime.fromisoformat(row["event_time"])
     with small_world_engine.connect() as conn:
         views, other = conn.execute(text(
             "SELECT sum(kind = 'view'), sum(kind != 'view') FROM interactions "
-            "WHERE item_id = :i AND created_at < :t"), {"i": int(row["item_id"]), "t": at}).one()
+            "WHERE item_id = :i AND created_at < :t AND origin = 'organic'"), {"i": int(row["item_id"]), "t": at}).one()
         max_views = conn.execute(text("SELECT value FROM settings WHERE key='popularity_max_views'")).scalar()
     expected = math.log((views or 0) + 3 * (other or 0) + 1) / math.log(json.loads(max_views)["v"])
     # event_time is rounded to the second in the CSV; counts come from the exact moment

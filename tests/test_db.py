@@ -150,3 +150,63 @@ def test_upgrade_to_0004_keeps_one_outcome_per_impression_and_kind_and_carries_a
         assert [tuple(h) for h in history] == [("v2", "dashboard", t)]
     with pytest.raises(IntegrityError), db.session_scope(engine) as s:
         s.add(Outcome(impression_id=1, kind="view", created_at=t))
+
+
+def _interaction_origins_after_upgrade_from_0006(engine: Engine) -> dict[str, str]:
+    """An old-schema database: a served view and click with their interactions, and an organic view
+    and click of the same item (one at the time of the served click, but another kind)."""
+    from alembic import command
+
+    command.upgrade(db._alembic_config(engine), "0006")
+    t = datetime(2026, 1, 1)
+    later = datetime(2026, 1, 1, 0, 0, 5)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, name, role, created_at) VALUES (1, 'u', 'developer', :t)"), {"t": t})
+        conn.execute(text("INSERT INTO items (id, item_type, name, category, field, type, created_at, updated_at, "
+                          "views) VALUES (1, 'startup', 'i', 'a', 'b', 'c', :t, :t, 0)"), {"t": t})
+        conn.execute(text("INSERT INTO impressions (id, request_id, user_id, item_id, flow, arm, position, score, "
+                          "features, model_version, served_at) VALUES (1, 'r', 1, 1, 'developer-startup', "
+                          "'treatment', 0, 0.5, '{}', 'v1', :t)"), {"t": t})
+        for kind, at in (("view", t), ("click", later)):
+            conn.execute(text("INSERT INTO outcomes (impression_id, kind, created_at) VALUES (1, :k, :t)"),
+                         {"k": kind, "t": at})
+        rows = {"served view": ("view", t), "served click": ("click", later), "organic view": ("view", later),
+                "organic click": ("click", datetime(2026, 1, 2))}
+        for kind, at in rows.values():
+            conn.execute(text("INSERT INTO interactions (user_id, item_id, kind, created_at) VALUES (1, 1, :k, :t)"),
+                         {"k": kind, "t": at})
+    assert db.upgrade(engine) == db.head_revision()
+    with engine.begin() as conn:  # a row written without an origin is organic
+        conn.execute(text("INSERT INTO interactions (user_id, item_id, kind, created_at) VALUES (1, 1, 'like', :t)"),
+                     {"t": t})
+        origin = {(k, at): o for k, at, o in conn.execute(
+            select(Interaction.kind, Interaction.created_at, Interaction.origin)).all()}
+    assert origin.pop(("like", t)) == "organic"
+    return {name: origin[key] for name, key in rows.items()}
+
+
+EXPECTED_ORIGINS = {"served view": "impression", "served click": "impression", "organic view": "organic",
+                    "organic click": "organic"}
+
+
+def test_upgrade_to_0007_marks_the_outcomes_of_impressions_and_keeps_the_rest_organic(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    assert _interaction_origins_after_upgrade_from_0006(engine) == EXPECTED_ORIGINS
+
+
+@pytest.mark.postgres
+def test_upgrade_to_0007_marks_the_outcomes_of_impressions_on_postgres(pg_url):
+    engine = db.make_engine(pg_url)
+
+    def drop_all() -> None:  # a clean slate in the shared test database
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+    drop_all()
+    try:
+        assert _interaction_origins_after_upgrade_from_0006(engine) == EXPECTED_ORIGINS
+    finally:
+        drop_all()
+        engine.dispose()

@@ -123,8 +123,7 @@ def test_features_served_equal_features_recomputed_by_the_dataset_code(served):
     order = np.array(served_ids + rest)
     score_of = dict(zip(cands.item_ids.tolist(), cands.scores.tolist()))
     history = load_interactions(served, until=rec.served_at)
-    counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
-                        (history["kind"] == "view").to_numpy())
+    counts = CountIndex.from_history(history)
     x = features_at(load_catalog(served), counts, np.array([score_of[i] for i in order]), order,
                     rec.served_at, uid)
     got = np.array([[it.features[n] for n in feature_names()] for it in rec.items])

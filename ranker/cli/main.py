@@ -111,6 +111,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         check_connection,
         get_engine,
         head_revision,
+        interaction_origins,
         mask_url,
         schema_revision,
         table_counts,
@@ -121,14 +122,15 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     url = mask_url(engine.url.render_as_string(hide_password=False))
     revision = schema_revision(engine)
     counts = table_counts(engine)
+    origins = interaction_origins(engine)
     if args.json:
-        print(json.dumps({"url": url, "schema_revision": revision,
-                          "head_revision": head_revision(), "counts": counts}))
+        print(json.dumps({"url": url, "schema_revision": revision, "head_revision": head_revision(),
+                          "counts": counts, "interaction_origins": origins}))
         return 0
     print(f"database: {url}")
     state = "current" if revision == head_revision() else "run `ranker db upgrade`"
     print(f"schema:   {revision or 'not created'} ({state})")
-    _print_counts(counts)
+    _print_counts(counts, {"interactions": origins})
     return 0
 
 
@@ -144,10 +146,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_counts(counts: dict[str, int]) -> None:
+def _print_counts(counts: dict[str, int], parts: dict[str, dict[str, int]] | None = None) -> None:
+    """One line per table; ``parts`` breaks a table's count down (interactions by origin) below it."""
     width = max(len(k) for k in counts)
     for name, n in counts.items():
         print(f"  {name:<{width}}  {n:>10,}")
+        for part, m in (parts or {}).get(name, {}).items():
+            print(f"    {part:<{width - 2}}  {m:>10,}")
 
 
 # --- parser -------------------------------------------------------------------

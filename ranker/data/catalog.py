@@ -8,6 +8,9 @@ feature computed for a served list and recomputed later for the same moment agre
   with one SQL ``GROUP BY`` (serving).
 - :class:`CountIndex` answers the same question for many (item, moment) pairs at once
   from interaction arrays (training data, point-in-time).
+
+Both count organic interactions only (``interactions.origin``): the outcomes of served
+lists are left out, so an item does not become popular by being recommended.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import Engine, case, func, select
 
 from ranker import config, keys
 from ranker.data.db import get_setting, session_scope
-from ranker.data.schema import Interaction, Item
+from ranker.data.schema import ORGANIC, Interaction, Item
 
 
 @dataclass
@@ -75,11 +79,11 @@ def load_catalog(engine: Engine) -> Catalog:
 
 
 def counts_as_of(engine: Engine, catalog: Catalog, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-    """(views, other interactions) per catalogue row, counting events strictly before ``as_of``."""
+    """(views, other interactions) per catalogue row, counting organic events strictly before ``as_of``."""
     is_view = case((Interaction.kind == "view", 1), else_=0)
     stmt = (
         select(Interaction.item_id, func.sum(is_view), func.count() - func.sum(is_view))
-        .where(Interaction.created_at < as_of)
+        .where(Interaction.created_at < as_of, Interaction.origin == ORGANIC)
         .group_by(Interaction.item_id)
     )
     views = np.zeros(len(catalog), dtype=np.float64)
@@ -101,12 +105,23 @@ class CountIndex:
     item_ids : (m,) int64
     times : (m,) datetime64
     is_view : (m,) bool
+    counted : (m,) bool, optional
+        The events to count (default all); :meth:`from_history` passes the organic ones.
     """
 
-    def __init__(self, item_ids: np.ndarray, times: np.ndarray, is_view: np.ndarray):
+    def __init__(self, item_ids: np.ndarray, times: np.ndarray, is_view: np.ndarray,
+                 counted: np.ndarray | None = None):
         t = times.astype("datetime64[us]").astype(np.int64)
-        self._view_keys = self._keys(item_ids[is_view], t[is_view])
-        self._other_keys = self._keys(item_ids[~is_view], t[~is_view])
+        keep = np.ones(len(t), dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
+        self._view_keys = self._keys(item_ids[is_view & keep], t[is_view & keep])
+        self._other_keys = self._keys(item_ids[~is_view & keep], t[~is_view & keep])
+
+    @classmethod
+    def from_history(cls, history: pd.DataFrame) -> CountIndex:
+        """The counts serving uses (:func:`counts_as_of`: organic events only) from a
+        :func:`ranker.data.interactions.load_interactions` frame."""
+        return cls(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
+                   (history["kind"] == "view").to_numpy(), (history["origin"] == ORGANIC).to_numpy())
 
     @staticmethod
     def _keys(items: np.ndarray, t_us: np.ndarray) -> np.ndarray:

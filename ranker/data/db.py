@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ranker import config
 from ranker.data.clock import utcnow
-from ranker.data.schema import COUNTED_TABLES, AuditLog, Base, Interaction, Item, Setting, User
+from ranker.data.schema import COUNTED_TABLES, ORIGINS, AuditLog, Base, Interaction, Item, Setting, User
 from ranker.errors import RankerError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -252,6 +252,17 @@ def table_counts(engine: Engine | None = None) -> dict[str, int]:
                 counts[name] = conn.execute(select(func.count()).select_from(table)).scalar_one()
             else:
                 counts[name] = 0
+    return counts
+
+
+def interaction_origins(engine: Engine | None = None) -> dict[str, int]:
+    """Interactions per origin (``organic``, ``impression``); zeros before the schema has the column."""
+    engine = engine or get_engine()
+    counts = dict.fromkeys(ORIGINS, 0)
+    schema = inspect(engine)
+    if schema.has_table("interactions") and "origin" in {c["name"] for c in schema.get_columns("interactions")}:
+        with engine.connect() as conn:
+            counts.update(conn.execute(select(Interaction.origin, func.count()).group_by(Interaction.origin)).all())
     return counts
 
 

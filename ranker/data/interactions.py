@@ -23,7 +23,7 @@ import pandas as pd
 from sqlalchemy import Engine, String, select, type_coerce
 
 from ranker import config
-from ranker.data.schema import Interaction, Item, User
+from ranker.data.schema import ORIGINS, Interaction, Item, User
 
 
 def _times(values: Sequence[object]) -> np.ndarray:
@@ -71,6 +71,10 @@ def _kinds(values: Iterable[str]) -> pd.Categorical:
     return pd.Categorical(values, categories=list(config.INTERACTION_KINDS) + extra)
 
 
+def _origins(values: Iterable[str]) -> pd.Categorical:
+    return pd.Categorical(list(values), categories=list(ORIGINS))
+
+
 def _load_frame(engine: Engine, stmt: Any, columns: Mapping[str, Column]) -> pd.DataFrame:
     """Run ``stmt`` and build one DataFrame column per selected column.
 
@@ -86,7 +90,7 @@ def _load_frame(engine: Engine, stmt: Any, columns: Mapping[str, Column]) -> pd.
 
 
 _INTERACTION_FRAME: dict[str, Column] = {
-    "user_id": _int64, "item_id": _int64, "kind": _kinds, "created_at": _times,
+    "user_id": _int64, "item_id": _int64, "kind": _kinds, "created_at": _times, "origin": _origins,
 }
 _ITEM_FRAME: dict[str, Column] = {
     "id": _int64, "item_type": pd.Categorical, "category": pd.Categorical, "field": pd.Categorical,
@@ -121,11 +125,11 @@ def load_interactions(
     -------
     DataFrame
         Columns ``user_id`` (int64), ``item_id`` (int64), ``kind`` (category whose
-        categories start with ``config.INTERACTION_KINDS``) and ``created_at``
-        (datetime64[us]), in database order.
+        categories start with ``config.INTERACTION_KINDS``), ``created_at``
+        (datetime64[us]) and ``origin`` (category of ``schema.ORIGINS``), in database order.
     """
     t = Interaction.__table__.c
-    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at))
+    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at), t.origin)
     if since is not None:
         stmt = stmt.where(t.created_at >= since)
     if until is not None:

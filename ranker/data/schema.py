@@ -56,6 +56,15 @@ class Item(Base):
     views: Mapped[int] = mapped_column(Integer, default=0)
 
 
+#: Where an interaction came from. ``organic``: the platform's own events (a user found the
+#: item by themselves), imports, and history not shown in a served list. ``impression``: an
+#: outcome of a served list (a view, click or feedback on an impression), written along with
+#: its ``outcomes`` row. The popularity feature counts organic interactions only.
+ORGANIC = "organic"
+IMPRESSION = "impression"
+ORIGINS = (ORGANIC, IMPRESSION)
+
+
 class Interaction(Base):
     __tablename__ = "interactions"
 
@@ -66,6 +75,8 @@ class Interaction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     #: Explicit rating where the source has one (imports); None for the platform.
     rating: Mapped[float | None] = mapped_column(Float)
+    #: ``organic`` or ``impression`` (see :data:`ORIGINS`).
+    origin: Mapped[str] = mapped_column(String(12), default=ORGANIC, server_default=ORGANIC)
 
     __table_args__ = (
         Index("ix_interactions_user_time", "user_id", "created_at"),

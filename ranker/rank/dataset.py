@@ -241,9 +241,7 @@ class _AsOf:
 
     @classmethod
     def load(cls, engine: Engine, history: pd.DataFrame) -> _AsOf:
-        counts = CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
-                            (history["kind"] == "view").to_numpy())
-        return cls(load_catalog(engine), counts, load_users(engine).set_index("id"))
+        return cls(load_catalog(engine), CountIndex.from_history(history), load_users(engine).set_index("id"))
 
 
 def _sample(labels: np.ndarray, negatives: np.ndarray, neg_ratio: float, rng: np.random.Generator) -> np.ndarray:

@@ -91,8 +91,8 @@ class ListContext:
     item_ids: np.ndarray  # int64
     base_scores: np.ndarray  # raw base-model scores, any scale
     age_days: np.ndarray  # days since created_at (or updated_at, if that came first) as of as_of
-    views: np.ndarray  # view interactions before as_of
-    interactions: np.ndarray  # non-view interactions before as_of
+    views: np.ndarray  # organic view interactions before as_of
+    interactions: np.ndarray  # organic non-view interactions before as_of
     category: np.ndarray  # str
     field: np.ndarray
     type: np.ndarray
@@ -157,7 +157,12 @@ def recency(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
 
 @register_feature("popularity")
 def popularity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
-    """``log(views + 3*interactions + 1) / log(max_views)``, clipped to [0, 1]."""
+    """``log(views + 3*interactions + 1) / log(max_views)``, clipped to [0, 1].
+
+    Views and interactions are organic counts (``interactions.origin``): what users did with
+    an item they found themselves, not the outcomes of the lists it was served in, so that
+    being recommended does not make an item popular.
+    """
     raw = np.log(ctx.views + config.INTERACTION_POPULARITY_WEIGHT * ctx.interactions + 1.0)
     return np.clip(raw / np.log(max(ctx.max_views, 2.0)), 0.0, 1.0)
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, insert, select
 from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import audit, get_setting, put_setting, session_scope, with_retries, write_lock
-from ranker.data.schema import ExperimentRecord, Impression, Interaction, Outcome, ServedList
+from ranker.data.schema import IMPRESSION, ExperimentRecord, Impression, Interaction, Outcome, ServedList
 from ranker.errors import RankerError
 from ranker.faults import fault_point
 from ranker.rank.metrics import category_entropy, intra_list_diversity
@@ -249,8 +249,9 @@ def log_outcomes(engine: Engine, events: list[tuple[int, str, datetime]],
                  as_interactions: bool = True) -> None:
     """Log (impression_id, kind, time) outcomes in one short transaction.
 
-    Each outcome is also written as a platform interaction (so popularity and the
-    base models see it) unless ``as_interactions`` is False. An outcome already
+    Each outcome is also written as a platform interaction of origin ``impression`` (so the
+    base models see it; the popularity feature counts organic interactions only) unless
+    ``as_interactions`` is False. An outcome already
     stored (the same impression and kind) is not stored again.
 
     Raises
@@ -368,7 +369,7 @@ def _feedback_error(e: FeedbackEvent, shown: dict, served_requests: set[str]) ->
 def _store_outcomes(s: Any, outcomes: dict[tuple[int, str], tuple[int, int, datetime]],
                     as_interactions: bool = True) -> set[tuple[int, str]]:
     """Write outcomes, (impression, kind) -> (user, item, time), each also as a platform
-    interaction unless ``as_interactions`` is False. An (impression, kind) already stored is
+    interaction of origin ``impression`` unless ``as_interactions`` is False. An (impression, kind) already stored is
     skipped: the unique index decides, so concurrent writers store it once. Returns the new ones."""
     if not outcomes:
         return set()
@@ -382,6 +383,6 @@ def _store_outcomes(s: Any, outcomes: dict[tuple[int, str], tuple[int, int, date
     inserted = {(imp, kind) for imp, kind in s.execute(stmt, rows).all()}
     if inserted and as_interactions:
         s.execute(insert(Interaction), [
-            {"user_id": user, "item_id": item, "kind": kind, "created_at": ts, "rating": None}
+            {"user_id": user, "item_id": item, "kind": kind, "created_at": ts, "rating": None, "origin": IMPRESSION}
             for (imp, kind), (user, item, ts) in outcomes.items() if (imp, kind) in inserted])
     return inserted

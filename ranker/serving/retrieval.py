@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 
 from ranker.data.catalog import Catalog, counts_as_of, load_catalog
-from ranker.data.schema import Interaction, Item, User
+from ranker.data.schema import ORGANIC, Interaction, Item, User
 from ranker.flows import UnknownUserError
 from ranker.rank.features import ListContext, make_context
 
@@ -26,7 +26,7 @@ CATALOG_TTL_S = 5.0
 
 
 class ItemCounts:
-    """Item counts (views, other interactions) strictly before a moment, kept current incrementally."""
+    """Organic item counts (views, other interactions) strictly before a moment, kept current incrementally."""
 
     def __init__(self) -> None:
         self.as_of: datetime | None = None
@@ -42,9 +42,9 @@ class ItemCounts:
         return self.views, self.other
 
     def _add_between(self, engine: Engine, catalog: Catalog, start: datetime, end: datetime) -> None:
-        """Add the interactions in [start, end) to the counts."""
+        """Add the organic interactions in [start, end) to the counts."""
         stmt = select(Interaction.item_id, Interaction.kind).where(
-            Interaction.created_at >= start, Interaction.created_at < end)
+            Interaction.created_at >= start, Interaction.created_at < end, Interaction.origin == ORGANIC)
         with engine.connect() as conn:
             rows = conn.execute(stmt).all()
         if rows:
@@ -91,7 +91,7 @@ class Retrieval:
         return self._catalog
 
     def counts(self, as_of: datetime) -> tuple[Catalog, np.ndarray, np.ndarray]:
-        """The catalogue and its (views, other interactions) strictly before ``as_of``, kept current."""
+        """The catalogue and its organic (views, other interactions) strictly before ``as_of``, kept current."""
         with self._lock:
             catalog = self.catalog()
             views, other = self._counts.get(self.engine, catalog, as_of)

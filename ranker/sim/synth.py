@@ -8,7 +8,11 @@ same list, and positions are examined with decreasing probability.
 
 The lists in the history were served by a plain "legacy" policy (declared-category
 match, a new-arrivals boost and a little popularity, with noise), as a platform would
-have run before any learned ranker.
+have run before any learned ranker; their outcomes are interactions of origin
+``impression``. Besides the feed, users find items by themselves (search, links, word of
+mouth): those visits are ``organic`` interactions, drawn from a stream of their own so the
+legacy lists do not depend on them. Organic visits favour truly attractive items, so the
+popularity feature (organic interactions only) carries signal without the feed's loop.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from ranker.data.db import (
     table_counts,
 )
 from ranker.data.schema import (
+    IMPRESSION,
+    ORGANIC,
     ExperimentRecord,
     Impression,
     Interaction,
@@ -50,6 +56,7 @@ from ranker.sim.truth import (
     GroundTruth,
     WorldParams,
     WorldTruth,
+    attraction_logits,
     click_model,
     save_truth,
 )
@@ -76,6 +83,12 @@ LEGACY_WEIGHTS = (0.1, 1.0, 0.0)
 #: all new arrivals: trending then beats every personalised base model.
 LEGACY_FRESH_WEIGHT = 1.0
 LEGACY_FRESH_DAYS = 14.0
+#: Organic visits (a user opens an item found by themselves) per legacy feed session.
+ORGANIC_VISITS_PER_SESSION = 0.5
+#: An organic visit opens one of this many random eligible items, the more attractive the likelier.
+ORGANIC_CHOICES = 20
+#: The organic visits' random stream: (seed, this) seeds it, apart from the legacy feed's.
+ORGANIC_STREAM = 1
 
 CATEGORIES = (
     "ai", "fintech", "health", "climate", "edtech",
@@ -168,8 +181,9 @@ def build_world(
     with session_scope(engine) as s:
         save_truth(s, truth)
 
+    organic_rng = np.random.default_rng([seed, ORGANIC_STREAM])
     views, engaged = _simulate_history(
-        engine, rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
+        engine, rng, organic_rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
     )
     _record_world(engine, item_ids, views, engaged, start,
                   {"seed": seed, "preset": preset, "scale": scale, "force": force})
@@ -200,15 +214,18 @@ def _insert_entities(engine: Engine, users: dict, items: dict) -> tuple[np.ndarr
     return user_ids, item_ids
 
 
-def _record_world(engine: Engine, item_ids: np.ndarray, views: np.ndarray, engaged: np.ndarray,
-                  start: datetime, run: dict) -> None:
+def _record_world(engine: Engine, item_ids: np.ndarray, views: dict[str, np.ndarray],
+                  engaged: dict[str, np.ndarray], start: datetime, run: dict) -> None:
     """Item view counts, the popularity scale, the world record, the clock and the audit entry.
 
-    ``run`` holds the ``build_world`` arguments to record: seed, preset, scale and force.
+    ``views`` and ``engaged`` hold per-item totals by origin; the popularity scale is taken
+    over the organic ones, as the popularity feature counts. ``run`` holds the ``build_world``
+    arguments to record: seed, preset, scale and force.
     """
+    total_views = views[ORGANIC] + views[IMPRESSION]
     with session_scope(engine) as s:
-        s.execute(update(Item), [{"id": int(i), "views": int(v)} for i, v in zip(item_ids, views)])
-        peak = float((views + config.INTERACTION_POPULARITY_WEIGHT * engaged + 1).max())
+        s.execute(update(Item), [{"id": int(i), "views": int(v)} for i, v in zip(item_ids, total_views)])
+        peak = float((views[ORGANIC] + config.INTERACTION_POPULARITY_WEIGHT * engaged[ORGANIC] + 1).max())
         put_setting(s, keys.POPULARITY_MAX_VIEWS, int(np.ceil(peak / 100.0) * 100))
         put_setting(s, keys.WORLD, {"seed": run["seed"], "preset": run["preset"], "scale": run["scale"],
                                  "start": start.isoformat(), "end": WORLD_END.isoformat()})
@@ -330,16 +347,19 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
 # --- History --------------------------------------------------------------------
 
 
-def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, start,
-                      progress, show_bar) -> tuple[np.ndarray, np.ndarray]:
-    """Serve legacy lists day by day and write the resulting interactions in batches.
+def _simulate_history(engine, rng, organic_rng, sc, truth, users, items, user_ids, item_ids, start,
+                      progress, show_bar) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Serve legacy lists day by day, add the day's organic visits, and write the resulting
+    interactions in batches.
 
-    Returns per-item totals (views, engaged interactions), aligned with ``item_ids``.
+    Returns per-item totals (views, engaged interactions) by origin, aligned with ``item_ids``.
     """
     n_items = len(item_ids)
     history = _History(
         rng=rng, truth=truth, users=users, items=items, user_ids=user_ids, item_ids=item_ids,
         views=np.zeros(n_items, dtype=np.int64), engaged=np.zeros(n_items, dtype=np.int64),
+        organic_rng=organic_rng, organic_views=np.zeros(n_items, dtype=np.int64),
+        organic_engaged=np.zeros(n_items, dtype=np.int64),
         age_ref=np.where(items["updated"] > items["created"], items["updated"], items["created"]),
         by_type={t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES},
         next_impression=_next_ids(engine),
@@ -354,13 +374,17 @@ def _simulate_history(engine, rng, sc, truth, users, items, user_ids, item_ids, 
         rng.shuffle(session_users)
         for u in session_users:
             buffer += _legacy_session(history, u, day_start)
+        n_visits = organic_rng.poisson(sc.sessions_per_user_day * ORGANIC_VISITS_PER_SESSION * users["activity"])
+        for u in np.repeat(np.arange(len(user_ids)), n_visits):
+            buffer += _organic_visit(history, u, day_start)
         if len(buffer) >= INSERT_BATCH:
             _flush(engine, buffer, history.lists)
         if progress:
             progress((day + 1) / HISTORY_DAYS, f"day {day + 1}/{HISTORY_DAYS}")
     _flush(engine, buffer, history.lists)
     _sync_id_sequence(engine)
-    return history.views, history.engaged
+    return ({IMPRESSION: history.views, ORGANIC: history.organic_views},
+            {IMPRESSION: history.engaged, ORGANIC: history.organic_engaged})
 
 
 @dataclass
@@ -373,10 +397,13 @@ class _History:
     items: dict  # _make_items' arrays, by item row
     user_ids: np.ndarray
     item_ids: np.ndarray
-    views: np.ndarray  # (n_items,) int64, updated in place
-    engaged: np.ndarray  # (n_items,) int64, clicks and explicit positives, updated in place
+    views: np.ndarray  # (n_items,) int64, views of legacy lists, updated in place
+    engaged: np.ndarray  # (n_items,) int64, clicks and explicit positives on legacy lists, updated in place
     age_ref: np.ndarray  # (n_items,) datetime64[s]: the later of creation and last edit
     by_type: dict[str, np.ndarray]  # item type -> item rows
+    organic_rng: np.random.Generator  # the organic visits' own stream
+    organic_views: np.ndarray  # (n_items,) int64, views of organic visits, updated in place
+    organic_engaged: np.ndarray  # (n_items,) int64, their clicks and explicit positives
     lists: list[dict] = field(default_factory=list)  # logged legacy lists waiting to be written
     served: int = 0  # legacy lists so far (their request ids)
     next_impression: int = 1  # the id the next logged impression gets
@@ -440,6 +467,46 @@ def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
     return rows
 
 
+def _organic_visit(h: _History, u: int, day_start: datetime) -> list[dict]:
+    """User row ``u`` opens an item they found by themselves at a random time of the day: of
+    ``ORGANIC_CHOICES`` random eligible items of one of their flows' types, one drawn with
+    probability softmax(true attraction). Its view (and click, explicit positive) are
+    ``organic`` interactions, counted into ``h.organic_views`` and ``h.organic_engaged``."""
+    rng, items = h.organic_rng, h.items
+    flows = own_flows(h.users["role"][u])
+    item_type = flow_item_type(flows[rng.integers(len(flows))])
+    secs = int(rng.integers(0, 86400))
+    t = day_start + timedelta(seconds=secs)
+    t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
+    pool = h.by_type[item_type]
+    pool = pool[items["created"][pool] <= t64]
+    if len(pool) == 0:
+        return []
+    found = np.unique(pool[rng.integers(0, len(pool), size=min(ORGANIC_CHOICES, len(pool)))])
+    ref = np.where(items["updated"][found] <= t64, h.age_ref[found], items["created"][found])
+    age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    uid = int(h.user_ids[u])
+    # Each item is found on its own, so no satiation: distinct labels stand in for the categories.
+    logits = attraction_logits(h.truth, uid, h.item_ids[found], age_days, np.arange(len(found)))
+    p = np.exp(logits - logits.max())
+    pick = int(rng.choice(len(found), p=p / p.sum()))
+    i = found[pick]
+    draws = (np.zeros(1), rng.random(1), rng.random(1))  # an opened item is always examined
+    seen = click_model(h.truth, uid, h.item_ids[[i]], age_days[[pick]], items["category"][[i]], *draws)
+    iid, kinds = int(h.item_ids[i]), POSITIVE_KIND[item_type]
+    rows = [{"user_id": uid, "item_id": iid, "kind": "view", "created_at": t, "rating": None, "origin": ORGANIC}]
+    h.organic_views[i] += 1
+    if seen.clicked[0]:
+        rows.append({"user_id": uid, "item_id": iid, "kind": "click", "created_at": t + timedelta(seconds=2),
+                     "rating": None, "origin": ORGANIC})
+        h.organic_engaged[i] += 1
+    if seen.positive[0]:
+        rows.append({"user_id": uid, "item_id": iid, "kind": kinds[rng.integers(len(kinds))],
+                     "created_at": t + timedelta(seconds=30), "rating": None, "origin": ORGANIC})
+        h.organic_engaged[i] += 1
+    return rows
+
+
 def _flow_serving(flows: tuple[str, ...], item_type: str) -> str:
     """The user's flow that serves ``item_type``."""
     return next(f for f in flows if flow_item_type(f) == item_type)
@@ -470,23 +537,24 @@ def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, age_d
 
 def _session_rows(h: _History, uid: int, shown: np.ndarray, seen, positive_kinds: tuple[str, ...],
                   t: datetime) -> list[dict]:
-    """Interaction rows of one list (a view per examined item, then its click and explicit
-    positive), counted into ``h.views`` and ``h.engaged``."""
+    """Interaction rows (origin ``impression``) of one list (a view per examined item, then its
+    click and explicit positive), counted into ``h.views`` and ``h.engaged``."""
     rows = []
     for pos in np.flatnonzero(seen.examined):
         i = shown[pos]
         iid = int(h.item_ids[i])
         ts = t + timedelta(seconds=int(5 * pos))
-        rows.append({"user_id": uid, "item_id": iid, "kind": "view", "created_at": ts, "rating": None})
+        rows.append({"user_id": uid, "item_id": iid, "kind": "view", "created_at": ts, "rating": None,
+                     "origin": IMPRESSION})
         h.views[i] += 1
         if seen.clicked[pos]:
             rows.append({"user_id": uid, "item_id": iid, "kind": "click",
-                         "created_at": ts + timedelta(seconds=2), "rating": None})
+                         "created_at": ts + timedelta(seconds=2), "rating": None, "origin": IMPRESSION})
             h.engaged[i] += 1
         if seen.positive[pos]:
             rows.append({"user_id": uid, "item_id": iid,
                          "kind": positive_kinds[h.rng.integers(len(positive_kinds))],
-                         "created_at": ts + timedelta(seconds=30), "rating": None})
+                         "created_at": ts + timedelta(seconds=30), "rating": None, "origin": IMPRESSION})
             h.engaged[i] += 1
     return rows
 

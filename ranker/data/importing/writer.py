@@ -22,7 +22,7 @@ from ranker.data.db import WorldExistsError, audit, ensure_schema, get_setting, 
 from ranker.data.importing.dirty import FieldWarning
 from ranker.data.importing.mapping import DEFAULT_POSITIVE_MIN, ImportRows, SourceData, plan_rows
 from ranker.data.importing.records import MAX_DB_ID, ImportDataError
-from ranker.data.schema import AuditLog, Base, Interaction, Item, User
+from ranker.data.schema import ORGANIC, AuditLog, Base, Interaction, Item, User
 from ranker.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -251,11 +251,12 @@ def _sync_id_sequences(session: Session) -> None:
 
 
 def _refresh_settings(session: Session) -> tuple[int, datetime]:
-    """Recompute ``popularity_max_views`` (as :mod:`ranker.sim.synth` does) and the clock over the database."""
+    """Recompute ``popularity_max_views`` over the organic interactions (as :mod:`ranker.sim.synth`
+    does; imported rows are all organic) and the clock over the database."""
     is_view = case((Interaction.kind == "view", 1), else_=0)
     other = func.count() - func.sum(is_view)
     per_item = (select((func.sum(is_view) + config.INTERACTION_POPULARITY_WEIGHT * other + 1).label("peak"))
-                .group_by(Interaction.item_id).subquery())
+                .where(Interaction.origin == ORGANIC).group_by(Interaction.item_id).subquery())
     peak = float(session.execute(select(func.max(per_item.c.peak))).scalar() or 1.0)
     max_views = int(np.ceil(peak / 100.0) * 100)
     put_setting(session, keys.POPULARITY_MAX_VIEWS, max_views)
