@@ -220,3 +220,32 @@ def pg_world(pg_url, tmp_path) -> Iterator[tuple[str, Path]]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(base: str, proc, timeout: float) -> None:
+    """Poll ``{base}/readyz`` until it answers 200; fail if ``proc`` exits or ``timeout`` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"ranker serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("ranker serve did not become ready")
+        time.sleep(0.2)

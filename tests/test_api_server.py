@@ -23,38 +23,21 @@ from sqlalchemy import func, select, text
 from ranker import config
 from ranker.data.db import make_engine
 from ranker.data.schema import Impression, Outcome, ServedList, User
-from tests.conftest import metric_value, ranker_env
+from tests.conftest import free_port, metric_value, ranker_env, wait_until_ready
 
 STARTUP_TIMEOUT_S = 90
 
 pytestmark = pytest.mark.slow  # real server processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ranker", "serve", "--port", str(port), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"ranker serve exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("ranker serve did not become ready")
-            time.sleep(0.2)
+        wait_until_ready(base, proc, STARTUP_TIMEOUT_S)
         yield base, proc
     finally:
         if proc.poll() is None:
@@ -161,7 +144,7 @@ def test_ranker_serve_answers_over_http_and_stops_gracefully_on_sigterm(trained_
 
 def test_serve_refuses_to_listen_openly_without_keys(tmp_path):
     env = ranker_env(f"sqlite:///{tmp_path / 'w.db'}", tmp_path / "models")
-    r = subprocess.run([sys.executable, "-m", "ranker", "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
+    r = subprocess.run([sys.executable, "-m", "ranker", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "RANKER_API_KEYS" in r.stderr and "Traceback" not in r.stderr
 

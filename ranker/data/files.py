@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 #: A temporary file untouched this long was left by a writer that died; the next write of its
 #: target removes it. A live writer touches its file far more often than this.
@@ -17,35 +17,27 @@ STALE_TEMP_SECONDS = 3600.0
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    sweep_stale_temps(path)
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 @contextmanager
-def atomic_open(path: Path, newline: str | None = None) -> Iterator[TextIO]:
-    """A text file written under a temporary name beside ``path`` (``.<name>.<random>.tmp``) and
+def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """A file written under a temporary name beside ``path`` (``.<name>.<random>.tmp``) and
     renamed to ``path``, fsynced, when the block ends without an exception; deleted when it raises.
+    ``mode`` is ``"w"`` (text) or ``"wb"``.
 
     A reader of ``path`` sees the previous file or the whole new one, never a part. A process that
-    dies inside the block leaves only the temporary file, which no reader looks for.
+    dies inside the block leaves only the temporary file, which no reader looks for and the next
+    write of ``path`` removes once it is stale (:func:`sweep_stale_temps`).
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a new file: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline=newline) as fh:
+        with os.fdopen(fd, mode, newline=newline) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -18,12 +18,10 @@ import hashlib
 import itertools
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,7 +38,7 @@ from sqlalchemy.engine import make_url
 from ranker import config
 from ranker.data.db import make_engine
 from ranker.data.schema import Base, Impression, ModelVersion, ServedList, User
-from tests.conftest import ranker_env
+from tests.conftest import free_port, ranker_env, wait_until_ready
 from tests.test_import import ITEMS, USERS, write_ml100k
 
 COMMAND_TIMEOUT_S = 300
@@ -362,12 +360,6 @@ class Feedback:
                    f"{response.status_code} {reply}", {"events": events})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -381,22 +373,11 @@ def stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def running_server(world: World, fault: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``ranker serve`` on a free port in ``world``, ready; stopped on exit if still running."""
-    port = _free_port()
+    port = free_port()
     proc = world.start(["serve", "--port", str(port)], fault)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"ranker serve exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("ranker serve did not become ready")
-            time.sleep(0.2)
+        wait_until_ready(base, proc, STARTUP_TIMEOUT_S)
         yield base, proc
     finally:
         stop(proc)
