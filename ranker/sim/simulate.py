@@ -4,7 +4,8 @@ Each simulated day new items arrive, the base models are refitted on the history
 far (a nightly job), and requests are served through the real serving path with the
 A/B assignment and impression logging. Clicks and explicit feedback are sampled from
 the hidden ground truth with the position-based click model and logged as outcomes
-(and as platform interactions, so popularity moves).
+(and as platform interactions of origin ``impression``, so the base models see them;
+the popularity feature counts organic interactions only, and the simulator adds none).
 
 Deterministic under a seed, and crash-safe: every random draw comes from a generator
 seeded by (seed, date, what it is for, request index), so a run resumed after a crash
