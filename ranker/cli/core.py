@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                       seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
-                      max_memory=args.max_memory)
+                      max_memory=args.max_memory, loss=args.loss)
     bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", file=sys.stderr)
 
     def on_epoch(epoch: int, train_loss: float, val_loss: float | None) -> None:
@@ -158,7 +158,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                          neg_ratio=args.neg_ratio, window_days=args.window_days, source=args.source)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                        seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
-                       max_memory=args.max_memory)
+                       max_memory=args.max_memory, loss=args.loss)
     report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True,
                      val_split=args.val_split, holdout_split=args.holdout_split)
     if args.json:
@@ -213,7 +213,7 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    tr = sub.add_parser("train", help="train the neural ranker (pairwise loss)")
+    tr = sub.add_parser("train", help="train the neural ranker (pairwise or listwise loss)")
     _train_args(tr)
     tr.add_argument("--data", type=Path, default=config.DATA_DIR / "ranker_train.csv")
     tr.add_argument("--val", type=Path, default=None, help="validation CSV (writes ranker_v1_best.pth)")
@@ -280,6 +280,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pairs-per-positive", type=positive_int, default=D.max_pairs_per_positive,
                    help="each epoch pairs a positive with at most this many negatives of its list, sampled; "
                         "lists with fewer keep all their pairs (default %(default)s)")
+    p.add_argument("--loss", choices=config.LOSSES, default=D.loss,
+                   help="pairwise (RankNet over sampled pairs), or listwise over whole lists: listnet, "
+                        "lambdaloss (NDCG-Loss2++; lists over 128 rows are cut into random pieces) "
+                        "(default %(default)s)")
     p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                    help="refuse to train when the estimated memory exceeds SIZE, e.g. 2G, 512M or bytes "
                         f"(default: {D.max_memory_fraction:.0%} of this machine's RAM)")

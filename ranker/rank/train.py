@@ -1,4 +1,4 @@
-"""Training the ranker: load and check a dataset CSV, fit with the pairwise loss, report.
+"""Training the ranker: load and check a dataset CSV, fit with a ranking loss, report.
 
 Reads in one sitting: :func:`load_dataset` refuses bad data with a message that says
 what to fix; :func:`train` runs the loop and returns a :class:`TrainResult`;
@@ -26,7 +26,7 @@ from ranker.errors import RankerError
 from ranker.faults import fault_point
 from ranker.rank import memory
 from ranker.rank.features import feature_columns, feature_names
-from ranker.rank.losses import count_sampled_pairs, sample_pairs
+from ranker.rank.losses import count_sampled_pairs, listwise_loss, pad_lists, sample_pairs, split_long_lists
 from ranker.rank.memory import MemoryLimitError
 from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
 from ranker.rank.model import RankerMLP, count_parameters
@@ -320,6 +320,11 @@ BYTES_PER_PAIR = 112
 BYTES_PER_ROW = 224
 #: Fixed headroom for the chunks, the model and the optimiser.
 BYTES_FIXED = 64 * 1024**2
+#: ``--loss lambdaloss`` builds (lists, L, L) matrices per batch, so each epoch cuts lists longer
+#: than this into random pieces of at most this many rows (ListNet and pairwise take whole lists).
+LAMBDA_MAX_LIST = 128
+#: Peak bytes per (list, row, row) cell of a LambdaLoss batch: its temporaries and autograd's.
+BYTES_PER_CELL = 64
 
 
 @dataclass
@@ -333,10 +338,13 @@ class TrainConfig:
     # each epoch pairs a positive with at most this many negatives of its list, sampled afresh
     max_pairs_per_positive: int = config.DEFAULTS.max_pairs_per_positive
     max_memory: int | None = None  # bytes training may use; None: DEFAULTS.max_memory_fraction of the RAM
+    loss: str = config.DEFAULTS.loss  # pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
+        if self.loss not in config.LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of: {', '.join(config.LOSSES)}")
         for name in ("epochs", "batch_size", "max_pairs_per_positive"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -452,11 +460,14 @@ def train(
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Fit a :class:`RankerMLP` with the pairwise logistic loss over same-group pairs.
+    """Fit a :class:`RankerMLP` with ``cfg.loss``: by default the pairwise logistic loss over
+    same-group pairs, or a listwise loss over whole lists (ListNet, LambdaLoss).
 
-    Each epoch pairs every positive with at most ``cfg.max_pairs_per_positive`` negatives of
-    its list, drawn afresh per batch; a list with fewer negatives keeps all its pairs. The
-    reported losses are means over one fixed sample of such pairs. ``on_epoch(epoch,
+    Pairwise: each epoch pairs every positive with at most ``cfg.max_pairs_per_positive``
+    negatives of its list, drawn afresh per batch; a list with fewer negatives keeps all its
+    pairs. The reported losses are means over one fixed sample of such pairs. Listwise: each
+    batch's lists are scored whole (LambdaLoss cuts lists longer than :data:`LAMBDA_MAX_LIST`
+    into random pieces); the reported losses are the same loss's means over the lists. ``on_epoch(epoch,
     train_loss, val_loss)`` is called after each epoch (1-based); ``should_stop()`` lets a
     caller cancel between batches.
 
@@ -490,9 +501,14 @@ def train(
     best_val = math.inf
 
     for epoch in range(1, cfg.epochs + 1):
-        _train_epoch(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
-        train_loss = _pair_loss(model, data, cap, loss_seed)
-        val_loss = _pair_loss(model, val, cap, loss_seed) if has_val else None
+        if cfg.loss == "pairwise":
+            _train_epoch(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
+            train_loss = _pair_loss(model, data, cap, loss_seed)
+            val_loss = _pair_loss(model, val, cap, loss_seed) if has_val else None
+        else:
+            _train_epoch_listwise(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
+            train_loss = _list_loss(model, data, cfg, loss_seed)
+            val_loss = _list_loss(model, val, cfg, loss_seed) if has_val else None
         if not math.isfinite(train_loss):
             raise TrainingError(f"loss became NaN at epoch {epoch}; nothing was saved")
         result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
@@ -551,6 +567,9 @@ def estimate_memory(data: Dataset, cfg: TrainConfig, val: Dataset | None = None)
     chunk_pairs = biggest + (CHUNK_ROWS + cfg.batch_size) * cap
     rows = len(data) + (len(val) if val is not None else 0)
     pair_bytes = BYTES_PER_PAIR * chunk_pairs
+    if cfg.loss == "lambdaloss":  # a batch's lists of >= 2 rows, each padded to the longest (<= L)
+        longest = min(LAMBDA_MAX_LIST, int(np.bincount(data.groups).max(initial=0)))
+        pair_bytes += BYTES_PER_CELL * (cfg.batch_size + longest) * longest**2 // 2
     total = memory.current_rss() + BYTES_PER_ROW * rows + pair_bytes + BYTES_FIXED
     return MemoryEstimate(int(total), rows, int(per_group.sum()), chunk_pairs, pair_bytes)
 
@@ -604,6 +623,68 @@ def _batch_pairs(data: Dataset, batches: list[np.ndarray], cap: int, rng: np.ran
             sel = slice(bounds[b], bounds[b + 1])
             yield batch, torch.from_numpy(better[sel] - starts[b]), torch.from_numpy(worse[sel] - starts[b])
         chunk = []
+
+
+def _train_epoch_listwise(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
+                          cfg: TrainConfig, rng: np.random.Generator, list_rng: np.random.Generator, epoch: int,
+                          should_stop: Callable[[], bool] | None) -> None:
+    """One pass of ``cfg.loss`` (listnet or lambdaloss) over the lists in shuffled whole-list batches."""
+    model.train()
+    for idx in _group_batches(data.groups, cfg.batch_size, rng):
+        if should_stop and should_stop():
+            raise TrainingError("training cancelled")
+        lists = _padded_lists(data, idx, cfg.loss, list_rng)
+        if lists is None:
+            continue
+        at = torch.from_numpy(lists)
+        s = model.net(z_all[at.clamp_min(0)].reshape(-1, z_all.shape[1])).reshape(at.shape)
+        y = torch.from_numpy(data.y)[at.clamp_min(0)]
+        loss = listwise_loss(cfg.loss, s, y, at >= 0)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
+                                "Lower --lr or check the data for extreme values")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def _padded_lists(data: Dataset, idx: np.ndarray, loss: str, rng: np.random.Generator) -> np.ndarray | None:
+    """(B, L) rows of ``data`` (indices, -1 for padding) of the lists among rows ``idx`` that
+    hold two labels; lambdaloss cuts lists longer than :data:`LAMBDA_MAX_LIST`. None: no such list."""
+    groups, y = data.groups[idx], data.y[idx]
+    _, g = np.unique(groups, return_inverse=True)
+    g = g.reshape(-1)
+    both = (np.bincount(g, weights=y > 0) > 0) & (np.bincount(g, weights=y <= 0) > 0)
+    keep = both[g]
+    if not keep.any():
+        return None
+    idx, g = idx[keep], g[keep]
+    if loss == "lambdaloss":
+        g = split_long_lists(g, LAMBDA_MAX_LIST, rng)
+    lists = pad_lists(g)
+    return np.where(lists >= 0, idx[lists.clip(0)], -1)
+
+
+def _list_loss(model: RankerMLP, data: Dataset, cfg: TrainConfig, seed: list[int]) -> float:
+    """Mean ``cfg.loss`` (eval mode) over the lists of ``data`` with two labels; LambdaLoss cuts
+    long lists the same way every epoch (from ``seed``), so the figures compare across epochs.
+    Streams batches of about ``cfg.batch_size`` rows. nan when no list holds two labels."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    total, count = 0.0, 0
+    x, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    with torch.no_grad():
+        for idx in _group_batches(data.groups, cfg.batch_size, None):
+            lists = _padded_lists(data, idx, cfg.loss, rng)
+            if lists is None:
+                continue
+            at = torch.from_numpy(lists)
+            s = model(x[at.clamp_min(0)].reshape(-1, x.shape[1])).reshape(at.shape)
+            y = y_all[at.clamp_min(0)].masked_fill(at < 0, math.nan)
+            lists_used = int((y.nan_to_num(-math.inf).amax(1) > y.nan_to_num(math.inf).amin(1)).sum())
+            total += float(listwise_loss(cfg.loss, s, y.nan_to_num(0.0), at >= 0)) * lists_used
+            count += lists_used
+    return total / count if count else float("nan")
 
 
 def evaluate_model(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
