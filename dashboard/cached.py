@@ -81,6 +81,16 @@ def rerank_latency(engine: Engine, scorer_version: str) -> dict:
     return service(engine).rerank_latency()
 
 
+@st.cache_data(ttl=600, show_spinner="Simulating the same requests for every diversity method and knob…",
+               hash_funcs=BY_URL)
+def diversity_curves(engine: Engine, scorer_version: str, requests: int) -> dict[str, Any]:
+    """Expected CTR against ILD per diversity method and knob (:func:`ranker.ops.report.diversity_curves`),
+    per serving scorer; ValueError on a world without the oracle (imports)."""
+    from ranker.ops.report import diversity_curves
+
+    return diversity_curves(engine, requests=requests)
+
+
 @st.cache_data(ttl=300, show_spinner=False, hash_funcs=BY_URL)
 def example_user(engine: Engine) -> tuple[int, str] | None:
     """A stable example user for previews: (user id, flow)."""

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from ranker import keys
 from ranker.serving.online import EARLIER
 
 ARM_COLORS = {"control": "#8c8c8c", "treatment": "#1f77b4"}
@@ -79,4 +80,34 @@ def lift_interval(lift: float, lo: float, hi: float) -> go.Figure:
                                marker=dict(size=12)))
     fig.add_vline(x=0, line_dash="dash", line_color="gray")
     fig.update_layout(height=140, margin=dict(l=10, r=10, t=10, b=10), xaxis_tickformat="+.0%")
+    return fig
+
+
+METHOD_COLORS = {"greedy": "#2ca02c", "mmr": "#1f77b4", "dpp": "#ff7f0e"}
+
+
+def diversity_curves(curves: dict, serving: str | None = None) -> go.Figure:
+    """Expected CTR against mean ILD, one line per diversity method through its knob values, the base
+    order as a grey reference and ``serving`` (a point's label) circled. ``curves`` is
+    :func:`ranker.ops.report.diversity_curves`' result."""
+    df = pd.DataFrame(curves["points"])
+    fig = go.Figure()
+    for method, color in METHOD_COLORS.items():
+        part = df[df["method"] == method]
+        if part.empty:
+            continue
+        text = ["" if knob is None or pd.isna(knob) else f"{knob:g}" for knob in part["knob"]]
+        fig.add_scatter(x=part[keys.ILD], y=part["expected_ctr"], mode="lines+markers+text", name=method,
+                        text=text, textposition="top center", line=dict(color=color), marker=dict(size=9),
+                        hovertext=part["label"], hoverinfo="text+x+y")
+    base = curves["base"]
+    fig.add_scatter(x=[base[keys.ILD]], y=[base["expected_ctr"]], mode="markers", name="base order",
+                    marker=dict(color="#8c8c8c", size=9, symbol="square"))
+    now = df[df["label"] == serving]
+    if not now.empty:
+        fig.add_scatter(x=now[keys.ILD], y=now["expected_ctr"], mode="markers", name=f"serving now ({serving})",
+                        marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=2)))
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), title="CTR against intra-list diversity",
+                      xaxis_title="mean intra-list diversity", yaxis_title="expected CTR", yaxis_tickformat=".1%",
+                      legend_title=None)
     return fig

@@ -7,7 +7,9 @@ import streamlit as st
 from dashboard import cached, charts, common, jobs_ui
 from ranker import config, keys
 from ranker.ops import jobs
+from ranker.rank import tuning
 from ranker.serving import experiments, online
+from ranker.serving.service import service
 from ranker.sim import runs
 
 st.title("Metrics & A/B")
@@ -68,6 +70,27 @@ with st.expander("Run simulated traffic on the demo world", expanded=not served_
         job, _ = jobs.submit(engine, "simulate", params)
         st.toast(f"Simulation job #{job.id} started")
 jobs_ui.job_status(engine, "simulate", can_edit)
+
+# --- Diversity methods --------------------------------------------------------------
+st.subheader("Diversity: CTR against intra-list diversity")
+requests = config.DEFAULTS.diversity_curve_requests
+st.caption(f"The serving scorer reranks the same {requests} simulated requests with the guide's greedy penalty, "
+           "MMR (λ) and DPP (θ) at several knob values, and the demo world's hidden click model gives each list "
+           "its expected CTR (labels: the knob; lower is more diverse). Choose the method on **Rule weights**. "
+           "Computed on demand (a few seconds) and kept for ten minutes.")
+if st.button("Compute the curves"):
+    st.session_state["diversity_curves"] = True
+if st.session_state.get("diversity_curves"):
+    try:
+        curves = cached.diversity_curves(engine, service(engine).scorer()[0].version, requests)
+    except ValueError as exc:
+        st.info(str(exc))
+    else:
+        st.plotly_chart(charts.diversity_curves(curves, tuning.diversity(engine).label), key="chart_diversity")
+        st.caption(f"Scorer {curves['scorer']}, {curves['requests'] - curves['skipped_trending']} reranked lists of "
+                   f"{curves['k']} ({curves['skipped_trending']} trending requests left out). Mean rerank time per "
+                   "list: " + ", ".join(f"{p['label']} {p['rerank_ms']:.2f} ms" for p in curves["points"]
+                                        if p["knob"] in (None, config.DEFAULTS.mmr_knob, config.DEFAULTS.dpp_knob)))
 
 # --- Filters ------------------------------------------------------------------------
 if scope is None:

@@ -1,11 +1,12 @@
-"""Rule weights: tune the fallback's weights with a live preview of the effect, and the neural
-ranker's freshness boost."""
+"""Rule weights: tune the fallback's weights with a live preview of the effect, the neural
+ranker's freshness boost and the diversity method."""
 
 import streamlit as st
 
 from dashboard import cached, common, preview
 from ranker import config
 from ranker.rank import tuning
+from ranker.rank.diversity import KNOB_NAMES, METHODS, Diversity, default_knob
 from ranker.rank.features import feature_names
 from ranker.rank.rerank import MAX_FRESHNESS_BOOST, RuleScorer
 
@@ -73,3 +74,24 @@ boost = st.number_input("Freshness boost (logit units)", 0.0, MAX_FRESHNESS_BOOS
 if st.button("Save boost", disabled=not can_edit or boost == boost_saved) and can_edit:
     tuning.save_freshness_boost(engine, boost, actor=common.ACTOR)
     common.done(f"Saved. The neural ranker serves with freshness boost {boost:g} from the next request.")
+
+st.subheader("Diversity method")
+st.caption("How the treatment arm's lists are diversified. **greedy** (the default) is the guide's: the scorer "
+           "weighs each candidate's diversity against the items placed above (its strength is the diversity "
+           "weight above, or the model's). **mmr** places the candidate with the best λ × relevance − (1 − λ) × "
+           "similarity to the items placed; **dpp** picks the most relevant yet least similar set (greedy MAP of a "
+           "determinantal point process). Lower knobs give more diverse lists and, past a point, fewer clicks: "
+           "compare them on **Metrics & A/B**.")
+div_saved = tuning.diversity(engine)
+method = st.selectbox("Method", METHODS, index=METHODS.index(div_saved.method), key="diversity_method",
+                      format_func={"greedy": "greedy (the guide's penalty)", "mmr": "mmr (maximal marginal relevance)",
+                                   "dpp": "dpp (determinantal point process)"}.get)
+knob = None
+if method != "greedy":
+    start = div_saved.knob if div_saved.method == method else default_knob(method)
+    knob = round(st.slider(f"Trade-off {KNOB_NAMES[method]} (lower is more diverse)", 0.0,
+                           1.0 if method == "mmr" else 0.99, float(start), 0.01, key=f"knob_{method}"), 2)
+chosen = Diversity(method, knob)
+if st.button("Save diversity method", disabled=not can_edit or chosen == div_saved) and can_edit:
+    tuning.save_diversity(engine, method, knob, actor=common.ACTOR)
+    common.done(f"Saved. Serving reranks with {chosen.label} from the next request.")
