@@ -1,7 +1,7 @@
 """Does a listwise loss help? Pairwise against ListNet and LambdaLoss on the demo world's data.
 
     python bench/listwise.py [--scale small|default] [--source feedback|impressions] \
-        [--seeds 1,2,3,4,5] [--epochs 20] [--data ranker_train.csv] [--json]
+        [--neg-ratio 2] [--seeds 1,2,3,4,5] [--epochs 20] [--data ranker_train.csv] [--json]
 
 Builds the demo world (``--scale``, world seed 42) and its training data (or reads
 ``--data``), splits its lists by time into train / validation / test (the latest 20 %
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-def build_data(scale: str, source: str) -> Path:
+def build_data(scale: str, source: str, neg_ratio: float) -> Path:
     """A fresh demo world in a temp folder and its training CSV (all lists in one file)."""
     from ranker import config
     from ranker.base import store
@@ -41,7 +41,7 @@ def build_data(scale: str, source: str) -> Path:
     if source == "impressions":  # served lists need traffic through recommend()
         simulate(engine, days=3, requests_per_day=1000, seed=11)
     out = config.DATA_DIR / f"{source}.csv"
-    build_dataset(engine, DatasetConfig(output=out, source=source))
+    build_dataset(engine, DatasetConfig(output=out, source=source, neg_ratio=neg_ratio))
     return out
 
 
@@ -99,13 +99,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=("small", "default"), default="small")
     p.add_argument("--source", choices=("feedback", "impressions"), default="feedback")
+    p.add_argument("--neg-ratio", type=float, default=None,
+                   help="negatives sampled per positive in the built data (default: the dataset's, 2); "
+                        "more gives longer lists")
     p.add_argument("--data", type=Path, default=None, help="a training CSV to use instead of building a world")
     p.add_argument("--losses", default="pairwise,listnet,lambdaloss")
     p.add_argument("--seeds", default="1,2,3,4,5", help="training seeds, comma-separated")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    path = args.data or build_data(args.scale, args.source)
+    from ranker import config
+
+    path = args.data or build_data(args.scale, args.source, args.neg_ratio or config.DEFAULTS.neg_ratio)
     res = measure(path, args.losses.split(","), [int(s) for s in args.seeds.split(",")], args.epochs)
     print(json.dumps(res) if args.json else table(res))
     return 0
