@@ -184,3 +184,20 @@ def test_metrics_page_plots_ctr_against_ild_for_the_three_methods(served):
         points = [p for p in expected["points"] if p["method"] == method]
         np.testing.assert_allclose(chart_values(traces[method]["x"]), [p[keys.ILD] for p in points])
         np.testing.assert_allclose(chart_values(traces[method]["y"]), [p["expected_ctr"] for p in points])
+
+
+@pytest.mark.slow
+def test_the_report_reranks_with_the_method_serving_now_and_says_so(served):
+    from ranker.ops.report import build_report, paired_simulation
+    from ranker.rank.rerank import RuleScorer
+
+    greedy = paired_simulation(served, 60, scorers={"rule": RuleScorer()}, resamples=10)["policies"]["rule"]
+    spread = paired_simulation(served, 60, scorers={"rule": RuleScorer()}, resamples=10,
+                               method=Diversity("mmr", 0.3))["policies"]["rule"]
+    assert spread[keys.ILD] > greedy[keys.ILD]
+
+    tuning.save_diversity(served, "mmr", 0.3)
+    report = build_report(served, requests=60)
+    assert "every scorer reranks with the diversity method serving now: mmr λ=0.3 (`ranker diversity show`)" \
+        in report["notes"]
+    assert report["offline"]["policies"]["rule"][keys.ILD] == pytest.approx(spread[keys.ILD])

@@ -30,10 +30,11 @@ from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.schema import User
+from ranker.rank.diversity import Diversity, rerank
 from ranker.rank.features import ListContext, feature_names
 from ranker.rank.metrics import intra_list_diversity
 from ranker.rank.registry import CheckpointError, active_file, data_hash, load_checkpoint
-from ranker.rank.rerank import FreshnessBoosted, Scorer, greedy_rerank
+from ranker.rank.rerank import FreshnessBoosted, Scorer
 from ranker.rank.train import GROUP_COLUMN, Dataset, load_dataset
 from ranker.sim.oracle import Oracle, load_oracle
 
@@ -252,9 +253,10 @@ def gap_closed(expected: dict[str, np.ndarray], base: str = "base", oracle: str 
 
 def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = config.DEFAULT_K,
                       scorers: dict[str, Scorer] | None = None, show_bar: bool = False,
-                      resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+                      resamples: int = BOOTSTRAP_RESAMPLES, method: Diversity | None = None) -> dict[str, Any]:
     """CTR, diversity and freshness of each policy on the same requests and random numbers,
-    and the share of the base→oracle gap each closes (see :func:`gap_closed`)."""
+    and the share of the base→oracle gap each closes (see :func:`gap_closed`). The scorers rerank
+    with ``method`` (default: the guide's greedy penalty)."""
     from tqdm import tqdm
 
     from ranker.serving.service import service
@@ -262,6 +264,8 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     oracle, as_of, users = _report_world(engine)
     counts = service(engine).counts(as_of)
     scorers = dict(scorers or {})
+    method = method or Diversity()
+    knob = [] if method.knob is None else [method.knob]
     out = {p: PolicyStats() for p in ["base", *scorers, "oracle"]}
     rng = np.random.default_rng(seed)
     skipped = 0
@@ -273,7 +277,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
         ctx, u_exam, u_click = request
         orders = {"base": np.arange(k)}
         for name, sc in scorers.items():
-            orders[name] = greedy_rerank(ctx, sc, k).order
+            orders[name] = rerank(ctx, sc, k, method.method, *knob).order
         orders["oracle"] = oracle.best_order(ctx, k)
         for name, order in orders.items():  # the same draws for every policy: common random numbers
             _observe(out[name], oracle, ctx, order, u_exam, u_click, k)
@@ -305,7 +309,6 @@ def diversity_curves(engine, requests: int = config.DEFAULTS.diversity_curve_req
     """
     import time
 
-    from ranker.rank.diversity import Diversity, rerank
     from ranker.serving.service import service
 
     oracle, as_of, users = _report_world(engine)
@@ -464,8 +467,13 @@ def build_report(engine, requests: int = 3000, seed: int = 7, show_bar: bool = F
         scorers["lightgbm"] = peer
     elif fallback is None:  # without a model, the note above says it all
         notes.append(report["peer"]["skipped"])
+    method = svc.settings().diversity
+    if method.method != "greedy":
+        notes.append(f"every scorer reranks with the diversity method serving now: {method.label} "
+                     "(`ranker diversity show`)")
     try:
-        report["offline"] = paired_simulation(engine, requests, seed, scorers=scorers, show_bar=show_bar)
+        report["offline"] = paired_simulation(engine, requests, seed, scorers=scorers, show_bar=show_bar,
+                                              method=method)
     except ValueError as exc:
         report["offline"] = None
         notes.append(str(exc))
