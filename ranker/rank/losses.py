@@ -196,8 +196,6 @@ def _pairs_below(upper: np.ndarray, lower: np.ndarray, g: np.ndarray, cap: int |
 # signal and adds nothing, as with the pairwise loss; the batch loss is the mean over
 # the lists that remain, and 0.0 (attached to the graph) when none does.
 
-#: The training losses: ``ranker train --loss``.
-LOSSES = ("pairwise", "listnet", "lambdaloss")
 #: LambdaLoss weighting schemes (allRank's names): NDCG-Loss2++ and LambdaRank's |ΔNDCG|.
 LAMBDA_SCHEMES = ("ndcgLoss2PP", "lambdaRank")
 
