@@ -558,7 +558,10 @@ def estimate_memory(data: Dataset, cfg: TrainConfig, val: Dataset | None = None)
     """Peak memory of ``train(data, cfg, val)``: the process as it stands (the data loaded)
     plus :data:`BYTES_PER_ROW` per row, :data:`BYTES_PER_PAIR` per pair drawn at once and
     :data:`BYTES_FIXED`. A chunk of batches draws at most the largest list's pairs plus
-    ``max_pairs_per_positive`` for each of ``CHUNK_ROWS + batch_size`` more rows."""
+    ``max_pairs_per_positive`` for each of ``CHUNK_ROWS + batch_size`` more rows. LambdaLoss
+    adds :data:`BYTES_PER_CELL` per cell of a batch's (lists, L, L) matrices: lists of at least
+    two rows, at most ``batch_size + L`` rows a batch, L at most :data:`LAMBDA_MAX_LIST`. The
+    pair term stays for the listwise losses too, a margin they do not use."""
     cap = cfg.max_pairs_per_positive
     per_group = count_sampled_pairs(data.y, data.groups, cap)
     biggest = int(per_group.max(initial=0))
