@@ -323,7 +323,8 @@ BYTES_FIXED = 64 * 1024**2
 #: ``--loss lambdaloss`` builds (lists, L, L) matrices per batch, so each epoch cuts lists longer
 #: than this into random pieces of at most this many rows (ListNet and pairwise take whole lists).
 LAMBDA_MAX_LIST = 128
-#: Peak bytes per (list, row, row) cell of a LambdaLoss batch: its temporaries and autograd's.
+#: Peak bytes per (list, row, row) cell of a LambdaLoss batch: its temporaries and autograd's
+#: (measured: 32 for a 128 x 128 x 128 float32 step).
 BYTES_PER_CELL = 64
 
 
