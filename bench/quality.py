@@ -72,7 +72,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         served, fallback = svc.scorer()
         assert fallback is None, f"the trained model is not serving: {fallback}"
         # The peer: the active model's training file (hash checked), early-stopped on the same validation file.
-        peer, out[f"{name}_peer"] = lightgbm_peer(val=val)
+        peer, out[f"{name}_peer"] = lightgbm_peer(engine, val=val)
         assert peer is not None, out[f"{name}_peer"]["skipped"]
         scorers = {"rule": svc.rule_scorer(), "neural": served, "lightgbm": peer}
         if "neural" in previous:  # does the loop improve the ranker? Same requests, same random numbers.
