@@ -175,6 +175,18 @@ def _mtime(path: Path) -> float | None:
 
 
 @st.cache_data(ttl=60, show_spinner=False, hash_funcs=BY_URL)
+def version_vs_base(engine: Engine, version: str) -> dict | None:
+    """A version against the base order on the latest retrain's holdout, or None without one."""
+    from ranker.ops.pipeline import version_vs_base as check
+
+    try:
+        found = check(engine, version)
+    except (ValueError, OSError):  # an unreadable holdout or checkpoint: the activation says why
+        return None
+    return None if found is None else found.as_dict()
+
+
+@st.cache_data(ttl=60, show_spinner=False, hash_funcs=BY_URL)
 def parity(engine: Engine) -> dict | None:
     """`ranker parity` of the latest training file, or None when there is none."""
     from ranker.evaluation.parity import latest_training_csv, parity_gate, parity_report

@@ -47,14 +47,27 @@ st.caption(f"Serving: **{active or 'rule-based ranker'}**. Every version's file 
 names = [v.version for v in versions]
 c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1.5, 1.5], vertical_alignment="bottom")
 choice = c1.selectbox("Version", names, index=len(names) - 1)
+vs_base = cached.version_vs_base(engine, choice)
+harmful = bool(vs_base and vs_base["harmful"])
 activate = c2.button("Activate", disabled=not can_edit or choice == active, type="primary")
 roll_back = c3.button("Roll back", disabled=not can_edit, help="Re-activate the previously active version")
 use_rule = c4.button("Use rule-based ranker", disabled=not can_edit or active is None)
 back_up = c5.button("Back up active file", disabled=not can_edit or active is None)
 common.show_done()
+if vs_base is None:
+    st.caption(f"No retrain holdout on record to compare {choice} with the base order (`ranker retrain` makes one).")
+elif harmful:
+    st.warning(f"Do no harm: {vs_base['sentence']}.")
+else:
+    st.caption(vs_base["sentence"] + ".")
+anyway = harmful and st.checkbox(f"Activate {choice} anyway", disabled=not can_edit,
+                                 help="It ranks the holdout's lists significantly worse than the base order")
 if can_edit:
     try:
-        if activate:
+        if activate and harmful and not anyway:
+            st.error(f"Nothing changed: {choice} is significantly worse than the base order on the holdout; "
+                     f"tick 'Activate {choice} anyway' to serve it regardless.")
+        elif activate:
             registry.activate_version(engine, choice, actor=common.ACTOR)
             common.done(f"{choice} is now serving (hot reload, no restart).")
         if roll_back:

@@ -767,3 +767,60 @@ def test_a_do_no_harm_hold_is_one_sentence_on_the_overview_and_models_pages(demo
         assert not at.exception
         said = [e for e in texts(at, "error") if "serves the **base order**" in e or "serves the base order" in e]
         assert len(said) == 1 and "v1 is significantly worse than the base order" in said[0], (page, said)
+
+
+def _base_reversing_checkpoint(path: Path) -> Path:
+    """A model that scores 1 − model_score: the base order upside down."""
+    import torch
+
+    from ranker.rank.features import feature_names
+    from ranker.rank.model import RankerMLP
+    from ranker.rank.spec import linear_layers
+
+    model = RankerMLP(4).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        (l1, l2, l3) = [name for name, _ in model.named_parameters() if name.endswith("weight")]
+        params = dict(model.named_parameters())
+        params[l1][0, feature_names().index("model_score")] = -1.0
+        params[l1.replace("weight", "bias")][0] = 1.0
+        params[l2][0, 0] = 1.0
+        params[l3][0, 0] = 1.0
+    assert len(linear_layers(model.state_dict())) == 3
+    registry.save_checkpoint(path, model, {"feature_names": feature_names(), "input_dim": 4,
+                                           "arch": {"hidden_dim1": 32, "hidden_dim2": 16, "dropout": 0.2}})
+    return path
+
+
+def _holdout_where_the_base_order_is_right(path: Path) -> Path:
+    from ranker.rank.features import feature_columns
+
+    rows = []
+    for i in range(40):
+        for pos, score in enumerate((0.9, 0.5, 0.1)):
+            rows.append([i, i * 3 + pos, score, 0.5, 0.5, 0.5, int(pos == 0), f"l{i}",
+                         f"2025-01-01T{i % 24:02d}:00:00"])
+    pd.DataFrame(rows, columns=["user_id", "item_id", *feature_columns(), "label", "group_id", "event_time"]
+                 ).to_csv(path, index=False)
+    return path
+
+
+def test_the_models_page_shows_a_version_against_the_base_order_and_asks_before_activating_a_harmful_one(
+        demo, tmp_path):
+    from ranker.data.db import put_setting, session_scope
+
+    holdout = _holdout_where_the_base_order_is_right(tmp_path / "holdout.csv")
+    with session_scope(demo) as s:
+        put_setting(s, keys.LAST_DATASET, {"holdout_path": str(holdout)})
+    bad = registry.register(demo, _base_reversing_checkpoint(tmp_path / "bad.pth"))
+    at = open_page("models")
+    at.selectbox[0].set_value(bad).run()
+    warned = [w for w in texts(at, "warning") if w.startswith("Do no harm:")]
+    assert len(warned) == 1 and f"{bad} is significantly worse than the base order" in warned[0]
+    button(at, "Activate").click().run()
+    assert any("Nothing changed" in e for e in texts(at, "error"))
+    assert registry.active_version(demo) == "v1"
+    at.checkbox[0].check().run()
+    button(at, "Activate").click().run()
+    assert registry.active_version(demo) == bad

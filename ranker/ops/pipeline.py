@@ -236,6 +236,20 @@ def _hold_if_harmful(engine: Engine, holdout: Dataset, gate: dict[str, Any]) -> 
     return hold
 
 
+def version_vs_base(engine: Engine, version: str) -> HarmCheck | None:
+    """``version`` against the base order on the latest retrain's promotion holdout (what an operator
+    sees before activating it), or None when no holdout file is on record."""
+    from ranker.data.db import get_setting
+    from ranker.rank.registry import version_scorer
+
+    with session_scope(engine) as s:
+        path = (get_setting(s, keys.LAST_DATASET) or {}).get("holdout_path")
+    if not path or not Path(path).is_file():
+        return None
+    holdout = load_dataset(path, min_positives=1)
+    return against_base(version_scorer(engine, version)(holdout.x.astype(float)), holdout, version)
+
+
 def _with_val_output(dataset_cfg: DatasetConfig | None) -> DatasetConfig:
     """``dataset_cfg`` (default: the train and validation files in ``config.DATA_DIR``), its
     ``val_output`` set next to ``output`` when missing."""
