@@ -110,3 +110,28 @@ def test_impressions_source_uses_features_as_logged(served, isolated_dirs):
 def test_empty_impressions_say_what_to_run(world_copy, isolated_dirs):
     with pytest.raises(ValueError, match="ranker simulate"):
         build_dataset(world_copy, DatasetConfig(output=isolated_dirs["data"] / "x.csv", source="impressions"))
+
+
+def test_the_base_schedule_fits_each_period_once_when_lists_come_out_of_time_order(small_world_engine, monkeypatch):
+    """View sessions are read user by user, so their times jump back and forth; each 7-day
+    cutoff must still be fitted once, not once per jump."""
+    from datetime import timedelta
+
+    from ranker.rank import dataset
+
+    fits: list[datetime] = []
+    real_fit = dataset._fit_base
+
+    def counted(engine, base_model, cutoff, progress):
+        fits.append(cutoff)
+        return real_fit(engine, base_model, cutoff, progress)
+
+    monkeypatch.setattr(dataset, "_fit_base", counted)
+    with small_world_engine.connect() as conn:
+        last = pd.Timestamp(conn.execute(text("SELECT max(created_at) FROM interactions")).scalar()).to_pydatetime()
+    start = last - timedelta(days=21)
+    schedule = dataset._BaseSchedule(small_world_engine, "popularity", 7, start, None)
+    jumps = [start + timedelta(days=d) for d in (1, 15, 2, 9, 16, 3, 10, 20)]
+    models = [schedule.at(when) for when in jumps]
+    assert sorted(fits) == [start, start + timedelta(days=7), start + timedelta(days=14)]
+    assert models[0] is models[2] is models[5] and models[1] is models[4] and models[3] is models[6]

@@ -302,20 +302,24 @@ def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None
 
 class _BaseSchedule:
     """The base model as it would have served at a moment: refitted every ``refit_days`` from
-    the window's start, each fit on the interactions before its cutoff only."""
+    the window's start, each fit on the interactions before its cutoff only.
+
+    Each cutoff is fitted once and kept, so lists met out of time order (view sessions are
+    read user by user) never refit a model already fitted: at most one fit per period.
+    """
 
     def __init__(self, engine: Engine, base_model: str, refit_days: float, start: datetime,
                  progress: Progress | None, first: BaseRecommender | None = None):
         self.engine, self.base_model, self.start, self.progress = engine, base_model, start, progress
         self.step = timedelta(days=refit_days)
-        self.cutoff, self.model = (start, first) if first is not None else (None, None)
+        self.models: dict[datetime, BaseRecommender] = {start: first} if first is not None else {}
 
     def at(self, when: datetime) -> BaseRecommender:
         periods = max(int((when - self.start) / self.step), 0)
         cutoff = self.start + periods * self.step
-        if self.model is None or cutoff != self.cutoff:
-            self.model, self.cutoff = _fit_base(self.engine, self.base_model, cutoff, self.progress), cutoff
-        return self.model
+        if cutoff not in self.models:
+            self.models[cutoff] = _fit_base(self.engine, self.base_model, cutoff, self.progress)
+        return self.models[cutoff]
 
 
 @dataclass
