@@ -249,3 +249,16 @@ def wait_until_ready(base: str, proc, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("ranker serve did not become ready")
         time.sleep(0.2)
+
+
+def stop_server(proc) -> None:
+    """SIGTERM ``proc`` if it still runs; SIGKILL it after 40 s."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from ranker import config
 from ranker.data.db import make_engine
 from ranker.data.schema import Impression, Outcome, ServedList, User
-from tests.conftest import free_port, metric_value, ranker_env, wait_until_ready
+from tests.conftest import free_port, metric_value, ranker_env, stop_server, wait_until_ready
 
 STARTUP_TIMEOUT_S = 90
 
@@ -40,13 +40,7 @@ def running_server(env: dict[str, str], *args: str) -> Iterator[tuple[str, subpr
         wait_until_ready(base, proc, STARTUP_TIMEOUT_S)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc)
 
 
 def _user_ids(engine, role: str = "developer") -> list[int]:

@@ -3,7 +3,6 @@ CTR against ILD curves on the paired simulation."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 
@@ -24,19 +23,11 @@ from ranker.rank.features import feature_names
 from ranker.serving.candidates import candidates
 from ranker.serving.scoring import read_settings
 from ranker.serving.service import recommend, service
+from tests.test_cli_errors import run
 from tests.test_dashboard import button, chart_values, click, fresh_caches, open_page, texts  # noqa: F401 (autouse)
 from tests.test_serve import engaged_developer
 
-cli = importlib.import_module("ranker.cli.main")
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        rc = cli.main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run_cli = run  # ranker ARGV in this process: (exit status, stdout, stderr)
 
 
 # --- Serving --------------------------------------------------------------------------------

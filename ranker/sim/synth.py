@@ -442,17 +442,24 @@ def _sync_id_sequence(engine: Engine) -> None:
                               "(SELECT COALESCE(MAX(id), 1) FROM impressions))"))
 
 
+def _moment(h: _History, rng: np.random.Generator, u: int,
+            day_start: datetime) -> tuple[tuple[str, ...], str, datetime, np.datetime64, np.ndarray]:
+    """Where and when user row ``u`` looks today: (their flows, the item type of one drawn from
+    ``rng``, a random moment of the day as datetime and datetime64, the rows of the items of that
+    type that exist by then)."""
+    flows = own_flows(h.users["role"][u])
+    item_type = flow_item_type(flows[rng.integers(len(flows))])
+    secs = int(rng.integers(0, 86400))
+    t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
+    pool = h.by_type[item_type]
+    return flows, item_type, day_start + timedelta(seconds=secs), t64, pool[h.items["created"][pool] <= t64]
+
+
 def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
     """One session of user row ``u`` on the legacy feed at a random time of the day: the
     interactions it produced (none when the flow has fewer than ``LIST_LENGTH`` items yet)."""
     rng, items = h.rng, h.items
-    flows = own_flows(h.users["role"][u])
-    item_type = flow_item_type(flows[rng.integers(len(flows))])
-    secs = int(rng.integers(0, 86400))
-    t = day_start + timedelta(seconds=secs)
-    t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
-    pool = h.by_type[item_type]
-    pool = pool[items["created"][pool] <= t64]
+    flows, item_type, t, t64, pool = _moment(h, rng, u, day_start)
     if len(pool) < LIST_LENGTH:
         return []
     candidates = _legacy_list(rng, pool, h.users["category"][u], items, h.views, h.truth.item_quality, t64)
@@ -473,13 +480,7 @@ def _organic_visit(h: _History, u: int, day_start: datetime) -> list[dict]:
     probability softmax(true attraction). Its view (and click, explicit positive) are
     ``organic`` interactions, counted into ``h.organic_views`` and ``h.organic_engaged``."""
     rng, items = h.organic_rng, h.items
-    flows = own_flows(h.users["role"][u])
-    item_type = flow_item_type(flows[rng.integers(len(flows))])
-    secs = int(rng.integers(0, 86400))
-    t = day_start + timedelta(seconds=secs)
-    t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
-    pool = h.by_type[item_type]
-    pool = pool[items["created"][pool] <= t64]
+    _, item_type, t, t64, pool = _moment(h, rng, u, day_start)
     if len(pool) == 0:
         return []
     found = np.unique(pool[rng.integers(0, len(pool), size=min(ORGANIC_CHOICES, len(pool)))])

@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from ranker import config
 from ranker.data.db import make_engine
 from ranker.data.schema import Base, Impression, ModelVersion, ServedList, User
-from tests.conftest import free_port, ranker_env, wait_until_ready
+from tests.conftest import free_port, ranker_env, stop_server, wait_until_ready
 from tests.test_import import ITEMS, USERS, write_ml100k
 
 COMMAND_TIMEOUT_S = 300
@@ -355,19 +355,11 @@ class Feedback:
             proc.wait(timeout=60)
             return Run(proc.returncode, f"{type(exc).__name__}: {exc}\n{proc.stdout.read()}", {"events": events})
         reply = response.json()
-        stop(proc)
+        stop_server(proc)
         return Run(proc.returncode if response.status_code == 200 and reply["stored"] == len(events) else -1,
                    f"{response.status_code} {reply}", {"events": events})
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
@@ -380,7 +372,7 @@ def running_server(world: World, fault: str | None = None) -> Iterator[tuple[str
         wait_until_ready(base, proc, STARTUP_TIMEOUT_S)
         yield base, proc
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 # --- Trials: each point crashed and retried, all of them run by a pool ---------------------------------
