@@ -38,6 +38,12 @@ def test_no_single_feature_separates_the_labels(frame):
         assert 0.05 < a < 0.95, f"{col} separates the labels (AUC {a:.3f}): a leak"
 
 
+def test_rows_carry_the_position_their_item_was_shown_at(frame):
+    """Lists logged by serving and view sessions alike: 0-based positions, distinct within a list."""
+    assert (frame["position"] >= 0).all()
+    assert not frame.duplicated(["group_id", "position"]).any()
+
+
 def test_model_score_is_a_base_score_not_the_interaction_weight(frame):
     pos = frame[frame.label == 1]["model_score"]
     neg = frame[frame.label == 0]["model_score"]
@@ -103,8 +109,12 @@ def test_impressions_source_uses_features_as_logged(served, isolated_dirs):
         rid, item = df.iloc[0][["group_id", "item_id"]]
         logged = conn.execute(text("SELECT features FROM impressions WHERE request_id = :r AND item_id = :i"),
                               {"r": rid, "i": int(item)}).scalar_one()
+        shown_at = dict(conn.execute(text("SELECT request_id || ':' || item_id, position FROM impressions")).all())
     logged = json.loads(logged) if isinstance(logged, str) else logged
     assert df.iloc[0]["recency_score"] == pytest.approx(logged["recency"], abs=1e-6)
+    # every row says where its item was shown, for position-bias correction
+    assert [shown_at[f"{r}:{i}"] for r, i in zip(df["group_id"], df["item_id"])] == df["position"].tolist()
+    assert df["position"].nunique() > 1
 
 
 def test_empty_impressions_say_what_to_run(world_copy, isolated_dirs):

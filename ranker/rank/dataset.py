@@ -114,8 +114,13 @@ class DatasetSummary:
         return dict(self.__dict__)
 
 
+#: The CSV's column with the 0-based position each row's item was shown at in its list (-1: unknown),
+#: for position-bias correction; not a feature.
+POSITION_COLUMN = "position"
+
+
 def header() -> list[str]:
-    return ["user_id", "item_id", *feature_columns(), "label", "group_id", "event_time"]
+    return ["user_id", "item_id", *feature_columns(), "label", "group_id", "event_time", POSITION_COLUMN]
 
 
 class _Writer:
@@ -142,12 +147,16 @@ class _Writer:
     def __exit__(self, *exc) -> None:
         self._stack.__exit__(*exc)
 
-    def write(self, user_id: int, item_ids, x: np.ndarray, labels, group: str, when: datetime) -> None:
+    def write(self, user_id: int, item_ids, x: np.ndarray, labels, group: str, when: datetime,
+              positions=None) -> None:
+        """Write one list's sampled rows; ``positions``: where each was shown (0-based; None: unknown)."""
         target = 1 if self.val_from is not None and when >= self.val_from else 0
         w = self._writers[target]
         stamp = when.isoformat(timespec="seconds")
-        for item, feats, label in zip(item_ids, x, labels):
-            w.writerow([user_id, int(item), *(f"{v:.6f}" for v in feats), int(label), group, stamp])
+        if positions is None:
+            positions = np.full(len(labels), -1)
+        for item, feats, label, pos in zip(item_ids, x, labels, positions):
+            w.writerow([user_id, int(item), *(f"{v:.6f}" for v in feats), int(label), group, stamp, int(pos)])
         self.rows[target] += len(labels)
         self.positives[target] += int(np.sum(labels))
         self.groups[target] += 1
@@ -362,17 +371,18 @@ class _LoggedLists:
         return int(self.frame["request_id"].nunique())
 
     def lists(self):
-        """(request id, user id, served at, item ids, labels (-1: not looked at), logged features)."""
+        """(request id, user id, served at, item ids, labels (-1: not looked at), logged features, positions)."""
         f = self.frame
         if f.empty:
             return
         bounds = np.flatnonzero(np.r_[True, f["request_id"].to_numpy()[1:] != f["request_id"].to_numpy()[:-1],
                                       True])
         ids, items, users = f["id"].to_numpy(), f["item_id"].to_numpy(), f["user_id"].to_numpy()
+        positions = f["position"].to_numpy()
         for a, b in zip(bounds[:-1], bounds[1:]):
             labels = np.array([_label_or_none(self.kinds.get(int(i), set())) for i in ids[a:b]], dtype=np.int8)
             yield (f["request_id"].iat[a], int(users[a]), f["served_at"].iat[a].to_pydatetime(), items[a:b],
-                   labels, f["features"].iloc[a:b].tolist() if f["features"].iat[a] else None)
+                   labels, f["features"].iloc[a:b].tolist() if f["features"].iat[a] else None, positions[a:b])
 
 
 def _label_or_none(kinds: set[str]) -> int:
@@ -388,7 +398,7 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
     names = list(REGISTRY)
     bar = tqdm(desc="dataset", unit="list", disable=not show_bar)
     try:
-        for n, (request_id, uid, when, shown, labels, features) in enumerate(logged.lists()):
+        for n, (request_id, uid, when, shown, labels, features, shown_at) in enumerate(logged.lists()):
             bar.update(1)
             if progress and n % 2000 == 0:
                 progress(0.1 + 0.9 * n / max(logged.n_lists, 1), f"list {n:,}")
@@ -402,7 +412,7 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
                     skipped_unknown += 1
                     continue
                 keep = _servable(base, uid, shown)
-                shown, labels = shown[keep], labels[keep]
+                shown, labels, shown_at = shown[keep], labels[keep], shown_at[keep]
                 cands = np.asarray(logged.candidates.get(request_id, shown), dtype=np.int64)
                 cands = cands[_servable(base, uid, cands)]
                 x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users,
@@ -412,7 +422,7 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
                 continue
             rows = np.flatnonzero(labelled)
             pick = rows[_sample(labels[rows], np.flatnonzero(labels[rows] == 0), cfg.neg_ratio, rng)]
-            writer.write(uid, shown[pick], x[pick], labels[pick], str(request_id), when)
+            writer.write(uid, shown[pick], x[pick], labels[pick], str(request_id), when, shown_at[pick])
     finally:
         bar.close()
     return skipped_unknown
@@ -438,7 +448,7 @@ def candidate_lists(engine: Engine, start: datetime, end: datetime, base_model: 
     bases = _BaseSchedule(engine, base_model, refit_days, start, progress)
     as_of = _AsOf.load(engine, load_interactions(engine, until=end))
     logged = _LoggedLists.load(engine, start, end)
-    for request_id, uid, when, shown, labels, _ in logged.lists():
+    for request_id, uid, when, shown, labels, _, _ in logged.lists():
         cands = logged.candidates.get(request_id)
         if cands is None or not (labels == 1).any():
             continue
@@ -494,13 +504,13 @@ def _write_lists(writer: _Writer, lists: _Lists, bases: _BaseSchedule, as_of: _A
                 continue
             shown, labels, _ = labelled
             servable = _servable(base, uid, shown)
-            shown, labels = shown[servable], labels[servable]
+            shown, labels, shown_at = shown[servable], labels[servable], np.flatnonzero(servable)
             negatives = np.flatnonzero(labels == 0)
             if labels.sum() == 0 or len(negatives) == 0:
                 continue
             keep = _sample(labels, negatives, cfg.neg_ratio, rng)
             x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users)
-            writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when)
+            writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when, shown_at[keep])
     finally:
         bar.close()
     return skipped_unknown
@@ -550,7 +560,7 @@ def _impressions_query(views_logged: bool) -> Select:
     engaged = select(Outcome.impression_id).where(Outcome.kind.in_(LABEL_POSITIVE_KINDS))
     stmt = (
         select(Impression.request_id, Impression.user_id, Impression.item_id, Impression.features,
-               Impression.served_at, Impression.id.in_(engaged).label("engaged"))
+               Impression.served_at, Impression.position, Impression.id.in_(engaged).label("engaged"))
         .where(Impression.model_version.not_in(NOT_RANKER_DATA))
         .order_by(Impression.request_id, Impression.position)
     )
@@ -613,5 +623,6 @@ def _write_request(writer: _Writer, rows: list, names: list[str], cfg: DatasetCo
     keep = _sample(labels, np.flatnonzero(labels == 0), cfg.neg_ratio, rng)
     x = np.array([[float(r.features[n]) for n in names] for r in rows])
     items = np.array([r.item_id for r in rows])
+    positions = np.array([r.position for r in rows])
     writer.write(int(rows[0].user_id), items[keep], x[keep], labels[keep], str(rows[0].request_id),
-                 rows[0].served_at)
+                 rows[0].served_at, positions[keep])
