@@ -15,6 +15,11 @@ DATA_DIR = Path(os.environ.get("RANKER_DATA_DIR", "data"))
 MODELS_DIR = Path(os.environ.get("RANKER_MODELS_DIR", "models"))
 DEFAULT_DATABASE_URL = f"sqlite:///{DATA_DIR / 'ranker.db'}"
 DATABASE_URL_ENV = "RANKER_DATABASE_URL"
+#: Where registered model versions are kept for every serving replica (``ranker.rank.store``):
+#: unset, the local ``models/versions`` folder; ``dir:/PATH``, a shared folder; ``db``, the database;
+#: or a fsspec URL such as ``s3://bucket/prefix``. Read at call time.
+MODEL_STORE_ENV = "RANKER_MODEL_STORE"
+MODEL_STORE = os.environ.get(MODEL_STORE_ENV, "")
 
 # --- Domain ------------------------------------------------------------------
 ROLES = ("developer", "investor", "founder")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
 )
@@ -160,6 +161,22 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_hash: Mapped[str | None] = mapped_column(String(80))
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: SHA-256 (hex) of the checkpoint bytes registered; every replica checks what it loads against
+    #: it (``ranker.rank.store``). None for versions registered before migration 0008.
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class ModelFile(Base):
+    """A registered version's checkpoint bytes, kept by the database model store
+    (``RANKER_MODEL_STORE=db``, :class:`ranker.rank.store.DatabaseStore`)."""
+
+    __tablename__ = "model_files"
+
+    version: Mapped[str] = mapped_column(String(60), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)  # bytes
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class ModelActivation(Base):
