@@ -61,6 +61,20 @@ DEFAULT_RULE_WEIGHTS: dict[str, float] = {
 #: trains or serves: a checkpoint is refused where its features differ from the registry's.
 EXTRA_FEATURES_ENV = "RANKER_EXTRA_FEATURES"
 EXTRA_FEATURES = tuple(n.strip() for n in os.environ.get(EXTRA_FEATURES_ENV, "").split(",") if n.strip())
+#: Feature sets (``ranker features set NAME``, ``--features NAME``): the guide's four, or the four
+#: plus the point-in-time history features (:mod:`ranker.rank.features`).
+FEATURE_SETS = ("guide", "history")
+DEFAULT_FEATURE_SET = "guide"
+#: History features: a user's view weighs this much of an engagement in their affinities.
+HISTORY_VIEW_WEIGHT = 0.25
+#: Affinities are ``weight on the value / (the user's total weight + this)``: shrunk towards 0 for
+#: users with little history.
+AFFINITY_PRIOR_WEIGHT = 2.0
+#: The item CTR's Beta prior: its mean and its strength in pseudo-views.
+ITEM_CTR_PRIOR_MEAN = 0.1
+ITEM_CTR_PRIOR_VIEWS = 10.0
+#: The user's activity recency is ``exp(-days since their last event / this)``.
+USER_RECENCY_DAYS = 7.0
 FETCH_MULTIPLIER = 2
 DEFAULT_K = 10
 #: The ranker's training losses (``ranker train --loss``): pairwise RankNet, listwise ListNet, LambdaLoss.

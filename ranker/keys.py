@@ -23,8 +23,11 @@ BASE_ORDER_HOLD = "base_order_hold"
 #: How the treatment arm's lists are diversified: {"method": "greedy" | "mmr" | "dpp", "knob": trade-off}.
 DIVERSITY = "diversity"
 
+#: The feature set datasets, training and serving use: {"name": "guide" | "history"}.
+FEATURE_SET = "feature_set"
+
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
-                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY)
+                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

@@ -40,6 +40,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[BEFORE_KEY] = untracked_paths()
 
 
+@pytest.fixture(autouse=True)
+def guide_features_after_each_test() -> Iterator[None]:
+    """The feature set is process state (serving follows the operator's setting): each test ends
+    back on the default set, so a test that chose history features does not leak into the next."""
+    yield
+    from ranker import config
+    from ranker.rank.features import use_feature_set
+
+    use_feature_set(config.DEFAULT_FEATURE_SET)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The repository-clean check runs after every other test."""
     items.sort(key=lambda item: item.module.__name__.endswith("test_repository_clean"))

@@ -58,6 +58,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "weights set": (["recency=2"], EMPTY, "rule weight recency=2.0 is outside [0, 1]"),
     "diversity show": ([], DOWN, "cannot connect to postgresql"),
     "diversity set": (["--method", "dpp", "--knob", "1"], EMPTY, "the dpp trade-off 1.0 is outside [0, 1)"),
+    "features show": ([], DOWN, "cannot connect to postgresql"),
+    "features set": ([], EMPTY, "nothing to set: give the set's name, guide or history"),
     "jobs list": (["--limit", "0"], EMPTY, "must be a positive integer, got 0"),
     "jobs run": (["999"], EMPTY, "no job 999; `ranker jobs list`"),
     "jobs cancel": (["999"], EMPTY, "no job 999; `ranker jobs list`"),

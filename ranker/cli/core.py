@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ranker import config, keys
 from ranker.cli import CLIError, positive_float, positive_int  # noqa: E402
+from ranker.cli.main import add_features_arg, use_features
 from ranker.flows import personalised_flows
 from ranker.rank.spec import ARCHS
 
@@ -27,9 +28,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
                         window_days=args.window_days, base_model=args.base_model, refit_days=args.refit_days,
                         val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)
-    summary = build_dataset(ensure_schema(get_engine()), cfg, show_bar=True)
-    print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives, {summary.groups:,} lists) "
-          f"to {summary.path}")
+    engine = ensure_schema(get_engine())
+    chosen = use_features(args, engine)
+    summary = build_dataset(engine, cfg, show_bar=True)
+    print(f"wrote {summary.rows:,} rows ({summary.positives:,} positives, {summary.groups:,} lists; "
+          f"{chosen} features) to {summary.path}")
     if summary.val_path:
         print(f"wrote {summary.val_rows:,} validation rows ({summary.val_positives:,} positives; the latest "
               f"lists) to {summary.val_path}")
@@ -52,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.write(f"epoch {epoch:3d}  train loss {train_loss:.4f}  val loss {val}", file=sys.stderr)
 
     engine = ensure_schema(get_engine())
+    use_features(args, engine)
     try:
         outcome = train_and_register(
             engine, args.data, cfg, val=args.val, val_split=args.val_split, output_dir=args.output_dir,
@@ -159,7 +163,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                        seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
                        max_memory=args.max_memory, loss=args.loss)
-    report = retrain(ensure_schema(get_engine()), dcfg, tcfg, args.output_dir, show_bar=True,
+    engine = ensure_schema(get_engine())
+    use_features(args, engine)
+    report = retrain(engine, dcfg, tcfg, args.output_dir, show_bar=True,
                      val_split=args.val_split, holdout_split=args.holdout_split)
     if args.json:
         print(json.dumps(report, default=str))
@@ -209,6 +215,7 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
                     help="also write the latest --val-fraction of lists here (a time split)")
     ds.add_argument("--val-fraction", type=float, default=D.val_fraction)
     ds.add_argument("--seed", type=int, default=D.seed)
+    add_features_arg(ds)
     ds.set_defaults(handler=cmd_dataset)
 
 
@@ -227,6 +234,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     act.add_argument("--activate", action="store_true", help="serve the new version at once")
     act.add_argument("--no-activate", action="store_true", help="only register the new version")
     tr.add_argument("--json", action="store_true")
+    add_features_arg(tr)
     tr.set_defaults(handler=cmd_train)
 
 
@@ -267,6 +275,7 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
                     help="share of the lists, the latest, that the promotion gate compares on "
                          "(default %(default)s)")
     rt.add_argument("--json", action="store_true")
+    add_features_arg(rt)
     rt.set_defaults(handler=cmd_retrain)
 
 

@@ -28,6 +28,9 @@ def _write_options(args: argparse.Namespace) -> dict:
             "positive_min": getattr(args, "positive_min", 4.0)}
 
 
+from ranker.cli.main import add_features_arg  # noqa: E402
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from ranker.data import importing
     from ranker.data.db import get_engine, mask_url
@@ -64,13 +67,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ranker.cli import CLIError
+    from ranker.cli.main import use_features
     from ranker.data.db import ensure_schema, get_engine
     from ranker.evaluation.evaluate import evaluate_end_to_end
     from ranker.rank.train import TrainConfig, TrainingError
 
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    engine = ensure_schema(get_engine())
+    use_features(args, engine)
     try:
-        result = evaluate_end_to_end(ensure_schema(get_engine()), split=args.time_split,
+        result = evaluate_end_to_end(engine, split=args.time_split,
                                      base_model=args.base_model, k=args.k, train_config=tcfg,
                                      min_positives=args.min_positives, seed=args.seed, show_bar=not args.json)
     except TrainingError as exc:
@@ -146,4 +152,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="positives the ranker's training data needs at least")
     ev.add_argument("--seed", type=int, default=D.seed)
     ev.add_argument("--json", action="store_true")
+    add_features_arg(ev)
     ev.set_defaults(handler=cmd_evaluate)

@@ -180,6 +180,26 @@ def cmd_diversity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from ranker.data.db import ensure_schema, get_engine
+    from ranker.rank import tuning
+    from ranker.rank.features import feature_names, use_feature_set
+
+    engine = ensure_schema(get_engine())
+    if args.action == "set":
+        if args.name is None:
+            raise ValueError("nothing to set: give the set's name, guide or history")
+        tuning.save_feature_set(engine, args.name)
+        print(f"saved: datasets, training and serving use the {args.name} features from now on; a model "
+              "trained on another set is not served until one is trained on this set (`ranker retrain`)")
+    elif args.name is not None:
+        raise ValueError(f"`ranker features show` changes nothing: use `ranker features set {args.name}`")
+    name = tuning.feature_set(engine)
+    use_feature_set(name)
+    print(f"feature set: {name} ({', '.join(feature_names())})")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from ranker.cli import positive_int as _positive_int
 
@@ -227,6 +247,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help=f"the trade-off, lower is more diverse: MMR's λ in [0, 1] (default {D.mmr_knob:g}), "
                           f"the DPP's θ in [0, 1) (default {D.dpp_knob:g}); greedy has none")
     div.set_defaults(handler=cmd_diversity)
+
+    feats = sub.add_parser("features", help="show or set the feature set: guide (the guide's four, default) or "
+                                            "history (plus point-in-time history features)")
+    feats.add_argument("action", choices=("show", "set"))
+    feats.add_argument("name", nargs="?", choices=config.FEATURE_SETS, default=None)
+    feats.set_defaults(handler=cmd_features)
     add_job_commands(sub)
 
 

@@ -76,6 +76,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_features_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", choices=config.FEATURE_SETS, default=None,
+                   help="the feature set: guide (the guide's four) or history (plus the user's affinities, the "
+                        "item's CTR and the user's activity recency); default: the one chosen with "
+                        "`ranker features set`, else guide")
+
+
+def use_features(args: argparse.Namespace, engine) -> str:
+    """Compute ``--features`` in this command, else the operator's saved feature set; returns it."""
+    from ranker.rank import tuning
+    from ranker.rank.features import use_feature_set
+
+    name = getattr(args, "features", None)
+    if name is None:
+        return tuning.feature_set(engine)
+    use_feature_set(name)
+    return name
+
+
 # --- demo / db ------------------------------------------------------------------
 
 

@@ -78,12 +78,14 @@ def load_catalog(engine: Engine) -> Catalog:
     )
 
 
-def counts_as_of(engine: Engine, catalog: Catalog, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-    """(views, other interactions) per catalogue row, counting organic events strictly before ``as_of``."""
+def counts_as_of(engine: Engine, catalog: Catalog, as_of: datetime,
+                 organic_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(views, other interactions) per catalogue row, counting organic events (every event with
+    ``organic_only=False``) strictly before ``as_of``."""
     is_view = case((Interaction.kind == "view", 1), else_=0)
     stmt = (
         select(Interaction.item_id, func.sum(is_view), func.count() - func.sum(is_view))
-        .where(Interaction.created_at < as_of, Interaction.origin == ORGANIC)
+        .where(Interaction.created_at < as_of, *([Interaction.origin == ORGANIC] if organic_only else []))
         .group_by(Interaction.item_id)
     )
     views = np.zeros(len(catalog), dtype=np.float64)

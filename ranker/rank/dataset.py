@@ -48,10 +48,13 @@ from ranker.faults import fault_point
 from ranker.rank.features import (
     LABEL_POSITIVE_KINDS,
     REGISTRY,
+    UserHistory,
     feature_columns,
     list_features,
     make_context,
+    needs_history,
     score_range,
+    with_history,
 )
 from ranker.rank.features import label as item_label
 
@@ -241,16 +244,46 @@ class _Lists:
 
 
 @dataclass
+class _UserEvents:
+    """Every user's events sorted by (user, time), to read one user's history before a moment."""
+
+    user: np.ndarray
+    item: np.ndarray
+    kind: np.ndarray
+    t: np.ndarray  # datetime64[us]
+
+    @classmethod
+    def from_history(cls, history: pd.DataFrame) -> _UserEvents:
+        h = history.sort_values(["user_id", "created_at"], kind="stable")
+        return cls(h["user_id"].to_numpy(), h["item_id"].to_numpy(np.int64), h["kind"].astype(str).to_numpy(),
+                   h["created_at"].to_numpy().astype("datetime64[us]"))
+
+    def history(self, catalog: Catalog, user_id: int, when: datetime) -> UserHistory:
+        a, b = np.searchsorted(self.user, user_id, "left"), np.searchsorted(self.user, user_id, "right")
+        end = a + int(np.searchsorted(self.t[a:b], np.datetime64(when, "us"), "left"))
+        return UserHistory.from_events(catalog, self.item[a:end], self.kind[a:end], self.t[a:end], when)
+
+
+@dataclass
 class _AsOf:
-    """What point-in-time features of a list need: the catalogue, counts over the history, users."""
+    """What point-in-time features of a list need: the catalogue, counts over the history, users,
+    and for history features every user's events and the all-origin counts."""
 
     catalog: Catalog
     counts: CountIndex
     users: pd.DataFrame  # indexed by user id
+    events: _UserEvents | None = None
+    all_counts: CountIndex | None = None
 
     @classmethod
     def load(cls, engine: Engine, history: pd.DataFrame) -> _AsOf:
-        return cls(load_catalog(engine), CountIndex.from_history(history), load_users(engine).set_index("id"))
+        extra = {}
+        if needs_history():
+            extra = {"events": _UserEvents.from_history(history),
+                     "all_counts": CountIndex(history["item_id"].to_numpy(), history["created_at"].to_numpy(),
+                                              (history["kind"] == "view").to_numpy())}
+        return cls(load_catalog(engine), CountIndex.from_history(history), load_users(engine).set_index("id"),
+                   **extra)
 
 
 def _sample(labels: np.ndarray, negatives: np.ndarray, neg_ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -415,8 +448,8 @@ def _write_logged(writer: _Writer, logged: _LoggedLists, bases: _BaseSchedule, a
                 shown, labels, shown_at = shown[keep], labels[keep], shown_at[keep]
                 cands = np.asarray(logged.candidates.get(request_id, shown), dtype=np.int64)
                 cands = cands[_servable(base, uid, cands)]
-                x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users,
-                                score_range(base.score(uid, cands)) if len(cands) else None)
+                x = _features(as_of, base.score(uid, shown), shown, when, uid,
+                              score_range(base.score(uid, cands)) if len(cands) else None)
             labelled = labels >= 0
             if not (labels[labelled] == 1).any() or not (labels[labelled] == 0).any():
                 continue
@@ -471,7 +504,13 @@ def _context_at(as_of: _AsOf, base_scores: np.ndarray, item_ids: np.ndarray, whe
     ucat = ufield = None
     if user_id in as_of.users.index:
         ucat, ufield = as_of.users.at[user_id, "category"], as_of.users.at[user_id, "field"]
-    return make_context(as_of.catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+    ctx = make_context(as_of.catalog, rows, views, other, base_scores, when, user_id, ucat, ufield)
+    if needs_history():
+        if as_of.events is None or as_of.all_counts is None:
+            raise ValueError("history features need the interaction history: load it with _AsOf.load")
+        views_all, engaged_all = as_of.all_counts.counts(item_ids, np.full(len(item_ids), np.datetime64(when, "us")))
+        with_history(ctx, as_of.events.history(as_of.catalog, user_id, when), views_all, engaged_all)
+    return ctx
 
 
 def _servable(base: BaseRecommender, user_id: int, item_ids: np.ndarray) -> np.ndarray:
@@ -509,7 +548,7 @@ def _write_lists(writer: _Writer, lists: _Lists, bases: _BaseSchedule, as_of: _A
             if labels.sum() == 0 or len(negatives) == 0:
                 continue
             keep = _sample(labels, negatives, cfg.neg_ratio, rng)
-            x = features_at(as_of.catalog, as_of.counts, base.score(uid, shown), shown, when, uid, as_of.users)
+            x = _features(as_of, base.score(uid, shown), shown, when, uid)
             writer.write(uid, shown[keep], x[keep], labels[keep], f"s{s_i}", when, shown_at[keep])
     finally:
         bar.close()
@@ -521,8 +560,13 @@ def features_at(catalog: Catalog, counts: CountIndex, base_scores: np.ndarray, i
                 base_range: tuple[float, float] | None = None) -> np.ndarray:
     """(n, F) features of ``item_ids`` shown in this order at ``when`` (point in time); model_score
     is scaled over ``base_range``, the base scores of the request's candidates (default: these items)."""
-    ctx = _context_at(_AsOf(catalog, counts, users if users is not None else pd.DataFrame()), base_scores,
-                      item_ids, when, user_id)
+    return _features(_AsOf(catalog, counts, users if users is not None else pd.DataFrame()), base_scores,
+                     item_ids, when, user_id, base_range)
+
+
+def _features(as_of: _AsOf, base_scores: np.ndarray, item_ids: np.ndarray, when: datetime, user_id: int,
+              base_range: tuple[float, float] | None = None) -> np.ndarray:
+    ctx = _context_at(as_of, base_scores, item_ids, when, user_id)
     ctx.score_range = base_range
     return list_features(ctx)
 

@@ -13,6 +13,14 @@ The guide's own example, ``user_affinity`` (a match with the user's declared pro
 ships as an optional feature: ``RANKER_EXTRA_FEATURES=user_affinity`` registers it
 after the four in every process (data, training, serving, dashboard).
 
+Two feature sets (``config.FEATURE_SETS``): ``guide``, the guide's four and the default,
+and ``history``, the four plus point-in-time history features (the user's smoothed
+affinity to the candidate's category, field and type, the item's Beta-shrunk CTR and the
+user's activity recency), computed from the user's events and the item's counts strictly
+before the request. :func:`use_feature_set` switches a process between them; the operator's
+choice is the ``feature_set`` setting, which serving reads on every request, and a
+checkpoint records its set, so a model is never served against another set's features.
+
 Static features ignore ``maxsim``. A *dynamic* feature (diversity) depends on the
 items already placed above: ``maxsim[i]`` is candidate i's highest similarity to any
 of them (-inf when none is placed yet). The same functions serve training data and
@@ -97,6 +105,11 @@ class ListContext:
     field: np.ndarray
     type: np.ndarray
     max_views: float = config.DEFAULT_POPULARITY_MAX_VIEWS
+    #: History features only (None when the feature set does not need them): the user's events
+    #: before ``as_of``, and each candidate's views and engagements before it over every origin.
+    history: UserHistory | None = None
+    item_views_all: np.ndarray | None = None
+    item_engaged_all: np.ndarray | None = None
     #: (lowest, highest) base score over the request's candidates, which model_score is scaled
     #: by; None: over the items of this context (the same thing when they are the candidates).
     score_range: tuple[float, float] | None = None
@@ -171,6 +184,166 @@ def popularity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
 def diversity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
     """``1 - max similarity`` to the items placed above; 1 for the first item."""
     return np.where(np.isneginf(maxsim), 1.0, 1.0 - maxsim)
+
+
+# --- History features: the ``history`` feature set ------------------------------------
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """What a user did before a moment, summed by item attribute: each engagement weighs 1 and
+    each view ``config.HISTORY_VIEW_WEIGHT``.
+
+    Built by :meth:`from_events` from the user's raw events, at serving and in the dataset
+    builder alike, so both compute the same features.
+    """
+
+    category: dict[str, float]
+    field: dict[str, float]
+    type: dict[str, float]
+    total: float  # the user's summed weight
+    days_since_last: float  # since the user's latest event (inf: none)
+
+    @classmethod
+    def empty(cls) -> UserHistory:
+        return cls({}, {}, {}, 0.0, np.inf)
+
+    @classmethod
+    def from_events(cls, catalog: Catalog, item_ids: np.ndarray, kinds: np.ndarray, times: np.ndarray,
+                    as_of: datetime) -> UserHistory:
+        """The history of one user's events (item ids, kinds, datetime64 times) strictly before
+        ``as_of``; events of items not in the catalogue count towards recency only."""
+        t = np.asarray(times).astype("datetime64[us]")
+        before = t < np.datetime64(as_of, "us")
+        if not before.any():
+            return cls.empty()
+        items, kinds, t = np.asarray(item_ids, dtype=np.int64)[before], np.asarray(kinds)[before], t[before]
+        days = float((np.datetime64(as_of, "us") - t.max()).astype("timedelta64[us]").astype(np.int64)) / 86_400e6
+        rows = catalog.index(items)
+        known = rows >= 0
+        weight = np.where(np.isin(kinds, config.ENGAGED_KINDS), 1.0,
+                          np.where(kinds == "view", config.HISTORY_VIEW_WEIGHT, 0.0))[known]
+        rows = rows[known]
+
+        def by(values: np.ndarray) -> dict[str, float]:
+            keys, inverse = np.unique(values[rows].astype(str), return_inverse=True)
+            return dict(zip(keys.tolist(), np.bincount(inverse, weights=weight, minlength=len(keys)).tolist()))
+
+        return cls(by(catalog.category), by(catalog.field), by(catalog.type), float(weight.sum()), days)
+
+
+def _history(ctx: ListContext) -> UserHistory:
+    if ctx.history is None:
+        raise ValueError("history features need the user's events: build the context with "
+                         "ranker.rank.features.with_history (the serving and dataset paths do)")
+    return ctx.history
+
+
+def _affinity(weights: dict[str, float], values: np.ndarray, total: float) -> np.ndarray:
+    mass = np.array([weights.get(str(v), 0.0) for v in values], dtype=np.float64)
+    return mass / (total + config.AFFINITY_PRIOR_WEIGHT)
+
+
+def category_affinity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """The user's weight on the candidate's category over their total weight (plus a prior of
+    ``config.AFFINITY_PRIOR_WEIGHT``): 0 with no history, towards the share of their activity."""
+    h = _history(ctx)
+    return _affinity(h.category, ctx.category, h.total)
+
+
+def field_affinity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """As :func:`category_affinity`, for the item's field."""
+    h = _history(ctx)
+    return _affinity(h.field, ctx.field, h.total)
+
+
+def type_affinity(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """As :func:`category_affinity`, for the item's type."""
+    h = _history(ctx)
+    return _affinity(h.type, ctx.type, h.total)
+
+
+def item_ctr(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """The item's engagements per view before the request, every origin, shrunk by a Beta prior
+    (mean ``ITEM_CTR_PRIOR_MEAN``, ``ITEM_CTR_PRIOR_VIEWS`` pseudo-views); clipped to [0, 1]."""
+    if ctx.item_views_all is None or ctx.item_engaged_all is None:
+        _history(ctx)  # the same error
+    a, m = config.ITEM_CTR_PRIOR_VIEWS, config.ITEM_CTR_PRIOR_MEAN
+    return np.clip((ctx.item_engaged_all + a * m) / (ctx.item_views_all + a), 0.0, 1.0)
+
+
+def user_recency(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
+    """``exp(-days since the user's latest event / USER_RECENCY_DAYS)``; 0 for a user with none."""
+    days = _history(ctx).days_since_last
+    value = 0.0 if not np.isfinite(days) else float(np.exp(-max(days, 0.0) / config.USER_RECENCY_DAYS))
+    return np.full(len(ctx), value)
+
+
+HISTORY: dict[str, Feature] = {f.__name__: Feature(f.__name__, f) for f in
+                               (category_affinity, field_affinity, type_affinity, item_ctr, user_recency)}
+GUIDE = ("model_score", "recency", "popularity", "diversity")
+#: Each set's features after the guide's four.
+SET_EXTRAS: dict[str, tuple[str, ...]] = {"guide": (), "history": tuple(HISTORY)}
+_current = [config.DEFAULT_FEATURE_SET]
+
+
+def feature_set() -> str:
+    """The feature set this process computes now."""
+    return _current[0]
+
+
+def check_feature_set(name: str) -> str:
+    if name not in config.FEATURE_SETS:
+        raise ValueError(f"unknown feature set {name!r}; choose one of: {', '.join(config.FEATURE_SETS)}")
+    return name
+
+
+def set_feature_names(name: str) -> list[str]:
+    """The features of set ``name``, in column order, as this process would register them."""
+    check_feature_set(name)
+    current = [n for n in REGISTRY if n not in HISTORY]
+    return current[:len(GUIDE)] + list(SET_EXTRAS[name]) + current[len(GUIDE):]
+
+
+def use_feature_set(name: str) -> None:
+    """Compute set ``name`` from now on in this process: the guide's four, the set's features,
+    then any optional or custom feature registered (a no-op when it is the current set)."""
+    check_feature_set(name)
+    if name == _current[0]:
+        return
+    others = {n: f for n, f in REGISTRY.items() if n not in HISTORY}
+    names = set_feature_names(name)
+    REGISTRY.clear()
+    REGISTRY.update({n: others.get(n) or HISTORY[n] for n in names})
+    _current[0] = name
+
+
+def saved_feature_set(stored: object) -> str:
+    """The set saved in the ``feature_set`` setting ({"name": ...}), or the default (with a warning
+    in the log) when nothing valid is saved."""
+    if stored is None:
+        return config.DEFAULT_FEATURE_SET
+    name = stored.get("name") if isinstance(stored, dict) else None
+    if name in config.FEATURE_SETS:
+        return name
+    import logging
+
+    logging.getLogger(__name__).warning("ignoring the saved feature set %r; using %s", stored,
+                                        config.DEFAULT_FEATURE_SET)
+    return config.DEFAULT_FEATURE_SET
+
+
+def needs_history() -> bool:
+    """Whether the features computed now read the user's history (see :func:`with_history`)."""
+    return any(n in REGISTRY for n in HISTORY)
+
+
+def with_history(ctx: ListContext, history: UserHistory, views_all: np.ndarray, engaged_all: np.ndarray) -> ListContext:
+    """``ctx`` with the user's history and the candidates' all-origin counts set (in place)."""
+    ctx.history = history
+    ctx.item_views_all = np.asarray(views_all, dtype=np.float64)
+    ctx.item_engaged_all = np.asarray(engaged_all, dtype=np.float64)
+    return ctx
 
 
 # --- Optional features: registered only when named in RANKER_EXTRA_FEATURES ---------

@@ -127,7 +127,7 @@ class ModelSpec:
             the feature registry; or weights that cannot be served (see
             :func:`check_servable`). The one-line message says which, and what to do.
         """
-        from ranker.rank.features import feature_names
+        from ranker.rank.features import feature_names, feature_set
 
         obj = _read(Path(path))
         meta = obj["meta"]
@@ -135,6 +135,12 @@ class ModelSpec:
             raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
         expected = feature_names()
         if list(meta.get("feature_names", [])) != expected:
+            trained, current = meta.get("feature_set"), feature_set()
+            if trained is not None and trained != current:
+                raise CheckpointError(
+                    f"{path} was trained on the {trained} feature set but the {current} set is chosen; "
+                    f"retrain on this set with `ranker retrain`, or choose its set again with "
+                    f"`ranker features set {trained}`")
             raise CheckpointError(
                 f"{path} was trained on features {meta.get('feature_names')} but the server computes "
                 f"{expected}; {FIX}"

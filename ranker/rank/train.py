@@ -25,7 +25,7 @@ from ranker.data.clock import utcnow
 from ranker.errors import RankerError
 from ranker.faults import fault_point
 from ranker.rank import memory
-from ranker.rank.features import feature_columns, feature_names
+from ranker.rank.features import HISTORY, feature_columns, feature_names, feature_set
 from ranker.rank.losses import count_sampled_pairs, listwise_loss, pad_lists, sample_pairs, split_long_lists
 from ranker.rank.memory import MemoryLimitError
 from ranker.rank.metrics import auc, mean_ndcg_at_k, pairwise_accuracy
@@ -129,6 +129,11 @@ def _check_columns(df: pd.DataFrame, path: Path, required: list[str]) -> None:
         for c in missing:
             close = difflib.get_close_matches(c, df.columns, n=1)
             hints.append(f"{c} (found {close[0]!r}?)" if close else c)
+        history = {f"{n}_score" for n in HISTORY}
+        if set(missing) <= history:
+            raise DataError(f"{path} has no {', '.join(missing)} column(s): it was built with the guide feature "
+                            f"set and the {feature_set()} set is chosen; rebuild it with `ranker dataset "
+                            f"--features {feature_set()}`, or train with `--features guide`")
         raise DataError(f"{path}: missing column(s): {', '.join(hints)}. "
                         f"Expected: {', '.join(required)}")
     if df.empty:
@@ -729,6 +734,7 @@ def checkpoint_meta(result: TrainResult, data_hash: str | None, data_path: str |
         "history": result.history,
         "best_epoch": result.best_epoch if best else None,
         "train_params": asdict(cfg),
+        "feature_set": feature_set(),  # which set the columns are (ranker.rank.features.use_feature_set)
         "created_at": utcnow().isoformat(),
     }
 

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import stats
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from ranker import keys
+from ranker import config, keys
 from ranker.data.db import audit, get_setting, put_setting, session_scope
 from ranker.rank.diversity import Diversity, saved_diversity, validate_diversity
 from ranker.rank.metrics import mean_ndcg_at_k
@@ -67,6 +68,34 @@ def save_diversity(engine: Engine, method: str, knob: float | None = None, actor
         put_setting(s, keys.DIVERSITY, chosen.as_setting())
         audit(s, keys.DIVERSITY, chosen.as_setting(), actor)
     return chosen
+
+
+def feature_set(engine: Engine, apply: bool = True) -> str:
+    """The operator's feature set (``guide`` unless chosen otherwise); with ``apply``, this process
+    computes it from now on, as serving does on every request."""
+    from ranker.rank.features import saved_feature_set, use_feature_set
+
+    try:
+        with session_scope(engine) as s:
+            name = saved_feature_set(get_setting(s, keys.FEATURE_SET))
+    except SQLAlchemyError:  # no database yet: nothing chosen
+        name = config.DEFAULT_FEATURE_SET
+    if apply:
+        use_feature_set(name)
+    return name
+
+
+def save_feature_set(engine: Engine, name: str, actor: str = "cli") -> str:
+    """Persist the feature set that datasets, training and serving use. Serving computes it from
+    its next request; a model trained on another set is then not served (the rule serves, saying
+    so) until one is trained on this set."""
+    from ranker.rank.features import check_feature_set
+
+    check_feature_set(name)
+    with session_scope(engine) as s:
+        put_setting(s, keys.FEATURE_SET, {"name": name})
+        audit(s, keys.FEATURE_SET, {"name": name}, actor)
+    return name
 
 
 def offline_ndcg(weights: Mapping[str, float], data: Dataset, k: int = 10) -> float:

@@ -105,10 +105,14 @@ def caller_candidates(item_ids: list[int], base_scores: list[float] | None,
 
 def subset(ctx: ListContext, idx: np.ndarray) -> ListContext:
     """The context restricted to candidates ``idx``, in that order."""
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[idx]
+
     return replace(ctx, item_ids=ctx.item_ids[idx], base_scores=ctx.base_scores[idx],
                    age_days=ctx.age_days[idx], views=ctx.views[idx],
                    interactions=ctx.interactions[idx], category=ctx.category[idx],
-                   field=ctx.field[idx], type=ctx.type[idx])
+                   field=ctx.field[idx], type=ctx.type[idx], item_views_all=cut(ctx.item_views_all),
+                   item_engaged_all=cut(ctx.item_engaged_all))
 
 
 def named(names: list[str], values: np.ndarray) -> dict[str, float]:

@@ -20,22 +20,25 @@ from sqlalchemy import Engine, func, select
 from ranker.data.catalog import Catalog, counts_as_of, load_catalog
 from ranker.data.schema import ORGANIC, Interaction, Item, User
 from ranker.flows import UnknownUserError
-from ranker.rank.features import ListContext, make_context
+from ranker.rank.features import ListContext, UserHistory, make_context, needs_history, with_history
 
 CATALOG_TTL_S = 5.0
 
 
 class ItemCounts:
-    """Organic item counts (views, other interactions) strictly before a moment, kept current incrementally."""
+    """Item counts (views, other interactions) strictly before a moment, kept current incrementally:
+    organic events only (the popularity feature's), or every origin (``organic_only=False``, the
+    item CTR's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, organic_only: bool = True) -> None:
+        self.organic_only = organic_only
         self.as_of: datetime | None = None
         self.views: np.ndarray | None = None
         self.other: np.ndarray | None = None
 
     def get(self, engine: Engine, catalog: Catalog, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
         if self.as_of is None or as_of < self.as_of or self.views is None or len(self.views) != len(catalog):
-            self.views, self.other = counts_as_of(engine, catalog, as_of)
+            self.views, self.other = counts_as_of(engine, catalog, as_of, self.organic_only)
         elif as_of > self.as_of:
             self._add_between(engine, catalog, self.as_of, as_of)
         self.as_of = as_of
@@ -44,7 +47,8 @@ class ItemCounts:
     def _add_between(self, engine: Engine, catalog: Catalog, start: datetime, end: datetime) -> None:
         """Add the organic interactions in [start, end) to the counts."""
         stmt = select(Interaction.item_id, Interaction.kind).where(
-            Interaction.created_at >= start, Interaction.created_at < end, Interaction.origin == ORGANIC)
+            Interaction.created_at >= start, Interaction.created_at < end,
+            *([Interaction.origin == ORGANIC] if self.organic_only else []))
         with engine.connect() as conn:
             rows = conn.execute(stmt).all()
         if rows:
@@ -73,6 +77,7 @@ class Retrieval:
         self._catalog_sig: tuple | None = None
         self._catalog_checked = 0.0
         self._counts = ItemCounts()
+        self._all_counts = ItemCounts(organic_only=False)
 
     def catalog(self) -> Catalog:
         """The catalogue, re-read when its signature (count, max id, max updated_at) changed."""
@@ -85,7 +90,8 @@ class Retrieval:
         if sig != self._catalog_sig:
             fresh = load_catalog(self.engine)
             if self._catalog is None or not np.array_equal(fresh.ids, self._catalog.ids):
-                self._counts = ItemCounts()  # counts are per item: kept when only attributes changed
+                # counts are per item: kept when only attributes changed
+                self._counts, self._all_counts = ItemCounts(), ItemCounts(organic_only=False)
             self._catalog, self._catalog_sig = fresh, sig
         self._catalog_checked = now
         return self._catalog
@@ -106,6 +112,7 @@ class Retrieval:
         """Forget cached catalogue and counts (after an import or a new world)."""
         with self._lock:
             self._catalog, self._catalog_sig, self._counts = None, None, ItemCounts()
+            self._all_counts = ItemCounts(organic_only=False)
 
     def user(self, user_id: int) -> UserRow | None:
         """The user's (id, role, category, field), or None for an unknown id."""
@@ -126,8 +133,25 @@ class Retrieval:
         catalog, views, other = self.counts(as_of)
         rows = catalog.index(np.asarray(item_ids, dtype=np.int64))
         ucat, ufield = (user.category, user.field) if user else (None, None)
-        return make_context(catalog, rows, views[rows], other[rows], np.asarray(base_scores, dtype=np.float64),
-                            as_of, int(user_id), ucat, ufield)
+        ctx = make_context(catalog, rows, views[rows], other[rows], np.asarray(base_scores, dtype=np.float64),
+                           as_of, int(user_id), ucat, ufield)
+        if needs_history():
+            with self._lock:
+                views_all, engaged_all = self._all_counts.get(self.engine, catalog, as_of)
+                views_all, engaged_all = views_all[rows], engaged_all[rows]
+            with_history(ctx, self.history(catalog, user_id, as_of), views_all, engaged_all)
+        return ctx
+
+    def history(self, catalog: Catalog, user_id: int, as_of: datetime) -> UserHistory:
+        """The user's events strictly before ``as_of``, every origin (one indexed query)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Interaction.item_id, Interaction.kind, Interaction.created_at).where(
+                Interaction.user_id == int(user_id), Interaction.created_at < as_of)).all()
+        if not rows:
+            return UserHistory.empty()
+        items, kinds, times = zip(*rows)
+        return UserHistory.from_events(catalog, np.array(items, dtype=np.int64), np.array(kinds),
+                                       np.array(times, dtype="datetime64[us]"), as_of)
 
     def trending(self, user: UserRow, flow: str, k: int, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
         """The trending list's item ids and popularity scores for ``flow`` (the user's own item type

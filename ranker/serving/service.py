@@ -30,7 +30,7 @@ from ranker.data.db import get_engine
 from ranker.flows import is_trending
 from ranker.rank import diversity
 from ranker.rank.diversity import Diversity
-from ranker.rank.features import make_context
+from ranker.rank.features import UserHistory, make_context, needs_history, with_history
 from ranker.rank.rerank import RuleScorer, Scorer
 from ranker.serving.assembly import (
     Recommendation,
@@ -102,6 +102,12 @@ class Service:
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(catalog), size=n, replace=False)
         ctx = make_context(catalog, rows, np.zeros(n), np.zeros(n), rng.random(n), as_of, 0)
+        if needs_history():  # a user with 50 events, and candidates with views and engagements
+            seen = catalog.ids[rng.choice(len(catalog), size=50)]
+            events = UserHistory.from_events(catalog, seen, rng.choice(["view", "click"], 50),
+                                             np.full(50, np.datetime64(as_of, "us")) - np.timedelta64(1, "D"), as_of)
+            views = rng.integers(0, 100, n).astype(float)
+            with_history(ctx, events, views, np.floor(views * rng.random(n) * 0.3))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -133,7 +139,6 @@ class Service:
             reason = "no history for this user: trending list (not reranked)" if cands.fallback else None
             return Recommendation(request_id, int(user_id), flow, k, False, arm, version, cands.source,
                                   as_of, reason, base_items(ctx, k))
-        settings = settings or self.settings()
         chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version,
                               cands.source, as_of, reason, reranked_items(ctx, chosen, k, settings.diversity))
@@ -171,7 +176,6 @@ class Service:
         if arm == "control" or len(ctx) == 0:
             return Recommendation(request_id, int(user_id), flow, k, False, arm, "base", "caller", as_of, None,
                                   base_items(ctx, k)), left_out
-        settings = settings or self.settings()
         chosen, reason = (scorer, None) if scorer is not None else self.scorer(settings)
         return Recommendation(request_id, int(user_id), flow, k, True, arm, chosen.version, "caller", as_of,
                               reason, reranked_items(ctx, chosen, k, settings.diversity)), left_out
@@ -193,12 +197,11 @@ def _check_request(k: int, arm: str) -> None:
 
 
 def _clock(svc: Service, settings: ServingSettings | None,
-           as_of: datetime | None) -> tuple[ServingSettings | None, datetime]:
-    """The request's time: ``as_of`` if given, else the serve clock (reading the settings once)."""
-    if as_of is not None:
-        return settings, as_of
+           as_of: datetime | None) -> tuple[ServingSettings, datetime]:
+    """The request's settings (read once, before the features are computed: they name the feature
+    set) and time: ``as_of`` if given, else the serve clock."""
     settings = settings or svc.settings()
-    return settings, settings.now
+    return settings, as_of or settings.now
 
 
 _SERVICES: dict[str, Service] = {}
