@@ -36,7 +36,7 @@ from pathlib import Path
 
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
           train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False,
-          freshness_boost: float = 0.0) -> dict:
+          freshness_boost: float = 0.0, features: str = "guide") -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.data.db import make_engine
@@ -57,11 +57,16 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     engine = make_engine(f"sqlite:///{tmp / 'world.db'}")
     build_world(engine, seed=seed, preset=preset, scale="default")
     store.fit_base_models(engine)
+    from ranker.rank.features import use_feature_set
+    from ranker.rank.tuning import save_feature_set
+
+    save_feature_set(engine, features, actor="bench")  # serving follows the setting; datasets use this process's
+    use_feature_set(features)
     if freshness_boost:
         from ranker.rank.tuning import save_freshness_boost
 
         save_freshness_boost(engine, freshness_boost, actor="bench")
-    out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost}
+    out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost, "features": features}
 
     previous: dict = {}
 
@@ -144,18 +149,20 @@ def main() -> int:
                         "ranker against the same base (and items added while simulating are never candidates)")
     p.add_argument("--freshness-boost", type=_boost, default=0.0,
                    help="serve the neural ranker with this freshness boost (the Rule weights page's setting)")
+    p.add_argument("--features", default="guide", help="the feature set: guide or history")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
     seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",")]
     results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, seed,
-                     args.refit, args.freshness_boost)
+                     args.refit, args.freshness_boost, args.features)
                for seed in seeds for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
     for r in results:
-        print(f"\n=== preset {r['preset']}, world seed {r['seed']}, freshness boost {r['freshness_boost']:g} ===")
+        print(f"\n=== preset {r['preset']}, world seed {r['seed']}, features {r['features']}, "
+              f"freshness boost {r['freshness_boost']:g} ===")
         for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
