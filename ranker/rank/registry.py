@@ -120,16 +120,21 @@ def local_file(bind: Engine | Connection, version: str, sha256: str | None = Non
     ModelStoreError
         The store has no ``version``, or other bytes than ``sha256``.
     """
+    return _local_file(bind, version, sha256)[0]
+
+
+def _local_file(bind: Engine | Connection, version: str, sha256: str | None) -> tuple[Path, bool]:
+    """(:func:`local_file`, whether it was fetched from the store just now)."""
     path = version_path(version)
     if path.is_file() and (sha256 is None or sha256_hex(path.read_bytes()) == sha256):
-        return path
+        return path, False
     store = model_store(bind)
     if _is_cache(store):
-        return path  # nothing else to fetch from: loading the file says what is wrong with it
+        return path, False  # nothing else to fetch from: loading the file says what is wrong with it
     data = store.get(version, sha256)
     atomic_write_bytes(path, data)
     log.info("fetched %s (%d bytes) from %s", version, len(data), store.location(version))
-    return path
+    return path, True
 
 
 def load_version(bind: Engine | Connection, version: str, sha256: str | None = None) -> Checkpoint:
@@ -142,14 +147,19 @@ def load_version(bind: Engine | Connection, version: str, sha256: str | None = N
     CheckpointError
         One line saying which check failed (a :class:`ModelStoreError` when the store cannot help).
     """
-    path = local_file(bind, version, sha256)
-    ckpt = load_checkpoint(path)
-    if ckpt.version != version:
-        raise CheckpointError(f"{path} holds {ckpt.version}, not {version}; activate another "
-                              "version with `ranker models activate vN`")
-    if sha256 is not None and sha256_hex(path.read_bytes()) != sha256:
-        raise CheckpointError(f"{path} is not the registered {version} (its SHA-256 is not the registry's); "
-                              "activate another version with `ranker models activate vN`")
+    path, fetched = _local_file(bind, version, sha256)
+    try:
+        ckpt = load_checkpoint(path)
+        if ckpt.version != version:
+            raise CheckpointError(f"{path} holds {ckpt.version}, not {version}; activate another "
+                                  "version with `ranker models activate vN`")
+        if sha256 is not None and sha256_hex(path.read_bytes()) != sha256:
+            raise CheckpointError(f"{path} is not the registered {version} (its SHA-256 is not the registry's); "
+                                  "activate another version with `ranker models activate vN`")
+    except CheckpointError:
+        if fetched:  # keep no refused bytes in the cache: the next try fetches again
+            path.unlink(missing_ok=True)
+        raise
     return ckpt
 
 
