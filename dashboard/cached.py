@@ -150,12 +150,15 @@ def requests_by_source(engine: Engine, flow: str | None, start: Day, end: Day) -
 
 
 def dataset_preview(path: Path) -> dataset_files.DatasetPreview | None:
-    """:func:`ranker.rank.dataset_files.preview_dataset`, read again when the file changes."""
-    return _dataset_preview(str(path), _mtime(path))
+    """:func:`ranker.rank.dataset_files.preview_dataset`, read again when the file or the feature set
+    (the columns it must have) changes."""
+    from ranker.rank.features import feature_set
+
+    return _dataset_preview(str(path), _mtime(path), feature_set())
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _dataset_preview(path: str, mtime: float | None) -> dataset_files.DatasetPreview | None:
+def _dataset_preview(path: str, mtime: float | None, feature_set: str) -> dataset_files.DatasetPreview | None:
     return dataset_files.preview_dataset(path)
 
 

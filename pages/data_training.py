@@ -5,11 +5,12 @@ import streamlit as st
 
 from dashboard import cached, charts, common, jobs_ui
 from ranker import keys
+from ranker.config import FEATURE_SETS
 from ranker.ops import jobs
-from ranker.rank import registry
+from ranker.rank import registry, tuning
 from ranker.rank.dataset import SOURCES, DatasetConfig
 from ranker.rank.dataset_files import train_csv, val_csv
-from ranker.rank.features import feature_columns
+from ranker.rank.features import feature_columns, use_feature_set
 from ranker.rank.model import ARCHS
 from ranker.rank.train import TrainConfig
 
@@ -23,18 +24,27 @@ TRAIN_CSV, VAL_CSV = train_csv(), val_csv()
 
 # --- Dataset ------------------------------------------------------------------------
 st.header("1. Training data")
+saved_set = tuning.feature_set(engine)  # this page computes the operator's feature set, as serving does
 with st.form("dataset"):
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     neg_ratio = c1.number_input("Negatives per positive", 0.5, 10.0, float(DatasetConfig.neg_ratio), 0.5)
     window = c2.number_input("Window (days)", 1, 365, int(DatasetConfig.window_days), help="Lists from the last N "
                              "days; the base model that gives model_score sees only earlier data.")
     source = c3.selectbox("Source", SOURCES, index=SOURCES.index(DatasetConfig.source),
                           help="feedback: explicit feedback vs viewed-not-engaged; impressions: served lists")
+    feature_set = c4.selectbox("Feature set", FEATURE_SETS, index=FEATURE_SETS.index(saved_set),
+                               help="guide: the guide's four features. history: plus the user's affinity to the "
+                                    "item's category, field and type, the item's CTR and the user's activity "
+                                    "recency, all as of each list. Saved for training and serving: a model "
+                                    "trained on the other set is not served until one is trained on this one.")
     go = st.form_submit_button("Generate dataset", disabled=not can_edit)
 if go and can_edit:
+    if feature_set != saved_set:
+        tuning.save_feature_set(engine, feature_set, actor=common.ACTOR)
+        use_feature_set(feature_set)
     job, _ = jobs.submit(engine, "dataset", {"output": str(TRAIN_CSV), "val_output": str(VAL_CSV),
                                              "neg_ratio": neg_ratio, "window_days": float(window),
-                                             "source": source})
+                                             "source": source, "features": feature_set})
     st.toast(f"Dataset job #{job.id} started")
 jobs_ui.job_status(engine, "dataset", can_edit)
 

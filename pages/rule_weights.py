@@ -16,6 +16,7 @@ counts = cached.table_counts(engine)
 if common.empty_database_notice(counts):
     st.stop()
 can_edit = common.operator_gate()
+tuning.feature_set(engine)  # a weight per feature of the operator's feature set, as serving computes it
 saved = tuning.current_weights(engine)
 defaults = ", ".join(f"{k} {v:g}" for k, v in config.DEFAULT_RULE_WEIGHTS.items())
 st.caption("The rule-based ranker scores each candidate as Σ weight × feature. It serves whenever no trained "

@@ -325,7 +325,20 @@ def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch
     shown = {n.label: n.value for n in at.number_input}
     assert shown == {"Negatives per positive": 3.0, "Window (days)": 30, "Epochs": 7, "Batch size": 64,
                      "Learning rate": 0.005, "Validation split": 0.25}
-    assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Architecture": "small"}
+    assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Feature set": "guide",
+                                                        "Architecture": "small"}
+
+
+def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses_it(demo):
+    at = open_page("data_training")
+    next(s for s in at.selectbox if s.label == "Feature set").select("history")
+    click(at, "Generate dataset")
+    assert not at.exception, at.exception
+    assert tuning.feature_set(demo, apply=False) == "history"
+    assert jobs.recent(demo, kind="dataset", limit=1)[0].params["features"] == "history"
+    rules = open_page("rule_weights")  # the rule has a weight for each feature of the chosen set
+    assert [s.label for s in rules.slider][:9] == list(config.DEFAULT_RULE_WEIGHTS) + [
+        "category_affinity", "field_affinity", "type_affinity", "item_ctr", "user_recency"]
 
 
 # --- HTTP API and traffic by source ---------------------------------------------------------

@@ -44,13 +44,13 @@ from tqdm import tqdm
 
 from ranker import config
 from ranker.base import BaseRecommender, TrainingData, make_base_model
-from ranker.data.catalog import Catalog, counts_as_of, load_catalog
+from ranker.data.catalog import Catalog
 from ranker.data.db import get_setting, put_setting, session_scope
-from ranker.data.interactions import load_interactions, load_users
+from ranker.data.interactions import load_interactions
 from ranker.data.schema import Setting
 from ranker.evaluation.intervals import BOOTSTRAP_RESAMPLES, CI_LEVEL, Interval, mean_interval
-from ranker.rank.dataset import DatasetConfig, build_dataset
-from ranker.rank.features import age_days, make_context
+from ranker.rank.dataset import DatasetConfig, _AsOf, _context_at, build_dataset
+from ranker.rank.features import age_days
 from ranker.rank.metrics import intra_list_diversity, ndcg_at_k
 from ranker.rank.rerank import NeuralScorer, RuleScorer, Scorer, greedy_rerank
 from ranker.rank.train import DataError, TrainConfig, load_dataset, train
@@ -348,9 +348,8 @@ def _score_orders(engine: Engine, history: pd.DataFrame, base: BaseRecommender, 
                   show_bar: bool) -> tuple[dict[str, list[tuple[float, float, float, float]]], int]:
     """Top-k metrics of each order for every test user with candidates (``n`` from the base model,
     features as of ``t_test``), and the number of their test positives."""
-    catalog = load_catalog(engine)
-    views, other = counts_as_of(engine, catalog, t_test)
-    users = load_users(engine).set_index("id")
+    as_of = _AsOf.load(engine, history)  # every feature point in time at t_test, as the dataset builder has it
+    catalog = as_of.catalog
     engaged_before = _engaged_between(history, t_fit, t_test)
     scorers: dict[str, Scorer] = {"rule": RuleScorer(), "neural": neural}
     per_order: dict[str, list[tuple[float, float, float, float]]] = {o: [] for o in ORDERS}
@@ -362,10 +361,7 @@ def _score_orders(engine: Engine, history: pd.DataFrame, base: BaseRecommender, 
         rows = catalog.index(ids)
         relevant = catalog.index(items)
         n_positives += len(relevant)
-        ucat = ufield = None
-        if user_id in users.index:
-            ucat, ufield = users.at[user_id, "category"], users.at[user_id, "field"]
-        ctx = make_context(catalog, rows, views[rows], other[rows], scores, t_test, user_id, ucat, ufield)
+        ctx = _context_at(as_of, scores, ids, t_test, user_id)
         orders = {"base": rows}
         for name, scorer in scorers.items():
             orders[name] = rows[greedy_rerank(ctx, scorer, k).order]

@@ -173,6 +173,7 @@ def run(engine: Engine, job_id: int) -> int:
     rep = Reporter(engine, job_id)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        _use_features(engine, params.pop("features", None))
         result = RUNNERS[kind](engine, params, rep)
         status, error, message = "succeeded", None, "done"
     except JobCancelled:
@@ -188,6 +189,17 @@ def run(engine: Engine, job_id: int) -> int:
     with session_scope(engine) as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values))
     return 0 if status == "succeeded" else 1
+
+
+def _use_features(engine: Engine, name: str | None) -> None:
+    """The job computes the feature set it was submitted with, else the operator's saved one."""
+    from ranker.rank import tuning
+    from ranker.rank.features import use_feature_set
+
+    if name is None:
+        tuning.feature_set(engine)
+    else:
+        use_feature_set(name)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -367,8 +367,9 @@ def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: 
     ``counts`` is ``Service.counts(as_of)``: (catalogue, views, other interactions).
     """
     from ranker.flows import own_flows
-    from ranker.rank.features import make_context
     from ranker.serving.candidates import candidates
+    from ranker.serving.retrieval import UserRow
+    from ranker.serving.service import service
 
     uid, role, ucat, ufield = users[int(rng.integers(len(users)))]
     flows = own_flows(role)
@@ -378,9 +379,9 @@ def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: 
     u_click = rng.random(len(cands.item_ids))
     if cands.fallback or len(cands.item_ids) < k:
         return None
-    catalog, views, other = counts
-    rows = catalog.index(cands.item_ids)
-    ctx = make_context(catalog, rows, views[rows], other[rows], cands.scores, as_of, uid, ucat, ufield)
+    # the features as serving computes them (with the user's history when the feature set needs it)
+    ctx = service(engine).retrieval.context(uid, UserRow(uid, role, ucat, ufield), cands.item_ids, cands.scores,
+                                            as_of)
     return ctx, u_exam, u_click
 
 
