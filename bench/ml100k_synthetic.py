@@ -8,7 +8,8 @@ latin-1 titles) from a latent-factor model, then times::
     ranker import movielens DIR        (import_movielens)
     ranker evaluate --time-split 0.8,0.1,0.1 --base-model ensemble
 
-    python bench/ml100k_synthetic.py [--ratings 100000] [--base-model ensemble] [--json] [--keep DIR]
+    python bench/ml100k_synthetic.py [--ratings 100000] [--base-model ensemble] [--features guide|history]
+                                     [--json] [--keep DIR]
 
 The figures describe the synthetic data, not MovieLens; run the same two commands on
 the real ml-100k (from https://grouplens.org/datasets/movielens/100k/) for those.
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="write the files and database here")
+    parser.add_argument("--features", default="guide", help="the feature set: guide or history")
     args = parser.parse_args(argv)
 
     import torch
@@ -147,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     from ranker.data.db import make_engine
     from ranker.data.importing import import_movielens
     from ranker.evaluation.evaluate import evaluate_end_to_end
+    from ranker.rank.features import use_feature_set
 
     torch.set_num_threads(2)
+    use_feature_set(args.features)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         t0 = time.perf_counter()
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"import": summary.as_dict(), "evaluation": result.to_dict(), "timings": timings}))
         return 0
     print(f"synthetic ml-100k: {summary.users} users, {summary.items} items, {summary.ratings:,} ratings "
-          f"-> {summary.interactions:,} interactions ({summary.positives:,} likes)")
+          f"-> {summary.interactions:,} interactions ({summary.positives:,} likes); {args.features} features")
     print(result.table())
     print()
     for name, seconds in timings.items():
