@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard import cached, common, preview
 from ranker import config, keys
 from ranker.flows import personalised_flows
+from ranker.rank import tuning
 from ranker.serving import views
 
 st.title("Ranking preview")
@@ -36,7 +37,8 @@ if not ranked.reranked:
     st.info(f"{ranked.fallback_reason}. Trending lists are never reranked.")
 who = f"neural ranker **{ranked.model_version}**" if ranked.fallback_reason is None else \
     f"**{ranked.model_version}** ({ranked.fallback_reason})"
-st.caption(f"Candidates: {config.FETCH_MULTIPLIER}×k from the **{ranked.base_model}** base model; reranked by {who}.")
+st.caption(f"Candidates: {tuning.fetch_multiplier(engine)}×k from the **{ranked.base_model}** base model; "
+           f"reranked by {who}.")
 
 left, right = st.columns(2)
 for col, title, rec, other in ((left, "Base order", base, None), (right, "Reranked", ranked, base)):

@@ -96,3 +96,14 @@ chosen = Diversity(method, knob)
 if st.button("Save diversity method", disabled=not can_edit or chosen == div_saved) and can_edit:
     tuning.save_diversity(engine, method, knob, actor=common.ACTOR)
     common.done(f"Saved. Serving reranks with {chosen.label} from the next request.")
+
+st.subheader("Candidates per slot")
+st.caption("How many candidates the base model proposes for each served slot: the ranker reorders "
+           "M × k of them and serves the top k. The guide uses 2. More candidates give the ranker more to "
+           "choose from, and reach deeper into the base model's order; 1 serves the base model's top k, reordered.")
+fetch_saved = tuning.fetch_multiplier(engine)
+fetch = st.number_input("Candidates per slot (M)", 1, config.MAX_FETCH_MULTIPLIER, fetch_saved, 1,
+                        key="fetch_multiplier")
+if st.button("Save candidates per slot", disabled=not can_edit or fetch == fetch_saved) and can_edit:
+    tuning.save_fetch_multiplier(engine, int(fetch), actor=common.ACTOR)
+    common.done(f"Saved. The base model proposes {int(fetch)} × k candidates from the next request.")

@@ -75,7 +75,8 @@ ITEM_CTR_PRIOR_MEAN = 0.1
 ITEM_CTR_PRIOR_VIEWS = 10.0
 #: The user's activity recency is ``exp(-days since their last event / this)``.
 USER_RECENCY_DAYS = 7.0
-FETCH_MULTIPLIER = 2
+FETCH_MULTIPLIER = 2  # candidates per served slot (2 × k), unless the operator sets another (settings)
+MAX_FETCH_MULTIPLIER = 10
 DEFAULT_K = 10
 #: The ranker's training losses (``ranker train --loss``): pairwise RankNet, listwise ListNet, LambdaLoss.
 LOSSES = ("pairwise", "listnet", "lambdaloss")

@@ -25,9 +25,12 @@ DIVERSITY = "diversity"
 
 #: The feature set datasets, training and serving use: {"name": "guide" | "history"}.
 FEATURE_SET = "feature_set"
+#: Candidates the base model proposes per served slot (the guide's 2 × k by default).
+FETCH_MULTIPLIER = "fetch_multiplier"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
-                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET)
+                POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET,
+                FETCH_MULTIPLIER)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

@@ -12,10 +12,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from ranker import config
-from ranker.data.catalog import load_catalog
 from ranker.data.interactions import load_interactions
 from ranker.data.schema import Interaction
 from ranker.rank import features as F

@@ -76,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     engine = ensure_schema(get_engine())
     use_features(args, engine)
     try:
-        result = evaluate_end_to_end(engine, split=args.time_split,
+        result = evaluate_end_to_end(engine, split=args.time_split, fetch_multiplier=args.candidates_per_slot,
                                      base_model=args.base_model, k=args.k, train_config=tcfg,
                                      min_positives=args.min_positives, seed=args.seed, show_bar=not args.json)
     except TrainingError as exc:
@@ -146,11 +146,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="fractions of the interactions, by time: base fit, ranker data, test (default %(default)s)")
     ev.add_argument("--base-model", default=D.base_model, help="base model that proposes the candidates")
     ev.add_argument("--k", type=positive_int, default=config.DEFAULT_K,
-                    help=f"list length; candidates are {config.FETCH_MULTIPLIER}×k")
+                    help="list length; candidates are --candidates-per-slot × k")
     ev.add_argument("--epochs", type=positive_int, default=D.epochs, help="ranker training epochs")
     ev.add_argument("--min-positives", type=positive_int, default=D.min_positives,
                     help="positives the ranker's training data needs at least")
     ev.add_argument("--seed", type=int, default=D.seed)
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--candidates-per-slot", type=positive_int, default=config.FETCH_MULTIPLIER, metavar="M",
+                    help="the base model proposes M × k candidates per test user (default %(default)s)")
     add_features_arg(ev)
     ev.set_defaults(handler=cmd_evaluate)

@@ -135,12 +135,14 @@ def _analyse_experiment(engine, name: str | None) -> int:
 def cmd_weights(args: argparse.Namespace) -> int:
     from ranker.data.db import ensure_schema, get_engine
     from ranker.rank import tuning
-    from ranker.rank.rerank import validate_freshness_boost, validate_weights
+    from ranker.rank.rerank import validate_fetch_multiplier, validate_freshness_boost, validate_weights
 
     engine = ensure_schema(get_engine())
+    tuning.feature_set(engine)  # a weight per feature of the operator's set
     if args.action == "set":
-        if not args.pairs and args.freshness_boost is None:
-            raise ValueError("nothing to set: give NAME=WEIGHT pairs and/or --freshness-boost B")
+        if not args.pairs and args.freshness_boost is None and args.candidates_per_slot is None:
+            raise ValueError("nothing to set: give NAME=WEIGHT pairs, --freshness-boost B and/or "
+                             "--candidates-per-slot M")
         changes = {}
         for pair in args.pairs:
             name, _, value = pair.partition("=")  # no "=" leaves value empty: float("") fails
@@ -151,13 +153,18 @@ def cmd_weights(args: argparse.Namespace) -> int:
         # Check everything before saving anything: a bad boost must not leave new weights behind.
         weights = validate_weights({**tuning.current_weights(engine), **changes}) if args.pairs else None
         boost = validate_freshness_boost(args.freshness_boost) if args.freshness_boost is not None else None
+        fetch = (validate_fetch_multiplier(args.candidates_per_slot) if args.candidates_per_slot is not None
+                 else None)
         if weights is not None:
             tuning.save_weights(engine, weights)
         if boost is not None:
             tuning.save_freshness_boost(engine, boost)
+        if fetch is not None:
+            tuning.save_fetch_multiplier(engine, fetch)
     weights = tuning.current_weights(engine)
     print("rule weights: " + ", ".join(f"{k} {v:g}" for k, v in weights.items()))
     print(f"freshness boost (neural ranker): {tuning.freshness_boost(engine):g}")
+    print(f"candidates per slot: {tuning.fetch_multiplier(engine)} (the base model proposes that many × k)")
     return 0
 
 
@@ -237,6 +244,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("pairs", nargs="*", metavar="NAME=WEIGHT", help="rule weights to change, each in [0, 1]")
     w.add_argument("--freshness-boost", type=float, default=None, metavar="B",
                    help="boost × recency added to the neural ranker's score (0 turns it off; at most 5)")
+    w.add_argument("--candidates-per-slot", type=float, default=None, metavar="M",
+                   help=f"the base model proposes M × k candidates to rerank (default {config.FETCH_MULTIPLIER}, "
+                        f"1 to {config.MAX_FETCH_MULTIPLIER})")
     w.set_defaults(handler=cmd_weights)
 
     div = sub.add_parser("diversity", help="show or set how the reranked lists are diversified: the guide's greedy "

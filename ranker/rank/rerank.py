@@ -174,6 +174,30 @@ def saved_freshness_boost(stored: object) -> float:
         return 0.0
 
 
+def validate_fetch_multiplier(value: object) -> int:
+    """Candidates per served slot: a whole number from 1 (the base order's top k only, nothing to
+    rerank from below) to ``config.MAX_FETCH_MULTIPLIER``."""
+    try:
+        m = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"candidates per slot must be a whole number, got {value!r}") from None
+    if not m.is_integer() or not 1 <= m <= config.MAX_FETCH_MULTIPLIER:
+        raise ValueError(f"candidates per slot must be a whole number from 1 to {config.MAX_FETCH_MULTIPLIER}, "
+                         f"got {value!r}")
+    return int(m)
+
+
+def saved_fetch_multiplier(stored: object) -> int:
+    """The saved candidates per slot, or the guide's 2 (with a warning, once) when nothing valid is saved."""
+    if stored is None:
+        return config.FETCH_MULTIPLIER
+    try:
+        return validate_fetch_multiplier(stored)
+    except ValueError as exc:
+        _warn_once(("fetch", repr(stored)), "ignoring the saved candidates per slot: %s", exc)
+        return config.FETCH_MULTIPLIER
+
+
 class FreshnessBoosted:
     """A scorer plus ``boost × recency``: the operator's explicit freshness objective.
 

@@ -15,8 +15,10 @@ from ranker.rank.diversity import Diversity, saved_diversity, validate_diversity
 from ranker.rank.metrics import mean_ndcg_at_k
 from ranker.rank.rerank import (
     RuleScorer,
+    saved_fetch_multiplier,
     saved_freshness_boost,
     saved_weights,
+    validate_fetch_multiplier,
     validate_freshness_boost,
     validate_weights,
 )
@@ -96,6 +98,21 @@ def save_feature_set(engine: Engine, name: str, actor: str = "cli") -> str:
         put_setting(s, keys.FEATURE_SET, {"name": name})
         audit(s, keys.FEATURE_SET, {"name": name}, actor)
     return name
+
+
+def fetch_multiplier(engine: Engine) -> int:
+    with session_scope(engine) as s:
+        return saved_fetch_multiplier(get_setting(s, keys.FETCH_MULTIPLIER))
+
+
+def save_fetch_multiplier(engine: Engine, value: int, actor: str = "cli") -> int:
+    """Persist how many candidates (× k) the base model proposes for each served list; serving uses it
+    from its next request."""
+    value = validate_fetch_multiplier(value)
+    with session_scope(engine) as s:
+        put_setting(s, keys.FETCH_MULTIPLIER, value)
+        audit(s, keys.FETCH_MULTIPLIER, {"value": value}, actor)
+    return value
 
 
 def offline_ndcg(weights: Mapping[str, float], data: Dataset, k: int = 10) -> float:

@@ -1,6 +1,7 @@
 """Scoring: which scorer serves a request, from the operator's settings and the active model.
 
-The settings (serve clock, experiment, rule weights, freshness boost, diversity method) are read together in
+The settings (serve clock, experiment, rule weights, freshness boost, diversity method, feature set,
+candidates per slot) are read together in
 one query per request and never cached, so a save reaches every process on its next
 request. The neural scorer is the version the registry's active row names (read on each
 request too, its file reloaded when the row changes); without one, the rule scorer with the
@@ -25,6 +26,7 @@ from ranker.rank.rerank import (
     FreshnessBoosted,
     RuleScorer,
     Scorer,
+    saved_fetch_multiplier,
     saved_freshness_boost,
     saved_weights,
 )
@@ -44,16 +46,19 @@ class ServingSettings:
     diversity: Diversity = Diversity()
     #: The feature set lists are scored with (``config.FEATURE_SETS``).
     feature_set: str = config.DEFAULT_FEATURE_SET
+    #: Candidates the base model proposes per served slot (``fetch_multiplier × k`` of them).
+    fetch_multiplier: int = config.FETCH_MULTIPLIER
 
 
 def read_settings(engine: Engine) -> ServingSettings:
-    """Clock, experiment, rule weights, freshness boost, hold, diversity method and feature set, as saved now
-    (one query). The process computes that feature set from then on (:func:`ranker.rank.features.use_feature_set`)."""
+    """Clock, experiment, rule weights, freshness boost, hold, diversity method, feature set and candidates per
+    slot, as saved now (one query). The process computes that feature set from then on
+    (:func:`ranker.rank.features.use_feature_set`)."""
     from ranker.data.clock import utcnow
     from ranker.serving.experiments import Experiment
 
     wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST, keys.BASE_ORDER_HOLD,
-              keys.DIVERSITY, keys.FEATURE_SET)
+              keys.DIVERSITY, keys.FEATURE_SET, keys.FETCH_MULTIPLIER)
     with engine.connect() as conn:
         rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted))).all()
     values = {key: (value or {}).get("v") for key, value in rows}
@@ -67,7 +72,8 @@ def read_settings(engine: Engine) -> ServingSettings:
                            freshness_boost=saved_freshness_boost(values.get(keys.FRESHNESS_BOOST)),
                            base_order_hold=(values.get(keys.BASE_ORDER_HOLD) or {}).get("reason"),
                            diversity=saved_diversity(values.get(keys.DIVERSITY)),
-                           feature_set=feature_set())
+                           feature_set=feature_set(),
+                           fetch_multiplier=saved_fetch_multiplier(values.get(keys.FETCH_MULTIPLIER)))
 
 
 class Scoring:

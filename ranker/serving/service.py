@@ -132,7 +132,7 @@ class Service:
         user = self.retrieval.user(user_id)
         if is_trending(flow):
             return self._trending(user or self.retrieval.known_user(user_id), flow, k, as_of, arm, request_id)
-        cands = self.retrieval.base(user_id, flow, config.FETCH_MULTIPLIER * k, base_model, as_of)
+        cands = self.retrieval.base(user_id, flow, settings.fetch_multiplier * k, base_model, as_of)
         ctx = self.retrieval.context(user_id, user, cands.item_ids, cands.scores, as_of)
         if cands.fallback or arm == "control" or len(ctx) == 0:
             version = "trending" if cands.fallback else "base"
