@@ -28,8 +28,8 @@ from ranker.rank.registry import (
     backup_active,
     data_hash,
     load_checkpoint,
+    local_file,
     register,
-    version_path,
 )
 from ranker.rank.train import (
     SPLITS,
@@ -201,7 +201,7 @@ def _gate(engine: Engine, outcome: TrainOutcome, holdout, parity) -> dict[str, A
     new_ndcg = _checkpoint_ndcg(candidate, holdout) or 0.0
     vs_base = against_base(load_checkpoint(candidate).scorer()(holdout.x.astype(float)), holdout, outcome.version)
     current = active_version(engine)
-    current_ndcg = _active_ndcg(current, holdout) if current is not None else None
+    current_ndcg = _active_ndcg(engine, current, holdout) if current is not None else None
     rule_ndcg = offline_ndcg(current_weights(engine), holdout)
     promote, why = _verdict(new_ndcg, rule_ndcg, current_ndcg)
     if promote and vs_base.harmful:
@@ -313,10 +313,10 @@ def _checkpoint_ndcg(path: Path, data: Dataset) -> float | None:
         return evaluate_model(load_checkpoint(path).model(), data)["model"][keys.NDCG_AT_10]
 
 
-def _active_ndcg(version: str, data: Dataset) -> float | None:
+def _active_ndcg(engine: Engine, version: str, data: Dataset) -> float | None:
     """NDCG@10 of the active model on ``data``, or None when its checkpoint cannot be evaluated."""
-    try:
-        return _checkpoint_ndcg(version_path(version), data)  # the registry's file, as served
+    try:  # the registry's file, as served (fetched from the model store on a machine without it)
+        return _checkpoint_ndcg(local_file(engine, version), data)
     except (CheckpointError, ValueError) as exc:
         log.warning("active model could not be evaluated (%s); treating it as absent", exc)
         return None
