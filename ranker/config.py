@@ -116,6 +116,8 @@ class Defaults:
     split_by: str = "time"  # --val-split holds out the latest lists ("time") or random ones ("random")
     max_pairs_per_positive: int = 64  # pairs per positive per epoch, sampled; lists with fewer negatives keep all
     loss: str = "pairwise"  # the training loss: pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
+    position_correction: str = "none"  # none, or ipw: weight each click by 1 / p(position) (ranker.rank.propensity)
+    propensity_clip: float = 20.0  # ipw: a click's weight 1 / p(position) is at most this
     max_memory_fraction: float = 0.5  # without --max-memory, training may use this share of the machine's RAM
     # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,
     # promote on the latest
@@ -136,6 +138,7 @@ class Defaults:
     sim_seed: int = 0
     report_requests: int = 3000
     report_seed: int = 7
+    swap_share: float = 0.05  # share of treatment lists served with randomised adjacent swaps (position bias)
     # diversity (`ranker diversity`): the method the treatment arm's lists are reranked with
     diversity_method: str = "greedy"  # the guide's greedy penalty; or "mmr", "dpp"
     mmr_knob: float = 0.7  # MMR's λ, relevance against redundancy (1: the relevance order)

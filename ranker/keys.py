@@ -22,6 +22,10 @@ API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, star
 BASE_ORDER_HOLD = "base_order_hold"
 #: How the treatment arm's lists are diversified: {"method": "greedy" | "mmr" | "dpp", "knob": trade-off}.
 DIVERSITY = "diversity"
+#: Share of treatment lists served with randomised adjacent swaps (ranker.rank.propensity), 0 to 1.
+SWAP_SHARE = "swap_share"
+#: The latest position-bias estimate (ranker.rank.propensity.PropensityEstimate as a dict).
+PROPENSITIES = "propensities"
 
 #: The feature set datasets, training and serving use: {"name": "guide" | "history"}.
 FEATURE_SET = "feature_set"
@@ -30,7 +34,7 @@ FETCH_MULTIPLIER = "fetch_multiplier"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
                 POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET,
-                FETCH_MULTIPLIER)
+                FETCH_MULTIPLIER, SWAP_SHARE, PROPENSITIES)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

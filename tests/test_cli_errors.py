@@ -65,6 +65,9 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "jobs cancel": (["999"], EMPTY, "no job 999; `ranker jobs list`"),
     "offline": ([], EMPTY, "widen --days"),
     "parity": (["--data", "{tmp}/missing.csv"], EMPTY, "generate it with `ranker dataset"),
+    "propensity estimate": ([], EMPTY, "no list with randomised swaps in the log"),
+    "propensity show": ([], EMPTY, "run `ranker propensity estimate`"),
+    "propensity share": (["1.5"], EMPTY, "the swap share must be between 0 and 1"),
     "serve": (["--port", "70000"], EMPTY, "--port must be between 1 and 65535"),
 }
 

@@ -37,6 +37,7 @@ MODULES = (
     "ranker.cli.experiments",
     "ranker.cli.offline",
     "ranker.cli.parity",
+    "ranker.cli.propensity",
     "ranker.cli.serve",
 )
 
@@ -110,14 +111,16 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
             print(f"{mask_url(str(engine.url))} already holds data; keeping it")
             return 0
     counts = build_world(engine, seed=args.seed, preset=args.preset, scale=args.scale,
-                         force=args.force, show_bar=True)
+                         force=args.force, show_bar=True, view_logging=args.view_logging, viewport=args.viewport,
+                         swap_share=args.swap_share)
     from ranker.rank.registry import sync_active_file
     from ranker.serving.experiments import get_experiment
 
     sync_active_file(engine)  # a replaced world has no model versions: no active.pth copy either
 
     print(f"demo world built in {mask_url(str(engine.url))} "
-          f"(seed {args.seed}, preset {args.preset}, scale {args.scale})")
+          f"(seed {args.seed}, preset {args.preset}, scale {args.scale}, views logged: {args.view_logging}, "
+          f"swap share {args.swap_share:g})")
     _print_counts(counts)
     exp = get_experiment(engine)
     print(f"started the demo A/B experiment {exp.name!r}: {exp.rollout:g}% of users get the ranker, the rest "
@@ -193,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no-context: recency, popularity and diversity carry no signal")
     init.add_argument("--scale", choices=("small", "default", "large"), default="default")
     init.add_argument("--force", action="store_true", help="replace a non-empty database")
+    init.add_argument("--view-logging", choices=("rendered", "examined"), default="rendered",
+                      help="how the world's client logs a view: every position in the viewport (rendered), or "
+                           "only the positions users looked at (examined, which hides position bias from training)")
+    init.add_argument("--viewport", type=int, default=None, metavar="N",
+                      help="rendered: positions on screen without scrolling; below them a view is logged when the "
+                           "user looks (default: the whole list)")
+    init.add_argument("--swap-share", type=float, default=config.DEFAULTS.swap_share,
+                      help="share of the legacy feed's lists, and of the ranker's treatment lists from then on, "
+                           "served with randomised adjacent swaps (position-bias estimation; default %(default)s)")
     init.add_argument("--if-empty", action="store_true",
                       help="do nothing when the database already holds data (used by `make run`)")
     init.set_defaults(handler=cmd_demo_init)

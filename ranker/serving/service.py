@@ -227,7 +227,9 @@ def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Eng
     The user's experiment arm decides the list (treatment: reranked; control: the base
     order truncated to k) unless ``arm`` is given. With ``log`` (the default) the list is
     written to the impressions log, so outcomes can be attributed to it; ``source`` says
-    where the request came from (``api``, ``sim``, ...) and ``context`` is kept with it.
+    where the request came from (``api``, ``sim``, ...) and ``context`` is kept with it. A logged
+    reranked treatment list is, in the saved swap share of requests, served with randomised
+    adjacent swaps, recorded in its context (the position-bias experiment, :mod:`ranker.rank.propensity`).
     """
     from ranker.serving.experiments import assign_arm
 
@@ -262,12 +264,30 @@ def rank(user_id: int, item_ids: list[int], base_scores: list[float] | None = No
     return rec, left_out
 
 
+def _randomise(svc: Service, rec: Recommendation, context: dict[str, Any] | None) -> dict[str, Any] | None:
+    """In the operator's share of reranked treatment lists, swap random adjacent pairs (the
+    position-bias experiment, :mod:`ranker.rank.propensity`) and record them in the list's context."""
+    from dataclasses import replace
+
+    from ranker.rank.propensity import CONTEXT_KEY, maybe_swaps, request_rng, swap_share
+
+    if not (rec.reranked and rec.arm == "treatment" and len(rec.items) >= 2):
+        return context
+    swaps = maybe_swaps(request_rng(rec.user_id, rec.flow, rec.served_at), len(rec.items), swap_share(svc.engine))
+    if swaps is None:
+        return context
+    order = swaps.apply(np.arange(len(rec.items)))
+    rec.items = [replace(rec.items[j], position=p) for p, j in enumerate(order)]
+    return {**(context or {}), CONTEXT_KEY: swaps.to_context()}
+
+
 def _log(svc: Service, rec: Recommendation, source: str | None, context: dict[str, Any] | None) -> None:
     from ranker.rank.features import age_days
     from ranker.serving.experiments import log_served
 
     if not rec.items:
         return
+    context = _randomise(svc, rec, context)
     catalog = svc.catalog()
     rows = catalog.index(np.array(rec.item_ids))
     attrs = {"category": list(catalog.category[rows]), "field": list(catalog.field[rows]),

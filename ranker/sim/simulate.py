@@ -262,11 +262,11 @@ def _user_response(rng, truth, svc, rec, t: datetime) -> list[tuple[int, str, da
     n = len(rows)
     draws = (rng.random(n), rng.random(n), rng.random(n))
     seen = click_model(truth, rec.user_id, catalog.ids[rows], ages, catalog.category[rows], *draws)
-    examined, clicked, positive = seen.examined, seen.clicked, seen.positive
+    viewed, clicked, positive = truth.params.logged_views(seen.examined), seen.clicked, seen.positive
     events = []
     for pos in range(n):
         ts = t + timedelta(seconds=5 * pos)
-        if examined[pos]:
+        if viewed[pos]:
             events.append((pos, "view", ts))
         if clicked[pos]:
             events.append((pos, "click", ts + timedelta(seconds=2)))
@@ -279,7 +279,8 @@ def _user_response(rng, truth, svc, rec, t: datetime) -> list[tuple[int, str, da
 def _write_response(engine: Engine, impression_ids: list[int], events) -> None:
     """Every event (view, click, feedback) is an outcome of its impression and a platform interaction.
 
-    A ``view`` outcome says the user examined the item, as a client's viewport logging would.
+    A ``view`` outcome is what the world's client logs (:meth:`ranker.sim.truth.WorldParams.logged_views`):
+    every position in the viewport by default, or only the examined ones.
     An outcome already stored is skipped, so writing a response twice stores it once.
     """
     log_outcomes(engine, [(impression_ids[p], kind, ts) for p, kind, ts in events])

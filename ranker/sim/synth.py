@@ -9,7 +9,10 @@ same list, and positions are examined with decreasing probability.
 The lists in the history were served by a plain "legacy" policy (declared-category
 match, a new-arrivals boost and a little popularity, with noise), as a platform would
 have run before any learned ranker; their outcomes are interactions of origin
-``impression``. Besides the feed, users find items by themselves (search, links, word of
+``impression``. Views are logged as the world's client logs them (every rendered position by
+default, see :attr:`ranker.sim.truth.WorldParams.view_logging`), and a share of the lists
+carry randomised adjacent swaps, the platform's position-bias experiment
+(:mod:`ranker.rank.propensity`). Besides the feed, users find items by themselves (search, links, word of
 mouth): those visits are ``organic`` interactions, drawn from a stream of their own so the
 legacy lists do not depend on them. Organic visits favour truly attractive items, so the
 popularity feature (organic interactions only) carries signal without the feed's loop.
@@ -18,7 +21,7 @@ popularity feature (organic interactions only) carries signal without the feed's
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -51,6 +54,7 @@ from ranker.data.schema import (
     User,
 )
 from ranker.flows import flow_item_type, own_flows
+from ranker.rank.propensity import CONTEXT_KEY, Swaps, maybe_swaps, validate_share
 from ranker.serving.experiments import served_list_metrics, start_experiment
 from ranker.sim.truth import (
     GroundTruth,
@@ -89,6 +93,8 @@ ORGANIC_VISITS_PER_SESSION = 0.5
 ORGANIC_CHOICES = 20
 #: The organic visits' random stream: (seed, this) seeds it, apart from the legacy feed's.
 ORGANIC_STREAM = 1
+#: The legacy feed's randomised swaps (position-bias experiments) draw from (seed, this).
+SWAP_STREAM = 2
 
 CATEGORIES = (
     "ai", "fintech", "health", "climate", "edtech",
@@ -154,8 +160,16 @@ def build_world(
     force: bool = False,
     progress: Callable[[float, str], None] | None = None,
     show_bar: bool = False,
+    view_logging: str | None = None,
+    viewport: int | None = None,
+    swap_share: float = config.DEFAULTS.swap_share,
 ) -> dict[str, int]:
     """Build the demo world into ``engine``; returns table counts.
+
+    ``view_logging`` and ``viewport`` override the preset's (see
+    :meth:`ranker.sim.truth.WorldParams.logged_views`). ``swap_share`` of the legacy feed's lists
+    are served with randomised adjacent swaps (:mod:`ranker.rank.propensity`), and serving
+    starts with the same share.
 
     Raises
     ------
@@ -165,6 +179,9 @@ def build_world(
         Unknown preset or scale.
     """
     params = WorldParams.preset(preset)
+    params = replace(params, view_logging=params.view_logging if view_logging is None else view_logging,
+                     viewport=params.viewport if viewport is None else int(viewport))
+    swap_share = validate_share(swap_share)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     _make_room(engine, force)
@@ -182,11 +199,13 @@ def build_world(
         save_truth(s, truth)
 
     organic_rng = np.random.default_rng([seed, ORGANIC_STREAM])
+    swaps = (np.random.default_rng([seed, SWAP_STREAM]), swap_share)
     views, engaged = _simulate_history(
-        engine, rng, organic_rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar
+        engine, rng, organic_rng, sc, truth, users, items, user_ids, item_ids, start, progress, show_bar, swaps
     )
     _record_world(engine, item_ids, views, engaged, start,
-                  {"seed": seed, "preset": preset, "scale": scale, "force": force})
+                  {"seed": seed, "preset": preset, "scale": scale, "force": force,
+                   "view_logging": params.view_logging, "viewport": params.viewport, "swap_share": swap_share})
     start_experiment(engine, DEMO_EXPERIMENT, owner="demo init")
     return table_counts(engine)
 
@@ -220,7 +239,7 @@ def _record_world(engine: Engine, item_ids: np.ndarray, views: dict[str, np.ndar
 
     ``views`` and ``engaged`` hold per-item totals by origin; the popularity scale is taken
     over the organic ones, as the popularity feature counts. ``run`` holds the ``build_world``
-    arguments to record: seed, preset, scale and force.
+    arguments to record: seed, preset, scale, force, view logging, viewport and swap share.
     """
     total_views = views[ORGANIC] + views[IMPRESSION]
     with session_scope(engine) as s:
@@ -228,7 +247,9 @@ def _record_world(engine: Engine, item_ids: np.ndarray, views: dict[str, np.ndar
         peak = float((views[ORGANIC] + config.INTERACTION_POPULARITY_WEIGHT * engaged[ORGANIC] + 1).max())
         put_setting(s, keys.POPULARITY_MAX_VIEWS, int(np.ceil(peak / 100.0) * 100))
         put_setting(s, keys.WORLD, {"seed": run["seed"], "preset": run["preset"], "scale": run["scale"],
-                                 "start": start.isoformat(), "end": WORLD_END.isoformat()})
+                                 "start": start.isoformat(), "end": WORLD_END.isoformat(),
+                                 "view_logging": run["view_logging"], "viewport": run["viewport"]})
+        put_setting(s, keys.SWAP_SHARE, run["swap_share"])
         set_clock(s, WORLD_END)
         audit(s, "demo_init", run)
 
@@ -348,7 +369,7 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
 
 
 def _simulate_history(engine, rng, organic_rng, sc, truth, users, items, user_ids, item_ids, start,
-                      progress, show_bar) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                      progress, show_bar, swaps) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Serve legacy lists day by day, add the day's organic visits, and write the resulting
     interactions in batches.
 
@@ -363,6 +384,7 @@ def _simulate_history(engine, rng, organic_rng, sc, truth, users, items, user_id
         age_ref=np.where(items["updated"] > items["created"], items["updated"], items["created"]),
         by_type={t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES},
         next_impression=_next_ids(engine),
+        swap_rng=swaps[0], swap_share=swaps[1],
     )
     buffer: list[dict] = []
     days = range(HISTORY_DAYS)
@@ -407,6 +429,8 @@ class _History:
     lists: list[dict] = field(default_factory=list)  # logged legacy lists waiting to be written
     served: int = 0  # legacy lists so far (their request ids)
     next_impression: int = 1  # the id the next logged impression gets
+    swap_rng: np.random.Generator | None = None  # the legacy feed's randomised swaps draw from it
+    swap_share: float = 0.0  # share of legacy lists served with randomised swaps
 
 
 def _flush(engine: Engine, buffer: list[dict], lists: list[dict] | None = None) -> None:
@@ -463,14 +487,16 @@ def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
     if len(pool) < LIST_LENGTH:
         return []
     candidates = _legacy_list(rng, pool, h.users["category"][u], items, h.views, h.truth.item_quality, t64)
-    shown = candidates[:LIST_LENGTH]
+    swaps = maybe_swaps(h.swap_rng, LIST_LENGTH, h.swap_share) if h.swap_rng is not None else None
+    shown = candidates[:LIST_LENGTH] if swaps is None else swaps.apply(candidates[:LIST_LENGTH])
     # The item's age as of t: the last edit only counts once it has happened.
     ref = np.where(items["updated"][shown] <= t64, h.age_ref[shown], items["created"][shown])
     age_days = (t64 - ref).astype("timedelta64[s]").astype(np.float64) / 86400.0
     draws = (rng.random(LIST_LENGTH), rng.random(LIST_LENGTH), rng.random(LIST_LENGTH))
     seen = click_model(h.truth, int(h.user_ids[u]), h.item_ids[shown], age_days, items["category"][shown], *draws)
     rows = _session_rows(h, int(h.user_ids[u]), shown, seen, POSITIVE_KIND[item_type], t)
-    h.lists.append(_logged_list(h, int(h.user_ids[u]), _flow_serving(flows, item_type), candidates, age_days, rows, t))
+    h.lists.append(_logged_list(h, int(h.user_ids[u]), _flow_serving(flows, item_type), candidates, shown, swaps,
+                                age_days, rows, t))
     return rows
 
 
@@ -513,16 +539,18 @@ def _flow_serving(flows: tuple[str, ...], item_type: str) -> str:
     return next(f for f in flows if flow_item_type(f) == item_type)
 
 
-def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, age_days: np.ndarray,
-                 rows: list[dict], t: datetime) -> dict:
-    """The legacy list as the serving log records a list: the served list (with its candidates in
-    ``context``), one impression per shown item, and an outcome per view, click and explicit positive."""
-    items, shown = h.items, candidates[:LIST_LENGTH]
+def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, shown: np.ndarray,
+                 swaps: Swaps | None, age_days: np.ndarray, rows: list[dict], t: datetime) -> dict:
+    """The legacy list as the serving log records a list: the served list (with its candidates and
+    any randomised swaps in ``context``), one impression per shown item (``shown``, in the order
+    shown), and an outcome per view, click and explicit positive."""
+    items = h.items
     h.served += 1
     request_id = f"{LEGACY}-{h.served:08d}"
     served = {"request_id": request_id, "user_id": uid, "flow": flow, "arm": LEGACY, "k": LIST_LENGTH,
               "reranked": False, "model_version": LEGACY, "served_at": t, "source": LEGACY,
-              "context": {"candidates": [int(i) for i in h.item_ids[candidates]]},
+              "context": {"candidates": [int(i) for i in h.item_ids[candidates]],
+                          **({CONTEXT_KEY: swaps.to_context()} if swaps is not None else {})},
               **served_list_metrics(list(items["category"][shown]), list(items["field"][shown]),
                                     list(items["type"][shown]), list(age_days))}
     first = h.next_impression
@@ -538,10 +566,11 @@ def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, age_d
 
 def _session_rows(h: _History, uid: int, shown: np.ndarray, seen, positive_kinds: tuple[str, ...],
                   t: datetime) -> list[dict]:
-    """Interaction rows (origin ``impression``) of one list (a view per examined item, then its
-    click and explicit positive), counted into ``h.views`` and ``h.engaged``."""
+    """Interaction rows (origin ``impression``) of one list (a view per position the client logs,
+    see :meth:`ranker.sim.truth.WorldParams.logged_views`, then its click and explicit positive),
+    counted into ``h.views`` and ``h.engaged``."""
     rows = []
-    for pos in np.flatnonzero(seen.examined):
+    for pos in np.flatnonzero(h.truth.params.logged_views(seen.examined)):
         i = shown[pos]
         iid = int(h.item_ids[i])
         ts = t + timedelta(seconds=int(5 * pos))

@@ -78,6 +78,10 @@ class WorldTruth(Base):
     blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+#: How a world's client logs views (:attr:`WorldParams.view_logging`).
+VIEW_LOGGING = ("rendered", "examined")
+
+
 @dataclass
 class WorldParams:
     """How a user's attraction to an item is made. Logit scale throughout."""
@@ -88,8 +92,32 @@ class WorldParams:
     quality: float = 1.2  # weight of the item's latent quality
     satiation: float = 1.2  # penalty per earlier same-category item in the list
     bias: float = -2.6
-    examination_decay: float = 0.75  # P(examine position p) = 1 / (p + 1) ** decay
+    examination_decay: float = 0.75  # P(examine 0-based position p) = 1 / (p + 1) ** decay
     positive_given_click: float = 0.35  # chance a click turns into explicit feedback
+    # How the platform's client logs a ``view`` (not what users do; see VIEW_LOGGING):
+    view_logging: str = "rendered"  # "rendered": every position in the viewport; "examined": looked-at ones only
+    viewport: int = 0  # rendered: positions shown on screen without scrolling (0: the whole list)
+
+    def __post_init__(self) -> None:
+        if self.view_logging not in VIEW_LOGGING:
+            raise ValueError(f"unknown view logging {self.view_logging!r}; choose one of: {', '.join(VIEW_LOGGING)}")
+        if self.viewport < 0:
+            raise ValueError(f"the viewport is a number of positions (0: the whole list), got {self.viewport}")
+
+    def logged_views(self, examined: np.ndarray) -> np.ndarray:
+        """(n,) bool: the positions of a list whose ``view`` the client logs, given which were examined.
+
+        ``examined``: the users saw them, as a viewport tracker that needs the item on screen
+        for a while would log. ``rendered``: every position in the viewport, looked at or not,
+        as most impression logging does; below the viewport, a position is logged once scrolled
+        to, i.e. when examined.
+        """
+        examined = np.asarray(examined, dtype=bool)
+        if self.view_logging == "examined":
+            return examined.copy()
+        n = len(examined)
+        in_view = np.arange(n) < (self.viewport or n)
+        return in_view | examined
 
     @classmethod
     def preset(cls, name: str) -> WorldParams:
@@ -225,6 +253,7 @@ def load_truth(session: Session) -> GroundTruth | None:
     }
     meta = dict(rows["params"].meta)
     param_names = WorldParams.__dataclass_fields__.keys()
+    meta.setdefault("view_logging", "examined")  # worlds built before the setting logged examined views only
     params = WorldParams(**{k: meta.pop(k) for k in list(meta) if k in param_names})
     return GroundTruth(params=params, extra=meta, **arrays)
 
