@@ -12,6 +12,7 @@ from ranker.rank.dataset import SOURCES, DatasetConfig
 from ranker.rank.dataset_files import train_csv, val_csv
 from ranker.rank.features import feature_columns, use_feature_set
 from ranker.rank.model import ARCHS
+from ranker.rank.propensity import CORRECTIONS, saved_estimate
 from ranker.rank.train import TrainConfig
 
 st.title("Data & Training")
@@ -76,11 +77,19 @@ with st.form("train"):
                         format_func=lambda a: f"{a} ({ARCHS[a][0]}/{ARCHS[a][1]})")
     val_split = c5.number_input("Validation split", 0.0, 0.5, DatasetConfig.val_fraction, 0.05,
                                 help=f"Used when there is no {VAL_CSV.name}; whole lists are held out.")
+    estimate = saved_estimate(engine)
+    correction = st.selectbox(
+        "Position correction", CORRECTIONS, index=CORRECTIONS.index(TrainConfig.position_correction),
+        help="ipw weights each click by 1 / p(its position), so items the old order showed low are not "
+             "learnt as bad; p comes from randomised swaps (`ranker propensity estimate`).")
+    st.caption(f"Position bias: {estimate.summary()}." if estimate else
+               "Position bias: no estimate yet; run `ranker propensity estimate` before training with ipw.")
     train_clicked = st.form_submit_button("Train", disabled=not (TRAIN_CSV.exists() and can_edit))
 if train_clicked and can_edit:
     params = {"data": str(TRAIN_CSV), "val": str(VAL_CSV) if VAL_CSV.exists() else None,
               "val_split": float(val_split), "activate": False,
-              "config": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "arch": arch}}
+              "config": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "arch": arch,
+                         "position_correction": correction}}
     job, created = jobs.submit(engine, "train", params)
     if created:
         st.toast(f"Training job #{job.id} started")

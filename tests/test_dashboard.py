@@ -326,7 +326,7 @@ def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch
     assert shown == {"Negatives per positive": 3.0, "Window (days)": 30, "Epochs": 7, "Batch size": 64,
                      "Learning rate": 0.005, "Validation split": 0.25}
     assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Feature set": "guide",
-                                                        "Architecture": "small"}
+                                                        "Architecture": "small", "Position correction": "none"}
 
 
 def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses_it(demo):
@@ -339,6 +339,20 @@ def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses
     rules = open_page("rule_weights")  # the rule has a weight for each feature of the chosen set
     assert [s.label for s in rules.slider][:9] == list(config.DEFAULT_RULE_WEIGHTS) + [
         "category_affinity", "field_affinity", "type_affinity", "item_ctr", "user_recency"]
+
+
+def test_position_correction_is_chosen_on_the_training_page_with_the_saved_estimate(demo):
+    from ranker.rank.propensity import estimate_from_log, save_estimate
+
+    at = open_page("data_training")
+    assert any("no estimate yet" in c for c in texts(at, "caption"))
+    est = estimate_from_log(demo)  # the legacy feed's randomised swaps
+    save_estimate(demo, est)
+    at = open_page("data_training")
+    assert any(f"k^-{est.eta:.2f}" in c for c in texts(at, "caption"))
+    next(s for s in at.selectbox if s.label == "Position correction").select("ipw")
+    job = start_training(at, demo, epochs=1)
+    assert job.params["config"]["position_correction"] == "ipw"
 
 
 # --- HTTP API and traffic by source ---------------------------------------------------------

@@ -45,6 +45,22 @@ def test_loss_matches_numpy_double_loop_over_several_groups(seed):
     assert loss.item() == pytest.approx(reference_loss(scores, labels, groups), rel=1e-12)
 
 
+def test_weighted_pair_loss_matches_numpy_and_weights_of_one_change_nothing():
+    from ranker.rank.losses import pairwise_logistic_loss_from_pairs, same_group_pairs
+
+    rng = np.random.default_rng(5)
+    scores, labels, groups = rng.normal(scale=3.0, size=50), rng.integers(0, 2, 50), rng.integers(0, 6, 50)
+    better, worse = same_group_pairs(labels, groups)
+    w = rng.uniform(1.0, 20.0, len(better))  # inverse propensities of the better rows' positions
+    reference = float(np.mean(w * np.logaddexp(0.0, -(scores[better] - scores[worse]))))
+    s, b, o = torch.tensor(scores), torch.from_numpy(better), torch.from_numpy(worse)
+    assert pairwise_logistic_loss_from_pairs(s, b, o, torch.tensor(w)).item() == pytest.approx(reference, rel=1e-12)
+    ones = pairwise_logistic_loss_from_pairs(s, b, o, torch.ones(len(better), dtype=torch.float64))
+    assert ones.item() == pytest.approx(pairwise_logistic_loss_from_pairs(s, b, o).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="1-D tensors of one length"):
+        pairwise_logistic_loss_from_pairs(s, b, o, torch.ones(3))
+
+
 def test_count_pairs_counts_only_same_group_ordered_pairs():
     labels = torch.tensor([1.0, 0.0, 0.0, 2.0, 1.0, 0.0])
     groups = torch.tensor([0, 0, 0, 1, 1, 1])

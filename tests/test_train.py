@@ -145,8 +145,8 @@ def test_unknown_arch_and_bad_hyperparameters_are_refused():
         TrainConfig(lr=-1)
 
 
-@pytest.mark.parametrize("dropout_keep", [1.0, 0.8])
-def test_hand_written_step_gradients_equal_autograd(dropout_keep):
+@pytest.mark.parametrize("dropout_keep,weighted", [(1.0, False), (0.8, False), (0.8, True)])
+def test_hand_written_step_gradients_equal_autograd(dropout_keep, weighted):
     from ranker.rank.model import RankerMLP
     from ranker.rank.train import pairwise_step_grads
 
@@ -156,13 +156,14 @@ def test_hand_written_step_gradients_equal_autograd(dropout_keep):
     model.fit_input_scaling(x.numpy())  # a non-trivial standardisation, as training sets it
     better, worse = torch.randint(0, 40, (30,)), torch.randint(0, 40, (30,))
     keep = torch.rand(40, 32) < dropout_keep
-    loss = pairwise_step_grads(model, model.standardise(x), better, worse, keep)
+    weights = torch.rand(30, dtype=torch.float64) * 5 + 1 if weighted else None  # inverse propensities
+    loss = pairwise_step_grads(model, model.standardise(x), better, worse, keep, weights)
     manual = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
     lin1, lin2, lin3 = model.net[0], model.net[3], model.net[5]
     h1 = torch.relu(lin1((x - model.x_mean) / model.x_scale)) * keep / (1 - model.spec.dropout)
-    ref = pairwise_logistic_loss_from_pairs(lin3(torch.relu(lin2(h1)))[:, 0], better, worse)
+    ref = pairwise_logistic_loss_from_pairs(lin3(torch.relu(lin2(h1)))[:, 0], better, worse, weights)
     ref.backward()
     assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)
     for name, p in model.named_parameters():

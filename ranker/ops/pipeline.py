@@ -21,6 +21,7 @@ from ranker.evaluation.harm import HarmCheck, against_base
 from ranker.evaluation.parity import parity_gate, parity_report
 from ranker.faults import fault_point
 from ranker.rank.dataset import DatasetConfig, DatasetSummary, build_dataset
+from ranker.rank.propensity import with_propensities
 from ranker.rank.registry import (
     CheckpointError,
     activate_version,
@@ -96,6 +97,7 @@ def train_and_register(
     """
     if split_by not in SPLITS:
         raise ValueError(f"unknown --split-by {split_by!r}; choose one of: {', '.join(SPLITS)}")
+    cfg = with_propensities(engine, cfg)  # --position-correction ipw: the saved estimate's curve
     dataset = load_dataset(data, min_positives=min_positives)
     if val is not None:
         val_set = load_dataset(val, min_positives=1)

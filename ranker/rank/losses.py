@@ -82,21 +82,31 @@ def pairwise_logistic_loss(scores: Tensor, labels: Tensor, groups: Tensor) -> Te
     return F.softplus(-diff[mask]).mean()
 
 
-def pairwise_logistic_loss_from_pairs(scores: Tensor, better: Tensor, worse: Tensor) -> Tensor:
-    """The same loss over precomputed pairs: ``mean(softplus(-(s[better] - s[worse])))``.
+def pairwise_logistic_loss_from_pairs(scores: Tensor, better: Tensor, worse: Tensor,
+                                      weights: Tensor | None = None) -> Tensor:
+    """The same loss over precomputed pairs: ``mean(w * softplus(-(s[better] - s[worse])))``.
 
     Parameters
     ----------
     scores : Tensor, shape (N,)
     better, worse : Tensor, shape (P,), int64
         Row indices of each pair; ``better[p]`` should rank above ``worse[p]``.
+    weights : Tensor, shape (P,), optional
+        Each pair's weight ``w``, e.g. the inverse propensity of the better row's position
+        (position-bias correction, :mod:`ranker.rank.propensity`); default 1. The mean is
+        over pairs (divided by P, not by the weights' sum), so the weighted loss is an
+        unbiased estimate of the loss a user who looked at every position would give.
 
     Linear in N + P, so training can use it on any batch size; with the pairs from
-    :func:`same_group_pairs` it equals :func:`pairwise_logistic_loss`.
+    :func:`same_group_pairs` and no weights it equals :func:`pairwise_logistic_loss`.
     """
     if better.numel() == 0:
         return scores.sum() * 0.0
-    return F.softplus(-(scores[better] - scores[worse])).mean()
+    terms = F.softplus(-(scores[better] - scores[worse]))
+    if weights is not None:
+        _check_rows(better=better, weights=weights)
+        terms = terms * weights
+    return terms.mean()
 
 
 def same_group_pairs(labels, groups):

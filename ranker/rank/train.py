@@ -60,6 +60,7 @@ class Dataset:
     item_ids: np.ndarray
     source: str = ""
     times: np.ndarray | None = None  # (n,) datetime64[s], when each row's list was shown; None without event_time
+    positions: np.ndarray | None = None  # (n,) int64, 0-based position shown (-1: unknown); None without the column
 
     def __post_init__(self) -> None:
         self.x = np.require(self.x, np.float32, ["C", "W"])
@@ -71,11 +72,12 @@ class Dataset:
 
     def subset(self, mask: np.ndarray) -> Dataset:
         return Dataset(self.x[mask], self.y[mask], self.groups[mask], self.user_ids[mask],
-                       self.item_ids[mask], self.source, None if self.times is None else self.times[mask])
+                       self.item_ids[mask], self.source, None if self.times is None else self.times[mask],
+                       None if self.positions is None else self.positions[mask])
 
 
 def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Dataset:
-    """Read and validate a training CSV.
+    """Read and validate a training CSV (or Parquet: a ``.parquet`` file or a folder of them).
 
     Columns: ``user_id, item_id`` (or ``startup_id``), one per registered feature
     (``model_score, recency_score, ...``), ``label`` and optionally ``group_id``
@@ -90,7 +92,12 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
         fewer than ``min_positives`` positives, or a single class.
     """
     path = Path(path)
-    df = _read_csv(path)
+    if path.suffix == ".parquet" or path.is_dir():  # `ranker dataset --format parquet`: the same columns
+        from ranker.rank.dataset_columnar import read_parquet_frame
+
+        df = read_parquet_frame(path)
+    else:
+        df = _read_csv(path)
     item_col = next((c for c in ITEM_COLUMN_ALIASES if c in df.columns), "item_id")
     _check_columns(df, path, ["user_id", item_col, *feature_columns(), "label"])
     numeric = {c: _numeric_column(df, c, path) for c in [*feature_columns(), "label"]}
@@ -103,7 +110,7 @@ def load_dataset(path: str | Path, min_positives: int = MIN_POSITIVES) -> Datase
     return Dataset(
         x=x.astype(np.float32), y=y.astype(np.float32), groups=groups,
         user_ids=df["user_id"].to_numpy(), item_ids=df[item_col].to_numpy(), source=str(path),
-        times=_time_column(df, path),
+        times=_time_column(df, path), positions=_position_column(df, path),
     )
 
 
@@ -192,6 +199,21 @@ def _time_column(df: pd.DataFrame, path: Path) -> np.ndarray | None:
     if times.dt.tz is not None:
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     return times.to_numpy().astype("datetime64[s]")
+
+
+def _position_column(df: pd.DataFrame, path: Path) -> np.ndarray | None:
+    """``position`` (0-based position shown, -1 unknown) per row as int64, or None without the column."""
+    from ranker.rank.dataset import POSITION_COLUMN
+
+    if POSITION_COLUMN not in df.columns:
+        return None
+    values = _numeric_column(df, POSITION_COLUMN, path)
+    bad = (values != np.round(values)) | (values < -1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path} line {row + 2}: {POSITION_COLUMN}={values[row]:g} is not a 0-based position "
+                        "(or -1 for unknown)")
+    return values.astype(np.int64)
 
 
 # --- Splitting ----------------------------------------------------------------------
@@ -345,6 +367,10 @@ class TrainConfig:
     max_pairs_per_positive: int = config.DEFAULTS.max_pairs_per_positive
     max_memory: int | None = None  # bytes training may use; None: DEFAULTS.max_memory_fraction of the RAM
     loss: str = config.DEFAULTS.loss  # pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
+    # position bias: "ipw" weights each pair by 1 / p(position of its positive), at most propensity_clip
+    position_correction: str = config.DEFAULTS.position_correction
+    propensities: list[float] | None = None  # ipw: p(k)/p(1) for k = 1, 2, ... (ranker.rank.propensity)
+    propensity_clip: float = config.DEFAULTS.propensity_clip
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -358,6 +384,20 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.max_memory is not None and self.max_memory <= 0:
             raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        self._check_position_correction()
+
+    def _check_position_correction(self) -> None:
+        from ranker.rank.propensity import CORRECTIONS, check_curve
+
+        if self.position_correction not in CORRECTIONS:
+            raise ValueError(f"unknown position correction {self.position_correction!r}; choose one of: "
+                             f"{', '.join(CORRECTIONS)}")
+        if self.position_correction == "ipw" and self.loss != "pairwise":
+            raise ValueError("--position-correction ipw weights the pairwise loss's pairs; train with --loss pairwise")
+        if not self.propensity_clip >= 1.0:
+            raise ValueError(f"propensity_clip is the largest weight 1 / p, at least 1, got {self.propensity_clip}")
+        if self.propensities is not None:
+            self.propensities = check_curve(self.propensities, "propensities")
 
 
 EpochCallback = Callable[[int, float, float | None], None]
@@ -398,8 +438,10 @@ def _group_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator
     return np.split(order, cuts)
 
 
-def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int]) -> float:
-    """Mean pairwise loss (eval mode) over :func:`sample_pairs` with ``cap``, drawn from ``seed``.
+def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int],
+               weights: np.ndarray | None = None) -> float:
+    """Mean pairwise loss (eval mode) over :func:`sample_pairs` with ``cap``, drawn from ``seed``;
+    with row ``weights`` (:func:`ipw_row_weights`), each pair's term weighs its better row's weight.
 
     The same seed gives the same pairs every epoch, so the figures are comparable across
     epochs; data whose lists all fit under the cap gives the loss over all its pairs.
@@ -416,17 +458,20 @@ def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int]) -> fl
                 continue
             s = model(torch.from_numpy(data.x[idx]))
             terms = F.softplus(-(s[torch.from_numpy(better)] - s[torch.from_numpy(worse)]))
+            if weights is not None:
+                terms = terms * torch.from_numpy(weights[idx][better])
             total += float(terms.sum(dtype=torch.float64))
             count += len(better)
     return total / count if count else float("nan")
 
 
 def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
-                        keep: torch.Tensor) -> torch.Tensor:
+                        keep: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """One training step's loss, with every parameter's ``.grad`` set, written out by hand.
 
-    The same maths as ``pairwise_logistic_loss_from_pairs(model(x), better, worse).backward()``
-    in train mode, with ``keep`` (B, hidden_dim1) as the dropout mask. For a 705-parameter
+    The same maths as ``pairwise_logistic_loss_from_pairs(model(x), better, worse, weights).backward()``
+    in train mode, with ``keep`` (B, hidden_dim1) as the dropout mask and ``weights`` (P,) each
+    pair's weight (None: 1). For a 705-parameter
     MLP, autograd's bookkeeping costs more than the arithmetic: this halves the time per
     step (``tests/test_train.py`` checks the gradients against autograd).
 
@@ -448,8 +493,9 @@ def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor,
                 p.grad = torch.zeros_like(p)
             return torch.zeros(())
         d = s[better] - s[worse]
-        loss = F.softplus(-d).mean()
-        g_d = -torch.sigmoid(-d) / d.numel()  # d loss / d (s_better - s_worse)
+        w = torch.ones_like(d) if weights is None else weights.to(d.dtype)
+        loss = (w * F.softplus(-d)).mean()
+        g_d = -w * torch.sigmoid(-d) / d.numel()  # d loss / d (s_better - s_worse)
         g_s = torch.zeros_like(s).index_add_(0, better, g_d).index_add_(0, worse, -g_d)
         lin3.weight.grad, lin3.bias.grad = (g_s @ h2)[None, :], g_s.sum().reshape(1)
         g_z2 = torch.outer(g_s, lin3.weight[0]) * (z2 > 0)
@@ -485,8 +531,12 @@ def train(
     TrainingError
         No list holds a pair, the loss became NaN or inf (nothing is saved), or the run was
         cancelled.
+    DataError
+        ``cfg.position_correction`` is ``ipw`` and the data has no position column, or
+        ``cfg.propensities`` is not set.
     """
     cfg = cfg or TrainConfig()
+    weights = ipw_row_weights(data, cfg)
     need = estimate_memory(data, cfg, val)
     if need.pairs == 0:
         raise TrainingError("no group holds both a positive and a negative, so there is no pair "
@@ -502,15 +552,16 @@ def train(
     with torch.no_grad():
         z_all = model.standardise(torch.from_numpy(data.x))  # once, not per step
     has_val = val is not None and len(val) > 0
+    val_weights = ipw_row_weights(val, cfg) if has_val else None
     cap = cfg.max_pairs_per_positive
     result = TrainResult(model=model, best_state=None, config=cfg)
     best_val = math.inf
 
     for epoch in range(1, cfg.epochs + 1):
         if cfg.loss == "pairwise":
-            _train_epoch(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
-            train_loss = _pair_loss(model, data, cap, loss_seed)
-            val_loss = _pair_loss(model, val, cap, loss_seed) if has_val else None
+            _train_epoch(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop, weights)
+            train_loss = _pair_loss(model, data, cap, loss_seed, weights)
+            val_loss = _pair_loss(model, val, cap, loss_seed, val_weights) if has_val else None
         else:
             _train_epoch_listwise(model, opt, data, z_all, cfg, rng, pair_rng, epoch, should_stop)
             train_loss = _list_loss(model, data, cfg, loss_seed)
@@ -596,10 +647,35 @@ def _new_model(data: Dataset, cfg: TrainConfig) -> RankerMLP:
     return model
 
 
+def ipw_row_weights(data: Dataset, cfg: TrainConfig) -> np.ndarray | None:
+    """(n,) float32 weight per row for ``--position-correction ipw``, None without it.
+
+    A positive shown at 0-based position k weighs 1 / (p(k+1)/p(1)) from ``cfg.propensities``,
+    at most ``cfg.propensity_clip`` (1 where the position is unknown); a negative weighs 1.
+    Scaled so the positives' mean weight is 1, so the loss keeps its scale and learning rate.
+    """
+    if cfg.position_correction != "ipw":
+        return None
+    from ranker.rank.propensity import ipw_weights
+
+    if data.positions is None:
+        raise DataError(f"{data.source or 'the data'} has no position column, so position bias cannot be "
+                        "corrected; rebuild it with `ranker dataset`, or train with --position-correction none")
+    if cfg.propensities is None:
+        raise DataError("--position-correction ipw needs propensities: estimate them with `ranker propensity "
+                        "estimate` or pass --propensities FILE")
+    w = np.where(data.y > 0, ipw_weights(data.positions, cfg.propensities, cfg.propensity_clip), 1.0)
+    positives = data.y > 0
+    if positives.any():
+        w = np.where(positives, w / w[positives].mean(), 1.0)
+    return w.astype(np.float32)
+
+
 def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
                  cfg: TrainConfig, rng: np.random.Generator, pair_rng: np.random.Generator, epoch: int,
-                 should_stop: Callable[[], bool] | None) -> None:
-    """One pass over the groups in shuffled batches, one optimiser step per batch."""
+                 should_stop: Callable[[], bool] | None, weights: np.ndarray | None = None) -> None:
+    """One pass over the groups in shuffled batches, one optimiser step per batch; with row
+    ``weights`` (:func:`ipw_row_weights`), each pair weighs its better row's weight."""
     model.train()
     batches = _group_batches(data.groups, cfg.batch_size, rng)
     for idx, better, worse in _batch_pairs(data, batches, cfg.max_pairs_per_positive, pair_rng):
@@ -607,7 +683,8 @@ def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_
             raise TrainingError("training cancelled")
         zb = z_all[torch.from_numpy(idx)]
         keep = torch.rand(len(idx), model.spec.hidden_dim1) >= model.spec.dropout
-        loss = pairwise_step_grads(model, zb, better, worse, keep)
+        pair_w = None if weights is None else torch.from_numpy(weights[idx])[better]
+        loss = pairwise_step_grads(model, zb, better, worse, keep, pair_w)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
                                 "Lower --lr or check the data for extreme values")
