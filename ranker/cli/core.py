@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                       seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
-                      max_memory=args.max_memory, loss=args.loss)
+                      max_memory=args.max_memory, loss=args.loss, **_position_args(args))
     bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", file=sys.stderr)
 
     def on_epoch(epoch: int, train_loss: float, val_loss: float | None) -> None:
@@ -81,6 +81,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     for note in outcome.notes:
         print(f"note: {note}")
     return 0
+
+
+def _position_args(args: argparse.Namespace) -> dict:
+    """TrainConfig's position-correction fields from the flags (a --propensities file is read now)."""
+    from ranker.rank.propensity import read_curve
+
+    if args.propensities is not None and args.position_correction != "ipw":
+        raise CLIError("--propensities is for --position-correction ipw; add it, or leave the file out")
+    curve = read_curve(args.propensities) if args.propensities is not None else None
+    return {"position_correction": args.position_correction, "propensities": curve}
 
 
 def _f(v: float | None) -> str:
@@ -162,7 +172,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                          neg_ratio=args.neg_ratio, window_days=args.window_days, source=args.source)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                        seed=args.seed, max_pairs_per_positive=args.max_pairs_per_positive,
-                       max_memory=args.max_memory, loss=args.loss)
+                       max_memory=args.max_memory, loss=args.loss, **_position_args(args))
     engine = ensure_schema(get_engine())
     use_features(args, engine)
     report = retrain(engine, dcfg, tcfg, args.output_dir, show_bar=True,
@@ -293,6 +303,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="pairwise (RankNet over sampled pairs), or listwise over whole lists: listnet, "
                         "lambdaloss (NDCG-Loss2++; lists over 128 rows are cut into random pieces) "
                         "(default %(default)s)")
+    p.add_argument("--position-correction", choices=("none", "ipw"), default=D.position_correction,
+                   help="ipw: weight each pair by 1/p(position of its positive), p from the saved estimate "
+                        "(`ranker propensity estimate`) or --propensities (default %(default)s)")
+    p.add_argument("--propensities", type=Path, default=None, metavar="FILE",
+                   help="ipw: p(k)/p(1) from this JSON file (a list, or `ranker propensity estimate --json`)")
     p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                    help="refuse to train when the estimated memory exceeds SIZE, e.g. 2G, 512M or bytes "
                         f"(default: {D.max_memory_fraction:.0%} of this machine's RAM)")
