@@ -20,7 +20,10 @@ The base models stay as fitted on the world as built unless ``--refit`` refits t
 every simulated day (as ``ranker simulate`` does). Each round's paired report also
 scores the previous round's model (``neural_prev``), i.e. that model on the day its A/B
 ended; after the last A/B the report runs once more. ``RANKER_EXTRA_FEATURES=user_affinity``
-measures the optional feature.
+measures the optional feature. ``--view-logging examined`` builds the world whose views hide
+position bias from training; ``--position-correction ipw`` estimates the bias from the
+randomised swaps logged so far before each training round and trains with inverse
+propensity weights.
 
 Takes several minutes. Nothing here is asserted: it measures and prints.
 """
@@ -36,7 +39,8 @@ from pathlib import Path
 
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
           train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False,
-          freshness_boost: float = 0.0, features: str = "guide") -> dict:
+          freshness_boost: float = 0.0, features: str = "guide", view_logging: str = "rendered",
+          position_correction: str = "none") -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.data.db import make_engine
@@ -55,7 +59,7 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     store.clear_cache()
     _SERVICES.clear()
     engine = make_engine(f"sqlite:///{tmp / 'world.db'}")
-    build_world(engine, seed=seed, preset=preset, scale="default")
+    build_world(engine, seed=seed, preset=preset, scale="default", view_logging=view_logging)
     store.fit_base_models(engine)
     from ranker.rank.features import use_feature_set
     from ranker.rank.tuning import save_feature_set
@@ -66,12 +70,21 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
         from ranker.rank.tuning import save_freshness_boost
 
         save_freshness_boost(engine, freshness_boost, actor="bench")
-    out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost, "features": features}
+    out: dict = {"preset": preset, "seed": seed, "freshness_boost": freshness_boost, "features": features,
+                 "view_logging": view_logging, "position_correction": position_correction}
 
     previous: dict = {}
 
     def round_(name: str, data: Path, val: Path, last: bool) -> None:
-        trained = train_and_register(engine, data, TrainConfig(**(train_cfg or {})), val=val, activate=True)
+        if position_correction == "ipw":  # from every list served with swaps so far (legacy, then A/B)
+            from ranker.rank.propensity import estimate_from_log, save_estimate
+
+            est = estimate_from_log(engine)
+            save_estimate(engine, est)
+            out[f"{name}_propensity"] = {k: getattr(est, k) for k in ("curve", "low", "high", "eta", "eta_ci",
+                                                                     "lists", "clicks")}
+        cfg = TrainConfig(**(train_cfg or {}), position_correction=position_correction)
+        trained = train_and_register(engine, data, cfg, val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
         svc = service(engine)
         served, fallback = svc.scorer()
@@ -150,19 +163,25 @@ def main() -> int:
     p.add_argument("--freshness-boost", type=_boost, default=0.0,
                    help="serve the neural ranker with this freshness boost (the Rule weights page's setting)")
     p.add_argument("--features", default="guide", help="the feature set: guide or history")
+    p.add_argument("--view-logging", default="rendered", choices=("rendered", "examined"),
+                   help="how the world logs views: every rendered position, or only the examined ones")
+    p.add_argument("--position-correction", default="none", choices=("none", "ipw"),
+                   help="ipw: estimate position bias from the randomised swaps before each training round and "
+                        "weight each click by 1 / p(position)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}
     seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",")]
     results = [study(preset, args.days, args.requests_per_day, args.report_requests, args.loops, train_cfg, seed,
-                     args.refit, args.freshness_boost, args.features)
+                     args.refit, args.freshness_boost, args.features, args.view_logging, args.position_correction)
                for seed in seeds for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps(results, default=str, indent=1))
         return 0
     for r in results:
         print(f"\n=== preset {r['preset']}, world seed {r['seed']}, features {r['features']}, "
-              f"freshness boost {r['freshness_boost']:g} ===")
+              f"freshness boost {r['freshness_boost']:g}, views {r['view_logging']}, "
+              f"position correction {r['position_correction']} ===")
         for stage in r["stages"]:
             v = r[f"{stage}_offline_val"]
             print(f"[{stage}] validation NDCG@10: neural {v['model']['ndcg@10']:.4f}  rule {v['rule']['ndcg@10']:.4f}"
@@ -178,6 +197,12 @@ def main() -> int:
                           f"lift {pol['lift_vs_base']:+.1%}  p {pol.get('p_value_vs_base', float('nan')):.2g}  "
                           f"gap closed {pol['gap_closed']:+.1%} (95% CI {low:+.1%} to {high:+.1%})  "
                           f"ILD {pol['ild']:.3f}  age {pol['mean_age_days']:.1f} d")
+            if f"{stage}_propensity" in r:
+                est = r[f"{stage}_propensity"]
+                low, high = est["eta_ci"] or (float("nan"), float("nan"))
+                print(f"[{stage}] position bias: p(k)/p(1) = k^-{est['eta']:.2f} (95% CI {low:.2f} to {high:.2f}) "
+                      f"from {est['lists']:,} randomised lists; per position "
+                      + " ".join(f"{v:.2f}" for v in est["curve"]))
             peer = r[f"{stage}_peer"]
             print(f"[{stage}] LightGBM peer: {peer['rounds']} rounds (early stopping, at most {peer['max_rounds']}) "
                   f"on {peer['train_rows']:,} rows, {peer['validation']}")
