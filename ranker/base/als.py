@@ -2,10 +2,12 @@
 
 The user x item matrix holds, per pair, the summed confidence weights of the
 user's interactions with the item (``kind_weights``); ``implicit`` turns it into
-confidence ``1 + alpha * r`` (Hu, Koren & Volinsky 2008). Plain views weigh 0 by
-default: under the platform's legacy lists a view mostly says "was shown", not
-"liked". Scores are ``user_factors @ item_factors.T``; an item with no
-interaction has a zero factor and scores 0.
+confidence ``1 + alpha * r`` (Hu, Koren & Volinsky 2008). Plain views count only
+for users with no engagement before the cutoff, at
+:data:`ranker.base.base.VIEW_WEIGHT`, well below a click: under the platform's
+legacy lists a view mostly says "was shown", not "liked", but it is all such a user
+has. Scores are ``user_factors @ item_factors.T``; an item with no interaction has
+a zero factor and scores 0.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ranker.base.base import BaseRecommender, TrainingData, kind_weight_array, time_decay
+from ranker.base.base import BaseRecommender, TrainingData, kind_weight_array, time_decay, with_views
 
 USER_ATTRIBUTES = ("role", "category", "field")
 ITEM_ATTRIBUTES = ("category", "field", "type")
 
-#: Confidence weight per interaction kind, before ``alpha``.
+#: Confidence weight per engaged interaction kind, before ``alpha``; a view adds
+#: :data:`ranker.base.base.VIEW_WEIGHT`.
 DEFAULT_ALS_WEIGHTS: dict[str, float] = {
-    "view": 0.0, "click": 1.0, "like": 2.0, "favorite": 2.0, "apply": 2.0, "interest": 2.0,
+    "click": 1.0, "like": 2.0, "favorite": 2.0, "apply": 2.0, "interest": 2.0,
 }
 
 
@@ -54,11 +57,13 @@ class ALSRecommender(BaseRecommender):
     iterations : int
         ALS sweeps.
     kind_weights : dict of str to float, optional
-        Weight per interaction kind (default ``DEFAULT_ALS_WEIGHTS``).
+        Weight per interaction kind (default ``DEFAULT_ALS_WEIGHTS`` and a view at
+        ``VIEW_WEIGHT``).
     negative_weight : float
-        Confidence weight of a pair the user viewed but never engaged with,
-        passed to ``implicit`` as a negative entry (preference 0 with confidence
-        ``1 + alpha * negative_weight``); 0 treats it like any unseen pair.
+        Confidence weight of a pair the user viewed but never engaged with, passed
+        to ``implicit`` as a negative entry (preference 0 with confidence
+        ``1 + alpha * negative_weight``); 0 treats it like any unseen pair. The views
+        of a user who never engaged are their profile (positives), never negatives.
     user_attribute_weight : float
         Side information: each user also "interacts" with one pseudo-item per
         declared attribute (role, category, field) at this weight; 0 turns it off.
@@ -106,10 +111,29 @@ class ALSRecommender(BaseRecommender):
 
     def confidence_matrix(self, data: TrainingData) -> sp.csr_matrix:
         """Summed kind weights, shape (n_users, n_items), rows = ``user_ids_``, columns = ``item_ids_``."""
-        df = data.interactions
-        weights = kind_weight_array(df["kind"], self.kind_weights or DEFAULT_ALS_WEIGHTS)
+        df = data.profile
+        weights = kind_weight_array(df["kind"], self.kind_weights or with_views(DEFAULT_ALS_WEIGHTS))
         if self.half_life_days:
             weights = weights * time_decay(df["created_at"], data.cutoff, self.half_life_days)
+        users, items, known = self._rows(df)
+        shape = (len(self.user_ids_), len(self.item_ids_))
+        keep = known & (weights > 0)
+        matrix = sp.csr_matrix((weights[keep], (users[keep], items[keep])), shape=shape, dtype=np.float32)
+        matrix.sum_duplicates()
+        if self.negative_weight > 0:
+            # Viewed, never engaged: a negative entry where the positive matrix has none.
+            views = data.interactions[(data.interactions["kind"] == "view").to_numpy()]
+            users, items, known = self._rows(views)
+            seen = sp.csr_matrix((np.ones(known.sum(), np.float32), (users[known], items[known])), shape=shape)
+            seen.sum_duplicates()
+            seen.data[:] = 1.0
+            negative = seen - seen.multiply(matrix > 0)
+            negative.eliminate_zeros()
+            matrix = (matrix - self.negative_weight * negative).tocsr()
+        return matrix
+
+    def _rows(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of ``df``'s users and items in ``user_ids_`` and ``item_ids_``, and which are in both."""
         users = np.searchsorted(self.user_ids_, df["user_id"].to_numpy(np.int64))
         items = np.searchsorted(self.item_ids_, df["item_id"].to_numpy(np.int64))
         users_c = np.minimum(users, len(self.user_ids_) - 1)
@@ -118,21 +142,7 @@ class ALSRecommender(BaseRecommender):
             (self.user_ids_[users_c] == df["user_id"].to_numpy())
             & (self.item_ids_[items_c] == df["item_id"].to_numpy())
         )
-        shape = (len(self.user_ids_), len(self.item_ids_))
-        keep = known & (weights > 0)
-        matrix = sp.csr_matrix((weights[keep], (users[keep], items[keep])), shape=shape, dtype=np.float32)
-        matrix.sum_duplicates()
-        if self.negative_weight > 0:
-            # Viewed, never engaged: a negative entry where the positive matrix has none.
-            viewed = known & (df["kind"] == "view").to_numpy()
-            seen = sp.csr_matrix((np.ones(viewed.sum(), np.float32), (users[viewed], items[viewed])),
-                                 shape=shape)
-            seen.sum_duplicates()
-            seen.data[:] = 1.0
-            negative = seen - seen.multiply(matrix > 0)
-            negative.eliminate_zeros()
-            matrix = (matrix - self.negative_weight * negative).tocsr()
-        return matrix
+        return users, items, known
 
     def _fit(self, data: TrainingData) -> None:
         from implicit.cpu.als import AlternatingLeastSquares

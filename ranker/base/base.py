@@ -14,10 +14,14 @@ What the base class does for every model:
   ``config.ENGAGED_KINDS``: a click or an explicit positive) and never
   recommends them again. Plain views are **not** excluded: a viewed-not-clicked
   item is a soft negative, and showing it again is allowed.
-- A user is *known* when they engaged at least once before the cutoff. A
-  personalised model raises :class:`UnknownUserError` for anyone else; the flow
-  layer (:func:`ranker.serving.candidates.candidates`) answers such users with the trending
-  list instead. Popularity is not personalised and knows every user.
+- A user is *known* when they engaged with or viewed a catalogue item at least once
+  before the cutoff. The views of a user who never engaged before the cutoff enter
+  the personalised models' training signal at :data:`VIEW_WEIGHT`, below a click's
+  1.0, so they get a profile from those views (cold start); once a user has engaged,
+  their engagement alone is their profile. A personalised model raises
+  :class:`UnknownUserError` for anyone else (no event at all before the cutoff); the
+  flow layer (:func:`ranker.serving.candidates.candidates`) answers such users with the
+  trending list instead. Popularity is not personalised and knows every user.
 - Items outside the catalogue (created after the cutoff) score 0.0, like an item
   without any interaction; they are never recommended until the next fit.
 - Persistence: one ``.npz`` file per model holding the arrays and a JSON
@@ -53,8 +57,28 @@ from ranker.errors import RankerError
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
 
+#: Weight of a plain view in the personalised models' training signal (ALS's confidence before
+#: ``alpha``, the two-tower model's loss weight), against 1.0 for a click and 2.0 for an explicit
+#: positive. Only the views of users with no engagement before the cutoff count: they make such a
+#: user known to the models, with a profile built from their views (cold start). Kept well below a
+#: click because a view of a shown item says "examined", not "liked". 0 restores engagement-only
+#: models, and view-only users then get the trending list (see docs/serving.md, Cold start).
+VIEW_WEIGHT = 0.1
+
+
+def profile_kinds() -> tuple[str, ...]:
+    """The kinds of event that make a user known to the personalised models: any engagement, and a
+    view while :data:`VIEW_WEIGHT` is above 0 (read at call time)."""
+    return config.ENGAGED_KINDS + (("view",) if VIEW_WEIGHT > 0 else ())
+
+
+def with_views(kind_weights: Mapping[str, float]) -> dict[str, float]:
+    """``kind_weights`` (engaged kinds) plus a view at :data:`VIEW_WEIGHT` (read at call time)."""
+    return {"view": VIEW_WEIGHT, **kind_weights}
+
 class UnknownUserError(RankerError, ValueError):
-    """The user has no engagement before the model's cutoff, so a personalised model cannot score them."""
+    """The user has no event (view or engagement) before the model's cutoff, so a personalised model
+    cannot score them."""
 
 
 class NotFittedError(RuntimeError):
@@ -86,7 +110,7 @@ class TrainingData:
     items: pd.DataFrame
     users: pd.DataFrame
     cutoff: datetime
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Models align their arrays with the catalogue sorted by id.
@@ -122,12 +146,28 @@ class TrainingData:
     def engaged(self) -> pd.DataFrame:
         """Interactions of an engaged kind whose item is in the catalogue."""
         if "engaged" not in self._cache:
-            df = self.interactions
-            keep = df["kind"].isin(config.ENGAGED_KINDS).to_numpy() & np.isin(
-                df["item_id"].to_numpy(), self.items["id"].to_numpy()
-            )
-            self._cache["engaged"] = df[keep].reset_index(drop=True)
+            df = self._in_catalogue()
+            self._cache["engaged"] = df[df["kind"].isin(config.ENGAGED_KINDS).to_numpy()].reset_index(drop=True)
         return self._cache["engaged"]
+
+    @property
+    def profile(self) -> pd.DataFrame:
+        """What the personalised models learn users from: :attr:`engaged`, plus the views of users
+        with no engagement before the cutoff while :data:`VIEW_WEIGHT` is above 0 (read at call
+        time), on catalogue items."""
+        key = ("profile", VIEW_WEIGHT > 0)
+        if key not in self._cache:
+            df = self._in_catalogue()
+            keep = df["kind"].isin(config.ENGAGED_KINDS).to_numpy()
+            if VIEW_WEIGHT > 0:
+                view_only = ~df["user_id"].isin(self.engaged["user_id"].unique()).to_numpy()
+                keep = keep | ((df["kind"] == "view").to_numpy() & view_only)
+            self._cache[key] = df[keep].reset_index(drop=True)
+        return self._cache[key]
+
+    def _in_catalogue(self) -> pd.DataFrame:
+        df = self.interactions
+        return df[np.isin(df["item_id"].to_numpy(), self.items["id"].to_numpy())]
 
     def check(self) -> None:
         """Raise ValueError, saying what data is needed, when there is nothing to learn from."""
@@ -164,9 +204,9 @@ class BaseRecommender(ABC):
     item_created_ : ndarray of int64, shape (n_items,)
         Creation time of each item, in seconds since the epoch.
     user_ids_ : ndarray of int64, shape (n_users,)
-        Known users (engaged at least once before the cutoff), sorted.
+        Known users (engaged with or viewed a catalogue item before the cutoff), sorted.
     engaged_indptr_, engaged_rows_ : ndarray of int64
-        CSR lists of the catalogue rows each known user engaged with.
+        CSR lists of the catalogue rows each known user engaged with (empty for a user who only viewed).
     """
 
     name: ClassVar[str] = ""
@@ -243,7 +283,7 @@ class BaseRecommender(ABC):
             items["created_at"].to_numpy("datetime64[s]").astype(np.int64)
         )
         engaged = data.engaged
-        self.user_ids_ = np.unique(engaged["user_id"].to_numpy(np.int64))
+        self.user_ids_ = np.unique(data.profile["user_id"].to_numpy(np.int64))
         urows = np.searchsorted(self.user_ids_, engaged["user_id"].to_numpy(np.int64))
         irows = np.searchsorted(self.item_ids_, engaged["item_id"].to_numpy(np.int64))
         pairs = np.unique(urows * len(self.item_ids_) + irows)
@@ -253,8 +293,10 @@ class BaseRecommender(ABC):
 
     def _make_version(self, data: TrainingData) -> str:
         h = hashlib.sha1(json.dumps(self.get_params(), sort_keys=True, default=str).encode())
+        if VIEW_WEIGHT > 0:  # without views, the same version as before views counted
+            h.update(f"view_weight={VIEW_WEIGHT}".encode())
         for col in ("user_id", "item_id", "created_at"):
-            h.update(np.ascontiguousarray(data.engaged[col].to_numpy()).tobytes())
+            h.update(np.ascontiguousarray(data.profile[col].to_numpy()).tobytes())
         h.update(self.item_ids_.tobytes())
         return f"{self.name}-{self.cutoff_:%Y%m%dT%H%M%S}-{h.hexdigest()[:8]}"
 
@@ -282,7 +324,7 @@ class BaseRecommender(ABC):
         row = self._user_row(user_id)
         if row < 0 and self.personalised:
             raise UnknownUserError(
-                f"user {user_id} has no engagement before {self.cutoff_:%Y-%m-%d %H:%M}, so the "
+                f"user {user_id} has no view or engagement before {self.cutoff_:%Y-%m-%d %H:%M}, so the "
                 f"{self.name} model cannot personalise for them; serve the trending list "
                 "(ranker.serving.candidates.candidates does this and flags fallback=True)"
             )

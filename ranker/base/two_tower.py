@@ -6,7 +6,9 @@
 
 Trained with a softmax over the catalogue items *of the positive's item type*
 (a developer's click on a startup competes with every startup, never with
-investors), weighted by interaction kind. Up to ``softmax_items`` items per type
+investors), weighted by interaction kind. The views of a user with no engagement
+before the cutoff weigh :data:`ranker.base.base.VIEW_WEIGHT`, so a user who only
+viewed still gets a trained id embedding. Up to ``softmax_items`` items per type
 (the demo world's catalogue) the softmax is exact, which is cheaper than
 sampling and needs no bias correction; a larger type (the large world's 12k
 startups) uses a sampled softmax over ``sampled_negatives`` uniform negatives per
@@ -28,7 +30,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ranker.base.base import BaseRecommender, TrainingData, kind_weight_array, time_decay
+from ranker.base.base import BaseRecommender, TrainingData, kind_weight_array, time_decay, with_views
 
 USER_ATTRIBUTES = ("role", "category", "field")
 ITEM_ATTRIBUTES = ("item_type", "category", "field", "type")
@@ -42,7 +44,8 @@ TRAIN_THREADS = 1
 #: most of a large-world fit at 4,096 (see the README's Performance section).
 SAMPLED_NEGATIVES = 4096
 
-#: Loss weight per interaction kind (summed over a user's interactions with an item).
+#: Loss weight per engaged interaction kind (summed over a user's interactions with an item); a view
+#: of a user who never engaged weighs :data:`ranker.base.base.VIEW_WEIGHT`.
 DEFAULT_TWO_TOWER_WEIGHTS: dict[str, float] = {
     "click": 1.0, "like": 2.0, "favorite": 2.0, "apply": 2.0, "interest": 2.0,
 }
@@ -117,7 +120,7 @@ class TwoTowerRecommender(BaseRecommender):
     dim : int
         Embedding size of each tower.
     epochs : int
-        Passes over the (user, item) engagement pairs.
+        Passes over the (user, item) training pairs.
     batch_size : int
         Pairs per step.
     lr : float
@@ -125,7 +128,8 @@ class TwoTowerRecommender(BaseRecommender):
     weight_decay : float
         Decoupled weight decay (AdamW) on every table.
     kind_weights : dict of str to float, optional
-        Loss weight per interaction kind (default ``DEFAULT_TWO_TOWER_WEIGHTS``).
+        Loss weight per interaction kind (default ``DEFAULT_TWO_TOWER_WEIGHTS`` and a view at
+        ``VIEW_WEIGHT``).
     half_life_days : float, optional
         Interactions this many days older than the cutoff weigh half as much in
         the loss; None weighs all history alike.
@@ -181,8 +185,8 @@ class TwoTowerRecommender(BaseRecommender):
         self.user_codes_, self.user_vocab_ = _codes(users, USER_ATTRIBUTES)
         self.item_codes_, self.item_vocab_ = _codes(data.items, ITEM_ATTRIBUTES)
 
-        df = data.engaged
-        weights = kind_weight_array(df["kind"], self.kind_weights or DEFAULT_TWO_TOWER_WEIGHTS)
+        df = data.profile
+        weights = kind_weight_array(df["kind"], self.kind_weights or with_views(DEFAULT_TWO_TOWER_WEIGHTS))
         if self.half_life_days:
             weights = weights * time_decay(df["created_at"], data.cutoff, self.half_life_days)
         u = np.searchsorted(self.user_ids_, df["user_id"].to_numpy(np.int64))

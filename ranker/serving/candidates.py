@@ -4,8 +4,12 @@
 base model (default: the ensemble) for ``n`` items of the flow's item type
 created at or before ``as_of``, minus every item the user engaged with before
 ``as_of`` (a click or an explicit positive; plain views are not excluded).
-A user the model does not know (no engagement before its cutoff, including a
-brand-new user) gets the trending list instead, with ``fallback=True``.
+
+A user who has only viewed is personalised from their views (cold start, see
+:mod:`ranker.base.base`). A user the model does not know (no view or engagement
+before its cutoff, including a brand-new user) gets the trending list instead, with
+``fallback=True``; so does a user known to a model fitted after the request who had
+no such event strictly before the request (point in time).
 
 Models come from the serving store (:mod:`ranker.base.store`). On a fresh
 database with no saved model the first call fits and saves all base models
@@ -19,15 +23,17 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from ranker import config
 from ranker.base import DEFAULT_MODEL, FALLBACK_MODEL, MODEL_NAMES, BaseRecommender
+from ranker.base.base import profile_kinds
 from ranker.base.ensemble import EnsembleRecommender
 from ranker.base.popularity import PopularityRecommender
 from ranker.data.clock import serve_now
 from ranker.data.db import get_engine, session_scope
 from ranker.data.interactions import engaged_item_ids, user_role
+from ranker.data.schema import Interaction
 from ranker.flows import UnknownUserError, check_flow
 
 
@@ -46,8 +52,8 @@ class Candidates:
     source : str
         Name of the model that produced the list ("popularity" on fallback).
     fallback : bool
-        True when the requested model could not personalise for the user (no
-        engagement before its cutoff) and the trending list was served instead.
+        True when the requested model could not personalise for the user (no view or
+        engagement before its cutoff and the request) and the trending list was served instead.
     model_version : str
         ``version_`` of the model that produced the list.
     as_of : datetime
@@ -126,9 +132,9 @@ def candidates(
         raise ValueError(f"n must be a positive integer, got {n}")
     engine = engine or get_engine()
     item_type = _flow_item_type(engine, user_id, flow)
-    chosen, fallback = _serving_model(engine, model, user_id)
     if as_of is None:
         as_of = _serve_time(engine)
+    chosen, fallback = _serving_model(engine, model, user_id, as_of)
     engaged = engaged_item_ids(engine, user_id, until=as_of)
     ids, scores = chosen.recommend(user_id, n, item_type=item_type, as_of=as_of, exclude=engaged)
     return Candidates(user_id=int(user_id), flow=flow, item_ids=ids, scores=scores, source=chosen.name,
@@ -143,16 +149,28 @@ def _flow_item_type(engine: Engine, user_id: int, flow: str) -> str | None:
     return check_flow(role, flow, user_id)
 
 
-def _serving_model(engine: Engine, model: str | BaseRecommender | None, user_id: int) -> tuple[BaseRecommender, bool]:
-    """The model that serves ``user_id``, and whether it is the trending fallback (the requested
-    model does not know the user)."""
+def _serving_model(engine: Engine, model: str | BaseRecommender | None, user_id: int,
+                   as_of: datetime) -> tuple[BaseRecommender, bool]:
+    """The model that serves ``user_id`` at ``as_of``, and whether it is the trending fallback (the
+    requested model does not know the user, or knows them only from events at or after ``as_of``)."""
     if model is None or isinstance(model, str):
         chosen, fallback_model = _stored_models(engine, model or DEFAULT_MODEL)
     else:
         chosen, fallback_model = model, None
-    if chosen.knows_user(user_id):
+    if chosen.knows_user(user_id) and (not chosen.personalised or as_of >= chosen.cutoff_
+                                       or _has_history(engine, user_id, as_of)):
         return chosen, False
     return fallback_model or _fallback_for(chosen, engine), True
+
+
+def _has_history(engine: Engine, user_id: int, until: datetime) -> bool:
+    """Whether ``user_id`` has an event that makes a user known (:func:`ranker.base.base.profile_kinds`)
+    strictly before ``until``."""
+    t = Interaction.__table__.c
+    stmt = select(t.id).where(t.user_id == int(user_id), t.created_at < until,
+                              t.kind.in_(profile_kinds())).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(stmt).first() is not None
 
 
 def _stored_models(engine: Engine, name: str) -> tuple[BaseRecommender, BaseRecommender]:
