@@ -23,11 +23,12 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from ranker.rank.dataset import DatasetConfig, build_dataset
 
     for flag, path in (("--output", args.output), ("--val-output", args.val_output)):
-        if path is not None and path.is_dir():  # say so now, not after building the whole dataset
+        if path is not None and path.is_dir() and path.suffix != ".parquet":  # say so now, not after the build
             raise CLIError(f"{flag} {path} is a folder; give a file path such as {path / 'ranker_train.csv'}")
     cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
                         window_days=args.window_days, base_model=args.base_model, refit_days=args.refit_days,
-                        val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed)
+                        val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed,
+                        engine=args.engine or DatasetConfig.engine, format=args.format)
     engine = ensure_schema(get_engine())
     chosen = use_features(args, engine)
     summary = build_dataset(engine, cfg, show_bar=True)
@@ -225,6 +226,11 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
                     help="also write the latest --val-fraction of lists here (a time split)")
     ds.add_argument("--val-fraction", type=float, default=D.val_fraction)
     ds.add_argument("--seed", type=int, default=D.seed)
+    ds.add_argument("--engine", choices=("polars", "python"), default=None,
+                    help="feedback: compute the rows column by column (polars, the default) or list by list (python)")
+    ds.add_argument("--format", choices=("csv", "parquet"), default=None,
+                    help="csv, or parquet: a folder of files partitioned by day, for `ranker train --data FOLDER` "
+                         "(default: parquet when --output ends in .parquet, else csv)")
     add_features_arg(ds)
     ds.set_defaults(handler=cmd_dataset)
 

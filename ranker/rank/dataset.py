@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCES = ("feedback", "impressions")
+ENGINES = ("polars", "python")
+FORMATS = ("csv", "parquet")
 #: Lists whose features were never computed by the ranker's serving path: trending lists (never
 #: reranked, not ranker data) and legacy lists (no features logged; the feedback source
 #: recomputes theirs point in time).
@@ -85,11 +87,19 @@ class DatasetConfig:
     #: Explicit feedback window; overrides ``window_days`` (used by time-split evaluation).
     window_start: datetime | None = None
     window_end: datetime | None = None
+    #: feedback: "polars" computes the rows column by column (ranker.rank.dataset_columnar), "python" list by list
+    engine: str = "polars"
+    format: str | None = None  # "csv" or "parquet" (a folder partitioned by day); None: .parquet outputs are Parquet
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
+        self.format = self.format or ("parquet" if self.output.suffix == ".parquet" else "csv")
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
         if not self.neg_ratio > 0:
             raise ValueError(f"--neg-ratio must be positive, got {self.neg_ratio}")
         if not self.refit_days > 0:
@@ -185,7 +195,11 @@ def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None 
     ValueError
         Nothing to build from (say which command fills the data).
     """
-    if cfg.source == "feedback":
+    if cfg.format == "parquet" or (cfg.source == "feedback" and cfg.engine == "polars"):
+        from ranker.rank.dataset_columnar import build
+
+        summary = build(engine, cfg, progress, show_bar, fitted_base)
+    elif cfg.source == "feedback":
         summary = _from_feedback(engine, cfg, progress, show_bar, fitted_base)
     else:
         summary = _from_impressions(engine, cfg, progress, show_bar)
