@@ -127,6 +127,14 @@ def ab_test(engine: Engine, flow: str | None, start: Day, end: Day, mde: float, 
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def ctr_by_cohort(engine: Engine, flow: str | None, start: Day, end: Day, source: str | None,
+                  experiment: str | None = None) -> list[dict]:
+    from ranker.ops.report import ctr_by_cohort
+
+    return ctr_by_cohort(engine, flow, start, end, source, experiment or online.LATEST)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def guardrail_tests(engine: Engine, flow: str | None, start: Day, end: Day,
                     source: str | None, experiment: str | None = None) -> dict[str, ABResult]:
     return online.guardrail_tests(engine, flow, start, end, source=source,

@@ -143,6 +143,17 @@ if res.enough_data:
                        "treatment": st.column_config.NumberColumn(format="%.3f"),
                        "p": st.column_config.NumberColumn(format="%.2g")})
 
+# --- Cohorts ----------------------------------------------------------------------------
+st.subheader("CTR by cohort")
+cohorts = cached.ctr_by_cohort(engine, flow_f, start, end, source_f, which)
+if cohorts:
+    st.dataframe([{"arm": c["arm"], "cohort": c["label"], "lists": c["lists"], "trending lists": c["trending_lists"],
+                   "users": c["users"], "impressions": c["impressions"], "CTR": f"{c[keys.CTR]:.2%}"}
+                  for c in cohorts], hide_index=True)
+st.caption("A list's cohort is what its user had done strictly before it was served: engaged (a click or an explicit "
+           "positive), view-only (views only: a list personalised from those views), or nothing yet (the trending "
+           "list). Same experiment window and filters as the verdict.")
+
 # --- Over time ------------------------------------------------------------------------
 st.subheader("Over time, per arm")
 OVER_TIME = {keys.CTR: "CTR", keys.FEEDBACK_RATE: "Feedback rate", keys.ILD: "ILD",

@@ -54,6 +54,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     for g in report["online"]["guardrails"].values():
         if g["enough_data"]:
             print(f"  {g['verdict']}")
+    if report["online"]["cohorts"]:
+        print("  CTR by cohort (what the user had done strictly before each request):")
+    for c in report["online"]["cohorts"]:
+        print(f"    {c['arm']:9} {c['label']:17} lists {c['lists']:>6,} ({c['trending_lists']:,} trending)  "
+              f"impressions {c['impressions']:>8,}  CTR {_fmt(c[keys.CTR])}")
     off = report["offline"]
     if off:
         print(f"\nOffline: paired simulated traffic ({off['requests']:,} requests, same users, candidates and "
@@ -68,6 +73,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  {name:{width}} {_fmt(p[keys.CTR])} {_fmt(p['expected_ctr']):>8} "
                   f"{_fmt(p['lift_vs_base'], True):>7} {p.get('p_value_vs_base', float('nan')):>8.2g} {gap:>28} "
                   f"{_fmt(p[keys.ILD])} {p[keys.MEAN_AGE_DAYS]:>6.1f}")
+        print("  Expected CTR by cohort, every request (a trending one shows the trending list under every policy "
+              "but the oracle):")
+        for c in off["cohorts"].values():
+            if c["requests"]:
+                print(f"    {c['label']:17} {c['requests']:>6,} requests ({c['trending']:,} trending)  "
+                      + "  ".join(f"{name} {_fmt(p['expected_ctr'])}" for name, p in c["policies"].items()))
     peer = report.get("peer") or {}
     if "rounds" in peer:
         print(f"LightGBM peer: {peer['rounds']} rounds (early stopping, at most {peer['max_rounds']}), trained on "

@@ -13,6 +13,10 @@ is reported too.
 
 The LightGBM peer is trained on exactly the active model's training file (checked by its
 hash), with early stopping on validation data (see :func:`lightgbm_peer`).
+
+Both the served traffic and the paired simulation are also broken down by :data:`COHORTS`:
+whether the user had engaged, had only viewed, or had no event at all strictly before
+the request (:func:`ctr_by_cohort`, :func:`cohorts_at`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, distinct, exists, func, select
 
 from ranker import config, keys
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
-from ranker.data.schema import User
+from ranker.data.schema import Impression, Interaction, Outcome, User
 from ranker.rank.diversity import Diversity, rerank
 from ranker.rank.features import ListContext, feature_names
 from ranker.rank.metrics import intra_list_diversity
@@ -46,6 +50,13 @@ PEER_PATIENCE = 30
 PEER_MAX_ROUNDS = 500
 #: Without the model's own validation file: the latest share of the lists (by event time) validates.
 PEER_VAL_FRACTION = 0.2
+#: What the user had done strictly before a request: a click or an explicit positive, only views
+#: (served a list personalised from those views), or nothing (served the trending list).
+COHORTS: dict[str, str] = {
+    "engaged": "engaged before",
+    "view_only": "view-only before",
+    "new": "no events before",
+}
 
 
 # --- The LightGBM peer ------------------------------------------------------------------
@@ -256,7 +267,10 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
                       resamples: int = BOOTSTRAP_RESAMPLES, method: Diversity | None = None) -> dict[str, Any]:
     """CTR, diversity and freshness of each policy on the same requests and random numbers,
     and the share of the base→oracle gap each closes (see :func:`gap_closed`). The scorers rerank
-    with ``method`` (default: the guide's greedy penalty)."""
+    with ``method`` (default: the guide's greedy penalty). Requests served the trending list are
+    left out of that comparison; ``result["cohorts"]`` (one entry per :data:`COHORTS` key: label,
+    requests, how many were trending, each policy's CTR and expected CTR) counts every request,
+    the trending ones showing the trending list under every policy but the oracle."""
     from tqdm import tqdm
 
     from ranker.serving.service import service
@@ -267,21 +281,96 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     method = method or Diversity()
     knob = [] if method.knob is None else [method.knob]
     out = {p: PolicyStats() for p in ["base", *scorers, "oracle"]}
+    cohort_of = cohorts_at(engine, as_of)
+    by_cohort = {c: {p: PolicyStats() for p in out} for c in COHORTS}
+    trending = dict.fromkeys(COHORTS, 0)
     rng = np.random.default_rng(seed)
     skipped = 0
     for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
         request = _draw_request(engine, rng, users, k, as_of, counts)
-        if request is None:
+        if request is None or request[3]:
             skipped += 1
+        if request is None:
             continue
-        ctx, u_exam, u_click = request
+        ctx, u_exam, u_click, fallback = request
+        cohort = cohort_of.get(ctx.user_id, "new")
         orders = {"base": np.arange(k)}
-        for name, sc in scorers.items():
-            orders[name] = rerank(ctx, sc, k, method.method, *knob).order
+        if fallback:  # the trending list, never reranked: every policy shows it as served
+            trending[cohort] += 1
+            orders.update({name: np.arange(k) for name in scorers})
+        else:
+            for name, sc in scorers.items():
+                orders[name] = rerank(ctx, sc, k, method.method, *knob).order
         orders["oracle"] = oracle.best_order(ctx, k)
         for name, order in orders.items():  # the same draws for every policy: common random numbers
-            _observe(out[name], oracle, ctx, order, u_exam, u_click, k)
-    return _compare_policies(out, requests, skipped, k, resamples, seed)
+            if not fallback:
+                _observe(out[name], oracle, ctx, order, u_exam, u_click, k)
+            _observe(by_cohort[cohort][name], oracle, ctx, order, u_exam, u_click, k)
+    result = _compare_policies(out, requests, skipped, k, resamples, seed)
+    result["cohorts"] = {c: _cohort_summary(c, by_cohort[c], trending[c]) for c in COHORTS}
+    return result
+
+
+def _cohort_summary(cohort: str, stats_by_policy: dict[str, PolicyStats], trending: int) -> dict[str, Any]:
+    """One cohort's label, requests (``trending`` of them served the trending list) and each policy's CTR on them."""
+    policies = {}
+    for name, st in stats_by_policy.items():
+        d = st.as_dict()
+        policies[name] = {k: d[k] for k in (keys.CTR, "expected_ctr", "impressions", "clicks")}
+    requests = len(next(iter(stats_by_policy.values())).expected)
+    return {"label": COHORTS[cohort], "requests": requests, "trending": trending, "policies": policies}
+
+
+def cohorts_at(engine: Engine, as_of: datetime) -> dict[int, str]:
+    """The :data:`COHORTS` key of every user with an event strictly before ``as_of`` (the others: ``new``)."""
+    t = Interaction.__table__.c
+    engaged = func.max(case((t.kind.in_(config.ENGAGED_KINDS), 1), else_=0))
+    stmt = select(t.user_id, engaged).where(t.created_at < as_of).group_by(t.user_id)
+    with engine.connect() as conn:
+        return {int(u): "engaged" if e else "view_only" for u, e in conn.execute(stmt)}
+
+
+def ctr_by_cohort(engine: Engine, flow: str | None = None, start=None, end=None, source: str | None = None,
+                  experiment: int | str | None = None) -> list[dict[str, Any]]:
+    """Online CTR per arm and cohort (:data:`COHORTS`) over the served impressions, the cohort of each
+    list decided from the user's interactions strictly before it was served.
+
+    The filters are those of :func:`ranker.serving.online.summary_by_arm` (``experiment``: an id, a
+    name or ``online.LATEST``, that experiment's window). Returns one row per (arm, cohort) with
+    traffic, arms then cohorts in :data:`COHORTS` order: ``arm, cohort, label, lists, trending_lists``
+    (served the trending list), ``users, impressions, clicks`` (impressions with an engagement) and
+    ``ctr``.
+    """
+    from ranker.serving import online
+
+    if experiment is not None:
+        sc = online.scope(engine, flow, start, end, source, experiment)
+        start, end = sc.start, sc.end
+    imp, x = Impression.__table__.c, Interaction.__table__.c
+
+    def before(*kinds: str):
+        cond = [x.user_id == imp.user_id, x.created_at < imp.served_at]
+        return exists(select(x.id).where(*cond, *([x.kind.in_(kinds)] if kinds else [])))
+
+    clicked = select(Outcome.impression_id).where(Outcome.kind.in_(config.ENGAGED_KINDS)).distinct().subquery()
+    rows = (
+        select(imp.arm, imp.request_id, imp.user_id, imp.model_version,
+               case((before(*config.ENGAGED_KINDS), "engaged"), (before(), "view_only"), else_="new").label("cohort"),
+               clicked.c.impression_id.label("clicked"))
+        .select_from(Impression.__table__.outerjoin(clicked, clicked.c.impression_id == imp.id))
+        .where(online._filters(Impression, flow, start, end, source))
+        .subquery()
+    )
+    stmt = (select(rows.c.arm, rows.c.cohort, func.count(distinct(rows.c.request_id)),
+                   func.count(distinct(case((rows.c.model_version == config.TRENDING_FLOW, rows.c.request_id)))),
+                   func.count(distinct(rows.c.user_id)), func.count(), func.count(rows.c.clicked))
+            .group_by(rows.c.arm, rows.c.cohort))
+    with engine.connect() as conn:
+        found = conn.execute(stmt).all()
+    order = {c: i for i, c in enumerate(COHORTS)}
+    return [{"arm": arm, "cohort": cohort, "label": COHORTS[cohort], "lists": lists, "trending_lists": trending,
+             "users": n_users, "impressions": n, "clicks": clicks, keys.CTR: clicks / n if n else float("nan")}
+            for arm, cohort, lists, trending, n_users, n, clicks in sorted(found, key=lambda r: (r[0], order[r[1]]))]
 
 
 #: The knob values each diversity method is swept over on the CTR against ILD curves, from the
@@ -323,10 +412,10 @@ def diversity_curves(engine, requests: int = config.DEFAULTS.diversity_curve_req
     skipped = 0
     for _ in range(requests):
         request = _draw_request(engine, rng, users, k, as_of, counts)
-        if request is None:
+        if request is None or request[3]:
             skipped += 1
             continue
-        ctx, u_exam, u_click = request
+        ctx, u_exam, u_click, _ = request
         _observe(base, oracle, ctx, np.arange(k), u_exam, u_click, k)
         for p in points:  # the same draws for every point: common random numbers
             t0 = time.perf_counter()
@@ -362,8 +451,8 @@ def _report_world(engine) -> tuple[Oracle, datetime, list]:
 def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: datetime, counts: tuple):
     """A random user and flow, their base candidates and the click model's random numbers.
 
-    Returns (candidate context, examination draws (k,), click draws per candidate), or None
-    when the request gets the trending fallback or fewer than ``k`` candidates.
+    Returns (candidate context, examination draws (k,), click draws per candidate, whether the
+    candidates are the trending fallback), or None when there are fewer than ``k`` candidates.
     ``counts`` is ``Service.counts(as_of)``: (catalogue, views, other interactions).
     """
     from ranker.flows import own_flows
@@ -377,12 +466,12 @@ def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: 
     u_exam = rng.random(k)
     cands = candidates(uid, flow, config.FETCH_MULTIPLIER * k, engine=engine, as_of=as_of)
     u_click = rng.random(len(cands.item_ids))
-    if cands.fallback or len(cands.item_ids) < k:
+    if len(cands.item_ids) < k:
         return None
     # the features as serving computes them (with the user's history when the feature set needs it)
     ctx = service(engine).retrieval.context(uid, UserRow(uid, role, ucat, ufield), cands.item_ids, cands.scores,
                                             as_of)
-    return ctx, u_exam, u_click
+    return ctx, u_exam, u_click, cands.fallback
 
 
 def _observe(st: PolicyStats, oracle: Oracle, ctx: ListContext, order: np.ndarray, u_exam: np.ndarray,
@@ -448,6 +537,7 @@ def build_report(engine, requests: int = 3000, seed: int = 7, show_bar: bool = F
     report: dict[str, Any] = {}
     arms = summary_by_arm(engine, experiment=LATEST)  # the A/B window: never the world's legacy lists
     report["online"] = {"arms": arms.reset_index().to_dict(orient="records") if not arms.empty else [],
+                        "cohorts": ctr_by_cohort(engine, experiment=LATEST),
                         "ab": _plain(ab_test(engine)),
                         "guardrails": {k: _plain(v) for k, v in guardrail_tests(engine).items()}}
     svc = service(engine)
