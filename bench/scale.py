@@ -20,7 +20,8 @@ This benchmark times them apart:
 Each child's peak RSS is its ``wait4`` rusage; this process imports only the standard
 library, so it does not inflate it. The world is a copy of ``--db`` (a SQLite file from
 ``ranker demo init``), or ``ranker demo init --scale SCALE`` into a temporary folder (about
-15 minutes for ``large``). Not a test: nothing is asserted.
+15 minutes for ``large``). ``--fits DIR`` keeps the fitted models (and the fit time) for the
+next run over the same world. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main() -> int:
     p.add_argument("--engines", default="python,polars")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--end-to-end", action="store_true", help="also one build per engine that fits its own models")
+    p.add_argument("--fits", type=Path, help="keep the fitted models here, and reuse them (and their fit time) "
+                   "when it already holds them")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     engines = args.engines.split(",")
@@ -123,12 +126,17 @@ def main() -> int:
         env = {**os.environ, "RANKER_DATA_DIR": str(work / "data"), "RANKER_MODELS_DIR": str(work / "models"),
                "PYTHONPATH": str(ROOT)}
         env["RANKER_DATABASE_URL"] = f"sqlite:///{world(args, work, env)}"
-        (work / "fits").mkdir()
-        fit = child(FIT, [str(work / "fits"), args.base_model], env, work)
+        fits = args.fits or work / "fits"
+        if (fits / "fits.json").is_file():
+            fit = json.loads((fits / "fits.json").read_text())
+        else:
+            fits.mkdir(parents=True, exist_ok=True)
+            fit = child(FIT, [str(fits), args.base_model], env, work)
+            (fits / "fits.json").write_text(json.dumps(fit))
         results = {"machine": machine(), "base_model": args.base_model, "format": args.format,
                    "fit_s": fit["fit_s"], "fits": len(fit["fits"]), "fit_rss_mib": fit["rss_mib"], "engines": {}}
         for engine in engines:
-            runs = [child(BUILD, [engine, args.base_model, str(work / f"out_{engine}{suffix}"), str(work / "fits")],
+            runs = [child(BUILD, [engine, args.base_model, str(work / f"out_{engine}{suffix}"), str(fits)],
                           env, work) for _ in range(args.runs)]
             row = {"build_s": statistics.median(r["s"] for r in runs), "builds": [round(r["s"], 2) for r in runs],
                    "rss_mib": statistics.median(r["rss_mib"] for r in runs), "rows": runs[0]["rows"],
