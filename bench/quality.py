@@ -21,9 +21,9 @@ every simulated day (as ``ranker simulate`` does). Each round's paired report al
 scores the previous round's model (``neural_prev``), i.e. that model on the day its A/B
 ended; after the last A/B the report runs once more. ``RANKER_EXTRA_FEATURES=user_affinity``
 measures the optional feature. ``--view-logging examined`` builds the world whose views hide
-position bias from training; ``--position-correction ipw`` estimates the bias from the
-randomised swaps logged so far before each training round and trains with inverse
-propensity weights.
+position bias from training; ``--position-correction`` (``auto`` by default, as in
+``ranker train``) estimates the bias from the randomised swaps logged so far before each
+training round and trains with inverse propensity weights; ``none`` leaves them out.
 
 Takes several minutes. Nothing here is asserted: it measures and prints.
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 def study(preset: str, days: int, per_day: int, report_requests: int, loops: int = 1,
           train_cfg: dict | None = None, seed: int = 42, refit_base: bool = False,
           freshness_boost: float = 0.0, features: str = "guide", view_logging: str = "rendered",
-          position_correction: str = "none") -> dict:
+          position_correction: str = "auto") -> dict:
     from ranker import config
     from ranker.base import store
     from ranker.data.db import make_engine
@@ -76,13 +76,18 @@ def study(preset: str, days: int, per_day: int, report_requests: int, loops: int
     previous: dict = {}
 
     def round_(name: str, data: Path, val: Path, last: bool) -> None:
-        if position_correction == "ipw":  # from every list served with swaps so far (legacy, then A/B)
-            from ranker.rank.propensity import estimate_from_log, save_estimate
+        if position_correction != "none":  # from every list served with swaps so far (legacy, then A/B)
+            from ranker.rank.propensity import PropensityError, estimate_from_log, save_estimate
 
-            est = estimate_from_log(engine)
-            save_estimate(engine, est)
-            out[f"{name}_propensity"] = {k: getattr(est, k) for k in ("curve", "low", "high", "eta", "eta_ci",
-                                                                     "lists", "clicks")}
+            try:
+                est = estimate_from_log(engine)
+            except PropensityError:
+                if position_correction == "ipw":
+                    raise
+            else:
+                save_estimate(engine, est)
+                out[f"{name}_propensity"] = {k: getattr(est, k) for k in ("curve", "low", "high", "eta", "eta_ci",
+                                                                         "lists", "clicks")}
         cfg = TrainConfig(**(train_cfg or {}), position_correction=position_correction)
         trained = train_and_register(engine, data, cfg, val=val, activate=True)
         out[f"{name}_offline_val"] = {k: trained.metrics[k] for k in ("model", "rule", "base")}
@@ -165,9 +170,9 @@ def main() -> int:
     p.add_argument("--features", default="guide", help="the feature set: guide or history")
     p.add_argument("--view-logging", default="rendered", choices=("rendered", "examined"),
                    help="how the world logs views: every rendered position, or only the examined ones")
-    p.add_argument("--position-correction", default="none", choices=("none", "ipw"),
-                   help="ipw: estimate position bias from the randomised swaps before each training round and "
-                        "weight each click by 1 / p(position)")
+    p.add_argument("--position-correction", default="auto", choices=("auto", "ipw", "none"),
+                   help="ipw (auto when an estimate can be made): estimate position bias from the randomised swaps "
+                        "before each training round and weight each click by 1 / p(position)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     train_cfg = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr}

@@ -81,9 +81,11 @@ with st.form("train"):
     correction = st.selectbox(
         "Position correction", CORRECTIONS, index=CORRECTIONS.index(TrainConfig.position_correction),
         help="ipw weights each click by 1 / p(its position), so items the old order showed low are not "
-             "learnt as bad; p comes from randomised swaps (`ranker propensity estimate`).")
+             "learnt as bad; p comes from randomised swaps (`ranker propensity estimate`). auto: ipw when p "
+             "can be had, else none.")
     st.caption(f"Position bias: {estimate.summary()}." if estimate else
-               "Position bias: no estimate yet; run `ranker propensity estimate` before training with ipw.")
+               "Position bias: no estimate saved; training estimates one from the logged swaps, if any "
+               "(`ranker propensity estimate` saves one).")
     train_clicked = st.form_submit_button("Train", disabled=not (TRAIN_CSV.exists() and can_edit))
 if train_clicked and can_edit:
     params = {"data": str(TRAIN_CSV), "val": str(VAL_CSV) if VAL_CSV.exists() else None,

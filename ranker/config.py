@@ -116,7 +116,8 @@ class Defaults:
     split_by: str = "time"  # --val-split holds out the latest lists ("time") or random ones ("random")
     max_pairs_per_positive: int = 64  # pairs per positive per epoch, sampled; lists with fewer negatives keep all
     loss: str = "pairwise"  # the training loss: pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
-    position_correction: str = "none"  # none, or ipw: weight each click by 1 / p(position) (ranker.rank.propensity)
+    # ipw: weight each click by 1 / p(position) (ranker.rank.propensity); auto: ipw when an estimate can be had
+    position_correction: str = "auto"
     propensity_clip: float = 20.0  # ipw: a click's weight 1 / p(position) is at most this
     max_memory_fraction: float = 0.5  # without --max-memory, training may use this share of the machine's RAM
     # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,

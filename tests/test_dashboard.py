@@ -326,7 +326,7 @@ def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch
     assert shown == {"Negatives per positive": 3.0, "Window (days)": 30, "Epochs": 7, "Batch size": 64,
                      "Learning rate": 0.005, "Validation split": 0.25}
     assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Feature set": "guide",
-                                                        "Architecture": "small", "Position correction": "none"}
+                                                        "Architecture": "small", "Position correction": "auto"}
 
 
 def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses_it(demo):
@@ -345,7 +345,7 @@ def test_position_correction_is_chosen_on_the_training_page_with_the_saved_estim
     from ranker.rank.propensity import estimate_from_log, save_estimate
 
     at = open_page("data_training")
-    assert any("no estimate yet" in c for c in texts(at, "caption"))
+    assert any("no estimate saved" in c for c in texts(at, "caption"))
     est = estimate_from_log(demo)  # the legacy feed's randomised swaps
     save_estimate(demo, est)
     at = open_page("data_training")

@@ -255,7 +255,7 @@ def test_ipw_needs_positions_propensities_and_the_pairwise_loss(tmp_path):
         train(data, TrainConfig(epochs=1, position_correction="ipw"))
     with pytest.raises(ValueError, match="--loss pairwise"):
         TrainConfig(loss="listnet", position_correction="ipw")
-    with pytest.raises(ValueError, match="none, ipw"):
+    with pytest.raises(ValueError, match="auto, ipw, none"):
         TrainConfig(position_correction="dr")
 
     from ranker.rank.features import feature_columns
@@ -268,15 +268,39 @@ def test_ipw_needs_positions_propensities_and_the_pairwise_loss(tmp_path):
         load_dataset(path, min_positives=1)
 
 
+def test_auto_corrects_only_with_propensities_positions_and_the_pairwise_loss():
+    from ranker.rank.train import Dataset, TrainConfig, train
+
+    data, curve = _position_biased_lists(200, seed=2)
+    assert TrainConfig().position_correction == "auto"
+    used = train(data, TrainConfig(epochs=1, propensities=curve)).config
+    assert (used.position_correction, used.propensities) == ("ipw", pytest.approx(curve))
+    assert train(data, TrainConfig(epochs=1)).config.position_correction == "none"
+    no_positions = Dataset(data.x, data.y, data.groups, data.user_ids, data.item_ids)
+    plain = train(no_positions, TrainConfig(epochs=1, propensities=curve)).config
+    assert (plain.position_correction, plain.propensities) == ("none", None)
+    assert train(data, TrainConfig(epochs=1, loss="listnet", propensities=curve)).config.position_correction == "none"
+
+
+def test_training_estimates_from_the_logged_swaps_when_none_is_saved(world_copy):
+    from ranker.rank.propensity import saved_estimate, with_propensities
+    from ranker.rank.train import TrainConfig
+
+    curve = with_propensities(world_copy, TrainConfig()).propensities  # the legacy feed's 5 % of lists
+    assert curve is not None and curve[0] == 1.0 and curve[1] < 1.0 and len(curve) == 100
+    assert saved_estimate(world_copy) is None  # used, not saved
+
+
 def test_training_takes_the_saved_estimate_unless_given_a_curve(tmp_path):
     from ranker.data.db import ensure_schema, make_engine
     from ranker.rank.propensity import PropensityEstimate, save_estimate, with_propensities
     from ranker.rank.train import TrainConfig
 
-    engine = ensure_schema(make_engine(f"sqlite:///{tmp_path / 'e.db'}"))
-    with pytest.raises(PropensityError, match="ranker propensity estimate"):
+    engine = ensure_schema(make_engine(f"sqlite:///{tmp_path / 'e.db'}"))  # nothing logged: no estimate
+    with pytest.raises(PropensityError, match="none can be made.*--propensities FILE"):
         with_propensities(engine, TrainConfig(position_correction="ipw"))
-    assert with_propensities(engine, TrainConfig()).propensities is None
+    assert with_propensities(engine, TrainConfig()).propensities is None  # auto: trains without correction
+    assert with_propensities(engine, TrainConfig(position_correction="none")).propensities is None
     save_estimate(engine, PropensityEstimate(curve=[1.0, 0.6, 0.5], low=[1.0] * 3, high=[1.0] * 3, eta=0.5))
     cfg = with_propensities(engine, TrainConfig(position_correction="ipw"))
     assert cfg.propensities[:3] == pytest.approx([1.0, 2 ** -0.5, 3 ** -0.5])  # the fitted power law

@@ -88,8 +88,8 @@ def _position_args(args: argparse.Namespace) -> dict:
     """TrainConfig's position-correction fields from the flags (a --propensities file is read now)."""
     from ranker.rank.propensity import read_curve
 
-    if args.propensities is not None and args.position_correction != "ipw":
-        raise CLIError("--propensities is for --position-correction ipw; add it, or leave the file out")
+    if args.propensities is not None and args.position_correction == "none":
+        raise CLIError("--propensities is for --position-correction ipw or auto; drop one of them")
     curve = read_curve(args.propensities) if args.propensities is not None else None
     return {"position_correction": args.position_correction, "propensities": curve}
 
@@ -309,9 +309,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="pairwise (RankNet over sampled pairs), or listwise over whole lists: listnet, "
                         "lambdaloss (NDCG-Loss2++; lists over 128 rows are cut into random pieces) "
                         "(default %(default)s)")
-    p.add_argument("--position-correction", choices=("none", "ipw"), default=D.position_correction,
-                   help="ipw: weight each pair by 1/p(position of its positive), p from the saved estimate "
-                        "(`ranker propensity estimate`) or --propensities (default %(default)s)")
+    p.add_argument("--position-correction", choices=("auto", "ipw", "none"), default=D.position_correction,
+                   help="ipw: weight each pair by 1/p(position of its positive), p from --propensities, the saved "
+                        "estimate (`ranker propensity estimate`) or the logged swaps; auto: ipw when p can be had, "
+                        "else none (default %(default)s)")
     p.add_argument("--propensities", type=Path, default=None, metavar="FILE",
                    help="ipw: p(k)/p(1) from this JSON file (a list, or `ranker propensity estimate --json`)")
     p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",

@@ -115,6 +115,9 @@ def train_and_register(
                               recorded)  # the LightGBM peer stops early on the same validation file
     chosen = paths.get("best", paths["final"])
     notes = []
+    if cfg.position_correction == "auto" and result.config.position_correction == "none":
+        notes.append("trained without position correction: no position-bias estimate could be made (no randomised "
+                     "swaps logged) or the data has no position column")
     if activate is None:
         activate = active_version(engine) is None
         if not activate:

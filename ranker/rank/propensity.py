@@ -42,8 +42,9 @@ from ranker.errors import RankerError
 
 #: Where a served list's ``context`` records its randomised pairs.
 CONTEXT_KEY = "position_swaps"
-#: How training can correct for position bias (``--position-correction``).
-CORRECTIONS = ("none", "ipw")
+#: How training can correct for position bias (``--position-correction``): ``auto`` is ``ipw`` when
+#: an estimate and the data's positions are at hand, else ``none``.
+CORRECTIONS = ("auto", "ipw", "none")
 BOOTSTRAP = 1000
 #: Positions the fitted curve covers for training (lists are rarely longer).
 WEIGHTED_POSITIONS = 100
@@ -389,17 +390,23 @@ def check_curve(curve: Any, where: str = "the curve") -> list[float]:
 
 
 def with_propensities(engine: Engine, cfg: Any) -> Any:
-    """The training config ``cfg`` with its ``propensities`` set from the saved estimate when it asks
-    for ``ipw`` and has none (a file's curve, passed by the caller, is kept). PropensityError when
-    there is no estimate."""
+    """The training config ``cfg`` with its ``propensities`` set, when it asks for ``ipw`` or ``auto``
+    and has none (a file's curve, passed by the caller, is kept): the saved estimate's fitted curve,
+    else one estimated now from the logged swaps (not saved). Without either, ``auto`` keeps
+    ``propensities`` None (training then corrects nothing) and ``ipw`` raises PropensityError."""
     from dataclasses import replace
 
-    if cfg.position_correction != "ipw" or cfg.propensities is not None:
+    if cfg.position_correction == "none" or cfg.propensities is not None:
         return cfg
     est = saved_estimate(engine)
     if est is None:
-        raise PropensityError("--position-correction ipw needs a position-bias estimate: run `ranker propensity "
-                              "estimate` first, or pass --propensities FILE")
+        try:
+            est = estimate_from_log(engine, n_boot=200)
+        except PropensityError as exc:
+            if cfg.position_correction == "auto":
+                return cfg
+            raise PropensityError(f"--position-correction ipw needs a position-bias estimate and none can be made: "
+                                  f"{exc}; or pass --propensities FILE") from None
     return replace(cfg, propensities=est.weighting_curve())
 
 

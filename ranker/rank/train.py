@@ -11,7 +11,7 @@ import difflib
 import math
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -367,7 +367,8 @@ class TrainConfig:
     max_pairs_per_positive: int = config.DEFAULTS.max_pairs_per_positive
     max_memory: int | None = None  # bytes training may use; None: DEFAULTS.max_memory_fraction of the RAM
     loss: str = config.DEFAULTS.loss  # pairwise (RankNet), listnet or lambdaloss (NDCG-Loss2++)
-    # position bias: "ipw" weights each pair by 1 / p(position of its positive), at most propensity_clip
+    # position bias: "ipw" weights each pair by 1 / p(position of its positive), at most propensity_clip;
+    # "auto" does when propensities and the data's positions are at hand (train() records which it did)
     position_correction: str = config.DEFAULTS.position_correction
     propensities: list[float] | None = None  # ipw: p(k)/p(1) for k = 1, 2, ... (ranker.rank.propensity)
     propensity_clip: float = config.DEFAULTS.propensity_clip
@@ -535,7 +536,7 @@ def train(
         ``cfg.position_correction`` is ``ipw`` and the data has no position column, or
         ``cfg.propensities`` is not set.
     """
-    cfg = cfg or TrainConfig()
+    cfg = resolve_position_correction(cfg or TrainConfig(), data)
     weights = ipw_row_weights(data, cfg)
     need = estimate_memory(data, cfg, val)
     if need.pairs == 0:
@@ -647,6 +648,17 @@ def _new_model(data: Dataset, cfg: TrainConfig) -> RankerMLP:
     return model
 
 
+def resolve_position_correction(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """``cfg`` with ``auto`` made ``ipw`` (pairwise loss, propensities given, positions known) or
+    ``none`` (its propensities dropped), so the checkpoint records what training did."""
+    if cfg.position_correction != "auto":
+        return cfg
+    usable = (cfg.loss == "pairwise" and cfg.propensities is not None and data.positions is not None
+              and bool((data.positions >= 0).any()))
+    return replace(cfg, position_correction="ipw" if usable else "none",
+                   propensities=cfg.propensities if usable else None)
+
+
 def ipw_row_weights(data: Dataset, cfg: TrainConfig) -> np.ndarray | None:
     """(n,) float32 weight per row for ``--position-correction ipw``, None without it.
 
@@ -654,7 +666,7 @@ def ipw_row_weights(data: Dataset, cfg: TrainConfig) -> np.ndarray | None:
     at most ``cfg.propensity_clip`` (1 where the position is unknown); a negative weighs 1.
     Scaled so the positives' mean weight is 1, so the loss keeps its scale and learning rate.
     """
-    if cfg.position_correction != "ipw":
+    if resolve_position_correction(cfg, data).position_correction != "ipw":
         return None
     from ranker.rank.propensity import ipw_weights
 
