@@ -75,7 +75,8 @@ def test_weights_show_and_set_with_bad_input_saving_nothing(cli_db, capsys):
     assert main(["weights", "set", "recency=0.3", "--freshness-boost", "1.5"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "rule weights: model_score 0.5, recency 0.3, popularity 0.2, diversity 0.1",
-        "freshness boost (neural ranker): 1.5"]
+        "freshness boost (neural ranker): 1.5",
+        "candidates per slot: 2 (the base model proposes that many × k)"]
     for argv, message in (
         (["recency=0.9", "--freshness-boost", "9"], "freshness boost 9.0 is outside [0, 5]"),
         (["recency=lots"], "'recency=lots' is not NAME=WEIGHT"),

@@ -150,10 +150,11 @@ def test_the_feature_set_is_recorded_and_a_model_never_serves_on_another(served,
     assert list(rec.items[0].features) == list(F.GUIDE)
 
 
-def test_training_on_a_file_of_the_other_set_says_how_to_rebuild_it(trained_world, isolated_dirs, capsys):
+def test_training_on_a_file_of_the_other_set_says_how_to_rebuild_it(served, capsys):
+    from ranker import config
     from ranker.cli import main
 
-    assert main(["train", "--data", str(trained_world["data"] / "ranker_train.csv"), "--features", "history",
+    assert main(["train", "--data", str(config.DATA_DIR / "ranker_train.csv"), "--features", "history",
                  "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "built with the guide feature set" in err and "ranker dataset --features history" in err

@@ -275,13 +275,27 @@ def get_setting(session: Session, key: str, default: Any = None) -> Any:
 
 
 def put_setting(session: Session, key: str, value: Any) -> None:
-    row = session.get(Setting, key)
+    """Save setting ``key`` as one upsert, so processes writing the same new key at once (two
+    replicas starting, say) do not collide on its primary key."""
     now = utcnow()
-    if row is None:
-        session.add(Setting(key=key, value={"v": value}, updated_at=now))
-    else:
-        row.value = {"v": value}
-        row.updated_at = now
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):  # no native upsert: read, then write
+        row = session.get(Setting, key)
+        if row is None:
+            session.add(Setting(key=key, value={"v": value}, updated_at=now))
+        else:
+            row.value, row.updated_at = {"v": value}, now
+        return
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(Setting).values(
+        key=key, value={"v": value}, updated_at=now)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[Setting.key], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at}))
+    for obj in list(session.identity_map.values()):  # a copy this session read before is stale now
+        if isinstance(obj, Setting) and obj.key == key:
+            session.expire(obj)
 
 
 def audit(session: Session, action: str, details: dict[str, Any], actor: str = "cli") -> None:
