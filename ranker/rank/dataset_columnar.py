@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,18 @@ from tqdm import tqdm
 from ranker import config
 from ranker.data.catalog import Catalog, load_catalog
 from ranker.data.files import STALE_TEMP_SECONDS, atomic_open
-from ranker.data.interactions import _int64, _load_frame, _raw_time, _times, load_users
-from ranker.data.schema import ORGANIC, Impression, Outcome, ServedList
+from ranker.data.interactions import _gc_paused, _raw_time, _times, load_users
+from ranker.data.schema import ORGANIC, Impression, Interaction, Outcome, ServedList
 from ranker.faults import fault_point
 from ranker.rank import dataset as ds
-from ranker.rank.features import HISTORY, LABEL_POSITIVE_KINDS, REGISTRY, feature_columns, score_range
+from ranker.rank.features import (
+    HISTORY,
+    LABEL_POSITIVE_KINDS,
+    REGISTRY,
+    feature_columns,
+    needs_history,
+    score_range,
+)
 
 log = logging.getLogger(__name__)
 PARTITION = "event_date"
@@ -90,25 +97,68 @@ def _resolve_paths(cfg: ds.DatasetConfig) -> ds.DatasetConfig:
 # --- Stage 1: lists -------------------------------------------------------------------
 
 
+def _fetch(engine: Engine, stmt, schema: dict[str, pl.DataType | None]) -> pl.DataFrame:  # noqa: ANN001
+    """``stmt``'s rows as a Polars frame, read straight from the driver's cursor (no SQLAlchemy row
+    objects: several times faster over millions of rows). A ``None`` dtype marks a time column,
+    which becomes microseconds since 1970 (Int64) whatever the driver returns."""
+    with _gc_paused(), engine.connect() as conn:
+        rows = conn.execute(stmt).cursor.fetchall()
+        frame = pl.DataFrame(rows, schema=list(schema.items()), orient="row", infer_schema_length=None)
+    del rows
+    times = [c for c, dtype in schema.items() if dtype is None]
+    for c in times:
+        if frame[c].dtype == pl.String:  # SQLite: ISO text
+            try:
+                parsed = frame[c].str.to_datetime(time_unit="us")
+            except pl.exceptions.PolarsError:
+                parsed = pl.Series(c, _times(frame[c].to_list()))
+            frame = frame.with_columns(parsed.alias(c))
+    return frame.with_columns(pl.col(times).cast(pl.Datetime("us")).cast(pl.Int64))
+
+
+def _load_events(engine: Engine, until: datetime, organic_only: bool = False) -> pl.DataFrame:
+    """Interactions before ``until`` (user_id, item_id, kind, origin, t in microseconds), in
+    database order, as :func:`ranker.data.interactions.load_interactions` reads them."""
+    t = Interaction.__table__.c
+    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at), t.origin).where(t.created_at < until)
+    if organic_only:
+        stmt = stmt.where(t.origin == ORGANIC)
+    return _fetch(engine, stmt, {"user_id": pl.Int64, "item_id": pl.Int64, "kind": pl.String, "t": None,
+                                 "origin": pl.String})
+
+
+def _feedback_window(engine: Engine, cfg: ds.DatasetConfig) -> tuple[datetime, datetime, pl.DataFrame]:
+    """(start, end, the history the features read), refusing what
+    :func:`ranker.rank.dataset._feedback_window` refuses. The guide's features count organic
+    interactions only, so only those are read unless the history features need every event."""
+    now = cfg.window_end or ds._clock(engine)
+    start = cfg.window_start or now - timedelta(days=cfg.window_days)
+    if start >= now:
+        raise ValueError(f"empty dataset window: {start} is not before {now}")
+    t = Interaction.__table__.c
+    with engine.connect() as conn:
+        if conn.execute(select(t.id).where(t.created_at < now).limit(1)).first() is None:
+            raise ValueError("the database has no interactions; run `ranker demo init` or import data first")
+        engaged = select(t.id).where(t.created_at >= start, t.created_at < now, t.kind.in_(LABEL_POSITIVE_KINDS))
+        if conn.execute(engaged.limit(1)).first() is None:
+            raise ValueError(f"no engagement ({', '.join(LABEL_POSITIVE_KINDS)}) in the last "
+                             f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
+    return start, now, _load_events(engine, now, organic_only=not needs_history())
+
+
 def _logged_frame(engine: Engine, start: datetime, end: datetime) -> pl.DataFrame:
     """One row per impression logged in [start, end) (trending lists left out), in served order,
     with its label (1 engaged, 0 looked at only, -1 not looked at) and list number ``lst``."""
     t = Impression.__table__.c
     in_window = and_(t.served_at >= start, t.served_at < end, t.model_version != config.TRENDING_FLOW)
-    imp = _load_frame(engine, select(t.id, t.request_id, t.user_id, t.item_id, t.position, _raw_time(t.served_at),
-                                     cast(t.features, Text))
-                      .where(in_window).order_by(t.served_at, t.request_id, t.position),
-                      {"id": _int64, "request_id": list, "user_id": _int64, "item_id": _int64, "position": _int64,
-                       "served_at": _times, "features": list})
-    frame = pl.DataFrame({
-        "id": imp["id"].to_numpy(), "request_id": pl.Series(imp["request_id"].tolist(), dtype=pl.String),
-        "user_id": imp["user_id"].to_numpy(), "item_id": imp["item_id"].to_numpy(),
-        "position": imp["position"].to_numpy(), "when": imp["served_at"].to_numpy().astype(np.int64),
-        "features": pl.Series(imp["features"].tolist(), dtype=pl.String)})
-    with engine.connect() as conn:
-        rows = conn.execute(select(Outcome.impression_id, Outcome.kind)
-                            .join(Impression, Impression.id == Outcome.impression_id).where(in_window)).all()
-    outcomes = pl.DataFrame(rows, schema={"id": pl.Int64, "kind": pl.String}, orient="row")
+    frame = _fetch(engine, select(t.id, t.request_id, t.user_id, t.item_id, t.position, _raw_time(t.served_at),
+                                  cast(t.features, Text))
+                   .where(in_window).order_by(t.served_at, t.request_id, t.position),
+                   {"id": pl.Int64, "request_id": pl.String, "user_id": pl.Int64, "item_id": pl.Int64,
+                    "position": pl.Int64, "when": None, "features": pl.String})
+    outcomes = _fetch(engine, select(Outcome.impression_id, Outcome.kind)
+                      .join(Impression, Impression.id == Outcome.impression_id).where(in_window),
+                      {"id": pl.Int64, "kind": pl.String})
     labels = outcomes.group_by("id").agg(
         engaged=pl.col("kind").is_in(LABEL_POSITIVE_KINDS).any(), viewed=(pl.col("kind") == "view").any())
     frame = frame.join(labels, on="id", how="left", maintain_order="left")
@@ -412,11 +462,10 @@ class _Ticker:
 
 def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress | None, show_bar: bool,
                    base=None) -> ds.DatasetSummary:
-    start, now, history_pd, window_pd = ds._feedback_window(engine, cfg)
+    start, now, history = _feedback_window(engine, cfg)
     bases = ds._BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
     catalog = load_catalog(engine)
     users = pl.from_pandas(load_users(engine)).with_columns(pl.col("category").cast(pl.String))
-    history = _events(history_pd)
     rng = np.random.default_rng(cfg.seed)
     frame = _logged_frame(engine, start, now)
     if len(frame):
@@ -426,7 +475,10 @@ def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress 
         finally:
             tick.bar.close()
     else:  # no lists were logged (imported data): the views of a session are the list
-        sessions = _session_frame(_events(window_pd), cfg.session_gap_minutes)
+        # read as the python builder reads it (every event before the end, in database order), so
+        # events at the same moment keep the same order
+        window = _load_events(engine, now).filter(pl.col("t") >= int(np.datetime64(start, "us").astype(np.int64)))
+        sessions = _session_frame(window, cfg.session_gap_minutes)
         tick = _Ticker(int(sessions["lst"].n_unique()), progress, show_bar)
         try:
             kept, skipped_unknown = _scan_sessions(sessions, bases, cfg, rng, tick)
@@ -448,15 +500,6 @@ def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress 
         raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
                          "widen --window-days or collect more feedback")
     return _write(out, cfg, ds._val_start(start, now, cfg), "feedback", start, now)
-
-
-def _events(frame) -> pl.DataFrame:  # noqa: ANN001 - a load_interactions DataFrame
-    """A :func:`ranker.data.interactions.load_interactions` frame in Polars, ``t`` in microseconds."""
-    return pl.DataFrame({
-        "user_id": frame["user_id"].to_numpy(), "item_id": frame["item_id"].to_numpy(),
-        "kind": pl.Series(frame["kind"].astype(str).to_numpy(), dtype=pl.String),
-        "origin": pl.Series(frame["origin"].astype(str).to_numpy(), dtype=pl.String),
-        "t": frame["created_at"].to_numpy().astype("datetime64[us]").astype(np.int64)})
 
 
 def _output_frame(out: pl.DataFrame) -> pl.DataFrame:
