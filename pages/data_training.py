@@ -5,14 +5,14 @@ import streamlit as st
 
 from dashboard import cached, charts, common, jobs_ui
 from ranker import keys
-from ranker.config import FEATURE_SETS
+from ranker.config import FEATURE_SETS, LOSSES
 from ranker.ops import jobs
 from ranker.rank import registry, tuning
 from ranker.rank.dataset import SOURCES, DatasetConfig
 from ranker.rank.dataset_files import train_csv, val_csv
 from ranker.rank.features import feature_columns, use_feature_set
 from ranker.rank.model import ARCHS
-from ranker.rank.propensity import CORRECTIONS, saved_estimate
+from ranker.rank.propensity import CORRECTIONS, save_swap_share, saved_estimate, swap_share
 from ranker.rank.train import TrainConfig
 
 st.title("Data & Training")
@@ -78,7 +78,11 @@ with st.form("train"):
     val_split = c5.number_input("Validation split", 0.0, 0.5, DatasetConfig.val_fraction, 0.05,
                                 help=f"Used when there is no {VAL_CSV.name}; whole lists are held out.")
     estimate = saved_estimate(engine)
-    correction = st.selectbox(
+    c1, c2 = st.columns(2)
+    loss = c1.selectbox("Loss", LOSSES, index=LOSSES.index(TrainConfig.loss),
+                        help="pairwise (RankNet over sampled pairs, the default), or listwise over whole lists: "
+                             "listnet, lambdaloss. Position correction weighs pairs, so it needs pairwise.")
+    correction = c2.selectbox(
         "Position correction", CORRECTIONS, index=CORRECTIONS.index(TrainConfig.position_correction),
         help="ipw weights each click by 1 / p(its position), so items the old order showed low are not "
              "learnt as bad; p comes from randomised swaps (`ranker propensity estimate`). auto: ipw when p "
@@ -91,13 +95,23 @@ if train_clicked and can_edit:
     params = {"data": str(TRAIN_CSV), "val": str(VAL_CSV) if VAL_CSV.exists() else None,
               "val_split": float(val_split), "activate": False,
               "config": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "arch": arch,
-                         "position_correction": correction}}
+                         "loss": loss, "position_correction": correction}}
     job, created = jobs.submit(engine, "train", params)
     if created:
         st.toast(f"Training job #{job.id} started")
     else:
         st.info(f"Training job #{job.id} is already running; showing it.")
 jobs_ui.job_status(engine, "train", can_edit)
+with st.expander("Position-bias experiment"):
+    st.caption("A share of the treatment arm's reranked lists is served with random adjacent pairs swapped; "
+               "the clicks on them estimate how much each position is looked at (`ranker propensity "
+               "estimate`), which position correction uses. 0 turns the experiment off.")
+    share_saved = swap_share(engine)
+    share = st.number_input("Share of lists with randomised swaps", 0.0, 1.0, share_saved, 0.01, format="%.2f")
+    if st.button("Save swap share", disabled=not can_edit or share == share_saved) and can_edit:
+        save_swap_share(engine, float(share))
+        common.done(f"Saved. {share:.0%} of the treatment arm's reranked lists carry randomised swaps from the "
+                    "next request.")
 
 last = jobs_ui.latest(engine, "train")
 if last is not None and last.status == "succeeded" and last.result:

@@ -324,9 +324,11 @@ def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch
 
     shown = {n.label: n.value for n in at.number_input}
     assert shown == {"Negatives per positive": 3.0, "Window (days)": 30, "Epochs": 7, "Batch size": 64,
-                     "Learning rate": 0.005, "Validation split": 0.25}
+                     "Learning rate": 0.005, "Validation split": 0.25,
+                     "Share of lists with randomised swaps": 0.05}
     assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Feature set": "guide",
-                                                        "Architecture": "small", "Position correction": "auto"}
+                                                        "Architecture": "small", "Loss": "pairwise",
+                                                        "Position correction": "auto"}
 
 
 def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses_it(demo):
@@ -353,6 +355,17 @@ def test_position_correction_is_chosen_on_the_training_page_with_the_saved_estim
     next(s for s in at.selectbox if s.label == "Position correction").select("ipw")
     job = start_training(at, demo, epochs=1)
     assert job.params["config"]["position_correction"] == "ipw"
+    assert job.params["config"]["loss"] == "pairwise"
+
+
+def test_the_swap_share_is_set_on_the_training_page_and_serving_reads_it(demo):
+    from ranker.rank.propensity import swap_share
+
+    at = open_page("data_training")
+    number(at, "Share of lists with randomised swaps").set_value(0.2).run()
+    click(at, "Save swap share")
+    assert not at.exception, at.exception
+    assert swap_share(demo) == pytest.approx(0.2)
 
 
 # --- HTTP API and traffic by source ---------------------------------------------------------
