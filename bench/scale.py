@@ -64,14 +64,16 @@ print(json.dumps({'fit_s': time.perf_counter() - t, 'fits': fits}))
 BUILD = """
 import json, sys, time
 from pathlib import Path
+from sqlalchemy import func, select
 from ranker.base.base import BaseRecommender
 from ranker.data.db import get_engine
-from ranker.data.interactions import load_interactions
+from ranker.data.schema import Interaction
 from ranker.rank import dataset as ds
 engine, engine_name, base, output, models = get_engine(), *sys.argv[1:5]
 if models != '-':
     ds._fit_base = lambda e, m, cutoff, p: BaseRecommender.load(Path(models) / f'{cutoff:%Y%m%dT%H%M%S}.npz')
-n = len(load_interactions(engine))
+with engine.connect() as conn:  # counted in SQL, so the peak RSS is the build's own
+    n = conn.execute(select(func.count()).select_from(Interaction)).scalar()
 t = time.perf_counter()
 s = ds.build_dataset(engine, ds.DatasetConfig(output=output, base_model=base, engine=engine_name))
 print(json.dumps({'s': time.perf_counter() - t, 'interactions': n, 'rows': s.rows, 'lists': s.groups}))
