@@ -116,11 +116,18 @@ def _fetch(engine: Engine, stmt, schema: dict[str, pl.DataType | None]) -> pl.Da
     return frame.with_columns(pl.col(times).cast(pl.Datetime("us")).cast(pl.Int64))
 
 
-def _load_events(engine: Engine, until: datetime, organic_only: bool = False) -> pl.DataFrame:
-    """Interactions before ``until`` (user_id, item_id, kind, origin, t in microseconds), in
-    database order, as :func:`ranker.data.interactions.load_interactions` reads them."""
+def _us(moment: datetime) -> int:
+    """Microseconds since 1970 (naive UTC), as the frames hold times."""
+    return int(np.datetime64(moment, "us").astype(np.int64))
+
+
+def _load_events(engine: Engine, until: datetime | None = None, organic_only: bool = False) -> pl.DataFrame:
+    """Interactions (before ``until``: in the order :func:`ranker.data.interactions.load_interactions`
+    reads them) as user_id, item_id, kind, origin and t in microseconds."""
     t = Interaction.__table__.c
-    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at), t.origin).where(t.created_at < until)
+    stmt = select(t.user_id, t.item_id, t.kind, _raw_time(t.created_at), t.origin)
+    if until is not None:
+        stmt = stmt.where(t.created_at < until)
     if organic_only:
         stmt = stmt.where(t.origin == ORGANIC)
     return _fetch(engine, stmt, {"user_id": pl.Int64, "item_id": pl.Int64, "kind": pl.String, "t": None,
@@ -143,7 +150,10 @@ def _feedback_window(engine: Engine, cfg: ds.DatasetConfig) -> tuple[datetime, d
         if conn.execute(engaged.limit(1)).first() is None:
             raise ValueError(f"no engagement ({', '.join(LABEL_POSITIVE_KINDS)}) in the last "
                              f"{cfg.window_days:g} days; widen --window-days or collect more feedback")
-    return start, now, _load_events(engine, now, organic_only=not needs_history())
+    # every event and then those before the end: a time range over nearly every row makes SQLite
+    # read the table through its time index, several times slower than a plain scan
+    history = _load_events(engine, organic_only=not needs_history())
+    return start, now, history.filter(pl.col("t") < _us(now))
 
 
 def _logged_frame(engine: Engine, start: datetime, end: datetime) -> pl.DataFrame:
@@ -477,7 +487,7 @@ def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress 
     else:  # no lists were logged (imported data): the views of a session are the list
         # read as the python builder reads it (every event before the end, in database order), so
         # events at the same moment keep the same order
-        window = _load_events(engine, now).filter(pl.col("t") >= int(np.datetime64(start, "us").astype(np.int64)))
+        window = _load_events(engine, now).filter(pl.col("t") >= _us(start))
         sessions = _session_frame(window, cfg.session_gap_minutes)
         tick = _Ticker(int(sessions["lst"].n_unique()), progress, show_bar)
         try:
@@ -513,7 +523,7 @@ def _output_frame(out: pl.DataFrame) -> pl.DataFrame:
 
 def _write(out: pl.DataFrame, cfg: ds.DatasetConfig, val_from: datetime | None, source: str, start: datetime,
            end: datetime) -> ds.DatasetSummary:
-    val = pl.lit(False) if val_from is None else pl.col("when") >= int(np.datetime64(val_from, "us").astype(np.int64))
+    val = pl.lit(False) if val_from is None else pl.col("when") >= _us(val_from)
     parts = out.with_columns(val=val).partition_by("val", as_dict=True, include_key=False)
     empty = out.clear()
     train, held = parts.get((False,), empty), parts.get((True,), empty)
