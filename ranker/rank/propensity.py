@@ -117,14 +117,22 @@ def validate_share(share: float) -> float:
     return share
 
 
+def saved_swap_share(stored: object) -> float:
+    """The share saved in settings (its ``v``), or the default when nothing valid is saved."""
+    if stored is None:
+        return config.DEFAULTS.swap_share
+    try:
+        return validate_share(stored)  # type: ignore[arg-type]
+    except (PropensityError, TypeError, ValueError):
+        return config.DEFAULTS.swap_share
+
+
 def swap_share(engine: Engine) -> float:
-    """The share of treatment lists served with randomised swaps (the saved setting, else the default)."""
+    """The share of treatment lists served with randomised swaps (the saved setting, else the default).
+    Serving reads it with its other settings (``ranker.serving.scoring.read_settings``)."""
     with engine.connect() as conn:
         stored = conn.execute(select(Setting.value).where(Setting.key == keys.SWAP_SHARE)).scalar()
-    try:
-        return validate_share((stored or {}).get("v", config.DEFAULTS.swap_share))
-    except (PropensityError, TypeError, ValueError, AttributeError):
-        return config.DEFAULTS.swap_share
+    return saved_swap_share((stored or {}).get("v") if isinstance(stored, dict) else None)
 
 
 def save_swap_share(engine: Engine, share: float) -> float:

@@ -20,6 +20,7 @@ from ranker import config, keys
 from ranker.data.schema import Setting
 from ranker.rank.diversity import Diversity, saved_diversity
 from ranker.rank.features import feature_set, saved_feature_set, use_feature_set
+from ranker.rank.propensity import saved_swap_share
 from ranker.rank.registry import ActiveModel
 from ranker.rank.rerank import (
     BaseOrderScorer,
@@ -48,17 +49,20 @@ class ServingSettings:
     feature_set: str = config.DEFAULT_FEATURE_SET
     #: Candidates the base model proposes per served slot (``fetch_multiplier × k`` of them).
     fetch_multiplier: int = config.FETCH_MULTIPLIER
+    #: Share of reranked treatment lists served with randomised adjacent swaps (position bias).
+    swap_share: float = config.DEFAULTS.swap_share
 
 
 def read_settings(engine: Engine) -> ServingSettings:
-    """Clock, experiment, rule weights, freshness boost, hold, diversity method, feature set and candidates per
-    slot, as saved now (one query). The process computes that feature set from then on
+    """Clock, experiment, rule weights, freshness boost, hold, diversity method, feature set, candidates per
+    slot and swap share, as saved now (one query). The process computes that feature set from then on
     (:func:`ranker.rank.features.use_feature_set`)."""
     from ranker.data.clock import utcnow
     from ranker.serving.experiments import Experiment
 
     wanted = (keys.CLOCK, keys.EXPERIMENT, keys.RULE_WEIGHTS, keys.FRESHNESS_BOOST, keys.BASE_ORDER_HOLD,
-              keys.DIVERSITY, keys.FEATURE_SET, keys.FETCH_MULTIPLIER)
+              keys.DIVERSITY, keys.FEATURE_SET, keys.FETCH_MULTIPLIER,
+              keys.SWAP_SHARE)
     with engine.connect() as conn:
         rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted))).all()
     values = {key: (value or {}).get("v") for key, value in rows}
@@ -73,7 +77,8 @@ def read_settings(engine: Engine) -> ServingSettings:
                            base_order_hold=(values.get(keys.BASE_ORDER_HOLD) or {}).get("reason"),
                            diversity=saved_diversity(values.get(keys.DIVERSITY)),
                            feature_set=feature_set(),
-                           fetch_multiplier=saved_fetch_multiplier(values.get(keys.FETCH_MULTIPLIER)))
+                           fetch_multiplier=saved_fetch_multiplier(values.get(keys.FETCH_MULTIPLIER)),
+                           swap_share=saved_swap_share(values.get(keys.SWAP_SHARE)))
 
 
 class Scoring:

@@ -240,7 +240,7 @@ def recommend(user_id: int, flow: str, k: int = config.DEFAULT_K, *, engine: Eng
     rec = svc.recommend(user_id, flow, k, as_of=as_of or settings.now, arm=arm, request_id=request_id,
                         settings=settings)
     if log:
-        _log(svc, rec, source, context)
+        _log(svc, rec, source, context, settings.swap_share)
     return rec
 
 
@@ -260,20 +260,20 @@ def rank(user_id: int, item_ids: list[int], base_scores: list[float] | None = No
     rec, left_out = svc.rank(user_id, item_ids, base_scores, k, flow=flow, as_of=as_of or settings.now, arm=arm,
                              request_id=request_id, settings=settings)
     if log:
-        _log(svc, rec, source, context)
+        _log(svc, rec, source, context, settings.swap_share)
     return rec, left_out
 
 
-def _randomise(svc: Service, rec: Recommendation, context: dict[str, Any] | None) -> dict[str, Any] | None:
+def _randomise(rec: Recommendation, context: dict[str, Any] | None, share: float) -> dict[str, Any] | None:
     """In the operator's share of reranked treatment lists, swap random adjacent pairs (the
     position-bias experiment, :mod:`ranker.rank.propensity`) and record them in the list's context."""
     from dataclasses import replace
 
-    from ranker.rank.propensity import CONTEXT_KEY, maybe_swaps, request_rng, swap_share
+    from ranker.rank.propensity import CONTEXT_KEY, maybe_swaps, request_rng
 
     if not (rec.reranked and rec.arm == "treatment" and len(rec.items) >= 2):
         return context
-    swaps = maybe_swaps(request_rng(rec.user_id, rec.flow, rec.served_at), len(rec.items), swap_share(svc.engine))
+    swaps = maybe_swaps(request_rng(rec.user_id, rec.flow, rec.served_at), len(rec.items), share)
     if swaps is None:
         return context
     order = swaps.apply(np.arange(len(rec.items)))
@@ -281,13 +281,14 @@ def _randomise(svc: Service, rec: Recommendation, context: dict[str, Any] | None
     return {**(context or {}), CONTEXT_KEY: swaps.to_context()}
 
 
-def _log(svc: Service, rec: Recommendation, source: str | None, context: dict[str, Any] | None) -> None:
+def _log(svc: Service, rec: Recommendation, source: str | None, context: dict[str, Any] | None,
+         swap_share: float) -> None:
     from ranker.rank.features import age_days
     from ranker.serving.experiments import log_served
 
     if not rec.items:
         return
-    context = _randomise(svc, rec, context)
+    context = _randomise(rec, context, swap_share)
     catalog = svc.catalog()
     rows = catalog.index(np.array(rec.item_ids))
     attrs = {"category": list(catalog.category[rows]), "field": list(catalog.field[rows]),
