@@ -273,10 +273,8 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     the trending ones showing the trending list under every policy but the oracle."""
     from tqdm import tqdm
 
-    from ranker.serving.service import service
 
     oracle, as_of, users = _report_world(engine)
-    counts = service(engine).counts(as_of)
     scorers = dict(scorers or {})
     method = method or Diversity()
     knob = [] if method.knob is None else [method.knob]
@@ -287,7 +285,7 @@ def paired_simulation(engine, requests: int = 3000, seed: int = 7, k: int = conf
     rng = np.random.default_rng(seed)
     skipped = 0
     for _ in tqdm(range(requests), desc="report", unit="req", disable=not show_bar):
-        request = _draw_request(engine, rng, users, k, as_of, counts)
+        request = _draw_request(engine, rng, users, k, as_of)
         if request is None or request[3]:
             skipped += 1
         if request is None:
@@ -402,7 +400,6 @@ def diversity_curves(engine, requests: int = config.DEFAULTS.diversity_curve_req
 
     oracle, as_of, users = _report_world(engine)
     svc = service(engine)
-    counts = svc.counts(as_of)
     settings = svc.settings()
     scorer, _ = svc.scorer(settings)
     points = [Diversity(method, knob) for method, values in (knobs or CURVE_KNOBS).items() for knob in values]
@@ -411,7 +408,7 @@ def diversity_curves(engine, requests: int = config.DEFAULTS.diversity_curve_req
     rng = np.random.default_rng(seed)
     skipped = 0
     for _ in range(requests):
-        request = _draw_request(engine, rng, users, k, as_of, counts)
+        request = _draw_request(engine, rng, users, k, as_of)
         if request is None or request[3]:
             skipped += 1
             continue
@@ -448,12 +445,12 @@ def _report_world(engine) -> tuple[Oracle, datetime, list]:
     return oracle, as_of, users
 
 
-def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: datetime, counts: tuple):
+def _draw_request(engine, rng: np.random.Generator, users: list, k: int, as_of: datetime):
     """A random user and flow, their base candidates and the click model's random numbers.
 
     Returns (candidate context, examination draws (k,), click draws per candidate, whether the
     candidates are the trending fallback), or None when there are fewer than ``k`` candidates.
-    ``counts`` is ``Service.counts(as_of)``: (catalogue, views, other interactions).
+    The context is serving's (:meth:`ranker.serving.retrieval.Retrieval.context`).
     """
     from ranker.flows import own_flows
     from ranker.serving.candidates import candidates
