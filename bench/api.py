@@ -93,6 +93,31 @@ def _ranker(env: dict, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "ranker", *args], env=env, check=True, capture_output=True, cwd=ROOT)
 
 
+def serve(env: dict, workers: int = 1) -> tuple[subprocess.Popen, str]:
+    """A ``ranker serve`` subprocess on a free loopback port, and its base URL (not yet ready)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ranker", "serve", "--port", str(port), "--workers", str(workers),
+                             "--log-level", "warning"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll ``/readyz`` until it answers 200; RuntimeError when the server exits or the timeout passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("ranker serve did not start")
+        time.sleep(0.2)
+
+
 def build_world(tmp: Path, scale: str, checkpoint: Path | None) -> tuple[dict, list[dict], Path | None]:
     """A world with fitted base models and an active trained ranker; returns (env, request cases, checkpoint)."""
     env = {**os.environ, "RANKER_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "RANKER_DATA_DIR": f"{tmp}/data",
@@ -154,24 +179,9 @@ async def _load(base: str, endpoint: str, cases: list[dict], clients: int, total
 
 
 def bench_server(env: dict, cases: list[dict], workers: int, requests: int) -> list[dict]:
-    import httpx
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ranker", "serve", "--port", str(port), "--workers", str(workers),
-                             "--log-level", "warning"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = serve(env, workers)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ranker serve did not start")
-            time.sleep(0.3)
+        wait_ready(base, proc)
         results = []
         for endpoint in ("recommend", "rank"):
             for clients in CONCURRENCY:

@@ -32,40 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _ranker(env: dict, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "ranker", *args], env=env, check=True, capture_output=True, cwd=ROOT)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(env: dict) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ranker", "serve", "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait_ready(base: str, proc: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("ranker serve did not start")
-        time.sleep(0.2)
+from api import _ranker, serve, wait_ready  # noqa: E402  (bench/api.py: the same server handling)
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -125,10 +94,10 @@ def measure(activations: int, admin_url: str) -> dict:
         config.MODELS_DIR, config.MODEL_STORE = models["a"], "db"  # this process is machine a
         registry.register(engine, _checkpoint(tmp / "seed0.pth", 0), activate=True, actor="bench")
 
-        servers = {m: _serve(envs[m]) for m in models}
+        servers = {m: serve(envs[m]) for m in models}
         procs = [proc for proc, _ in servers.values()]
         for proc, base in servers.values():
-            _wait_ready(base, proc)
+            wait_ready(base, proc)
         with engine.connect() as conn:
             developers = [int(u) for u in conn.execute(select(User.id).where(User.role == "developer")
                                                        .order_by(User.id)).scalars()]
