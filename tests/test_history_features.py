@@ -81,6 +81,10 @@ def test_a_context_without_history_is_refused_by_name():
     ctx.history = None
     with pytest.raises(ValueError, match="history features need the user's events"):
         F.category_affinity(ctx, np.full(3, -np.inf))
+    counted = _ctx(F.UserHistory.empty())
+    counted.item_views_all = None
+    with pytest.raises(ValueError, match="item_ctr needs the candidates' all-origin counts"):
+        F.item_ctr(counted, np.full(3, -np.inf))
 
 
 def test_the_history_set_adds_its_columns_after_the_guides_four():

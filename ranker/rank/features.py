@@ -29,6 +29,7 @@ serving, so there is no train/serve skew.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ from ranker import config
 if TYPE_CHECKING:
     from ranker.data.catalog import Catalog
 
+log = logging.getLogger(__name__)
 FeatureFn = Callable[["ListContext", np.ndarray], np.ndarray]
 
 
@@ -267,7 +269,8 @@ def item_ctr(ctx: ListContext, maxsim: np.ndarray) -> np.ndarray:
     """The item's engagements per view before the request, every origin, shrunk by a Beta prior
     (mean ``ITEM_CTR_PRIOR_MEAN``, ``ITEM_CTR_PRIOR_VIEWS`` pseudo-views); clipped to [0, 1]."""
     if ctx.item_views_all is None or ctx.item_engaged_all is None:
-        _history(ctx)  # the same error
+        raise ValueError("item_ctr needs the candidates' all-origin counts: build the context with "
+                         "ranker.rank.features.with_history (the serving and dataset paths do)")
     a, m = config.ITEM_CTR_PRIOR_VIEWS, config.ITEM_CTR_PRIOR_MEAN
     return np.clip((ctx.item_engaged_all + a * m) / (ctx.item_views_all + a), 0.0, 1.0)
 
@@ -326,10 +329,7 @@ def saved_feature_set(stored: object) -> str:
     name = stored.get("name") if isinstance(stored, dict) else None
     if name in config.FEATURE_SETS:
         return name
-    import logging
-
-    logging.getLogger(__name__).warning("ignoring the saved feature set %r; using %s", stored,
-                                        config.DEFAULT_FEATURE_SET)
+    log.warning("ignoring the saved feature set %r; using %s", stored, config.DEFAULT_FEATURE_SET)
     return config.DEFAULT_FEATURE_SET
 
 
