@@ -105,7 +105,10 @@ class Impression(Base):
     model_version: Mapped[str] = mapped_column(String(60))
     served_at: Mapped[datetime] = mapped_column(DateTime)
 
-    __table_args__ = (Index("ix_impressions_served", "served_at", "arm", "flow"),)
+    __table_args__ = (
+        Index("ix_impressions_served", "served_at", "arm", "flow"),
+        Index("ix_impressions_user_time", "user_id", "served_at"),  # migration 0009
+    )
 
 
 class ServedList(Base):
