@@ -20,6 +20,9 @@ DATABASE_URL_ENV = "RANKER_DATABASE_URL"
 #: or a fsspec URL such as ``s3://bucket/prefix``. Read at call time.
 MODEL_STORE_ENV = "RANKER_MODEL_STORE"
 MODEL_STORE = os.environ.get(MODEL_STORE_ENV, "")
+#: ``ranker dataset`` keeps its base-model fits under ``MODELS_DIR/base/fits`` and reuses one when
+#: the same model is fitted on the same history again (``ranker.base.fits``); ``0`` turns that off.
+FIT_CACHE = os.environ.get("RANKER_FIT_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 # --- Domain ------------------------------------------------------------------
 ROLES = ("developer", "investor", "founder")

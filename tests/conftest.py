@@ -40,6 +40,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[BEFORE_KEY] = untracked_paths()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_fit_cache() -> Iterator[None]:
+    """Dataset builds fit their base models afresh unless a test turns the fit cache on
+    (``ranker.base.fits``): the cache would otherwise land in ``models/`` of the checkout."""
+    from ranker import config
+
+    saved = config.FIT_CACHE, os.environ.get("RANKER_FIT_CACHE")
+    config.FIT_CACHE, os.environ["RANKER_FIT_CACHE"] = False, "0"
+    yield
+    config.FIT_CACHE = saved[0]
+    if saved[1] is None:
+        os.environ.pop("RANKER_FIT_CACHE", None)
+    else:
+        os.environ["RANKER_FIT_CACHE"] = saved[1]
+
+
 @pytest.fixture(autouse=True)
 def guide_features_after_each_test() -> Iterator[None]:
     """The feature set is process state (serving follows the operator's setting): each test ends

@@ -325,13 +325,15 @@ def _feedback_window(engine: Engine, cfg: DatasetConfig) -> tuple[datetime, date
 
 
 def _fit_base(engine: Engine, base_model: str, start: datetime, progress: Progress | None) -> BaseRecommender:
-    """``base_model`` fitted on the interactions before ``start`` only (no label leak)."""
-    from ranker.base import make_base_model
+    """``base_model`` fitted on the interactions before ``start`` only (no label leak); the same fit
+    done before on the same history is reused (:mod:`ranker.base.fits`) unless ``config.FIT_CACHE`` is off."""
+    from ranker.base import fits, make_base_model
     from ranker.base.base import TrainingData
 
     if progress:
         progress(0.02, f"fitting {base_model} on history before {start:%Y-%m-%d}")
-    return make_base_model(base_model).fit(TrainingData.from_engine(engine, start))
+    model, data = make_base_model(base_model), TrainingData.from_engine(engine, start)
+    return fits.fit(model, data) if config.FIT_CACHE else model.fit(data)
 
 
 def _from_feedback(engine: Engine, cfg: DatasetConfig, progress: Progress | None,
