@@ -172,7 +172,8 @@ def _dataset_preview(path: str, mtime: float | None, feature_set: str) -> datase
 
 def held_out() -> dataset_files.HeldOut | None:
     """:func:`ranker.rank.dataset_files.load_held_out`, read again when either file changes."""
-    paths = (dataset_files.val_csv(), dataset_files.train_csv())
+    train = dataset_files.train_path()
+    paths = (dataset_files.val_path(train), train)
     return _held_out(tuple((str(p), _mtime(p)) for p in paths))
 
 

@@ -9,11 +9,11 @@ from ranker.config import FEATURE_SETS, LOSSES
 from ranker.ops import jobs
 from ranker.rank import registry, tuning
 from ranker.rank.dataset import SOURCES, DatasetConfig
-from ranker.rank.dataset_files import train_csv, val_csv
+from ranker.rank.dataset_files import SUFFIXES, data_format, train_path, val_path
 from ranker.rank.features import feature_columns, use_feature_set
 from ranker.rank.model import ARCHS
 from ranker.rank.propensity import CORRECTIONS, save_swap_share, saved_estimate, swap_share
-from ranker.rank.train import TrainConfig
+from ranker.rank.train import DataError, TrainConfig
 
 st.title("Data & Training")
 engine = common.get_engine_or_stop()
@@ -21,13 +21,13 @@ if common.empty_database_notice(cached.table_counts(engine)):
     st.stop()
 
 can_edit = common.operator_gate()
-TRAIN_CSV, VAL_CSV = train_csv(), val_csv()
+TRAIN, VAL = train_path(), val_path()  # the training data built last (CSV or Parquet)
 
 # --- Dataset ------------------------------------------------------------------------
 st.header("1. Training data")
 saved_set = tuning.feature_set(engine)  # this page computes the operator's feature set, as serving does
 with st.form("dataset"):
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     neg_ratio = c1.number_input("Negatives per positive", 0.5, 10.0, float(DatasetConfig.neg_ratio), 0.5)
     window = c2.number_input("Window (days)", 1, 365, int(DatasetConfig.window_days), help="Lists from the last N "
                              "days; the base model that gives model_score sees only earlier data.")
@@ -38,27 +38,37 @@ with st.form("dataset"):
                                     "item's category, field and type, the item's CTR and the user's activity "
                                     "recency, all as of each list. Saved for training and serving: a model "
                                     "trained on the other set is not served until one is trained on this one.")
+    fmt = c5.selectbox("Format", list(SUFFIXES), index=list(SUFFIXES).index(data_format(TRAIN)),
+                       help="csv: one file, as the guide's `--data PATH.csv`. parquet: a folder partitioned by "
+                            "day, smaller and faster to read; training streams it in batches.")
     go = st.form_submit_button("Generate dataset", disabled=not can_edit)
 if go and can_edit:
     if feature_set != saved_set:
         tuning.save_feature_set(engine, feature_set, actor=common.ACTOR)
         use_feature_set(feature_set)
-    job, _ = jobs.submit(engine, "dataset", {"output": str(TRAIN_CSV), "val_output": str(VAL_CSV),
+    out = train_path(fmt)
+    job, _ = jobs.submit(engine, "dataset", {"output": str(out), "val_output": str(val_path(out)),
                                              "neg_ratio": neg_ratio, "window_days": float(window),
                                              "source": source, "features": feature_set})
     st.toast(f"Dataset job #{job.id} started")
 jobs_ui.job_status(engine, "dataset", can_edit)
 
-data = cached.dataset_preview(TRAIN_CSV)
-if data is None:
+try:
+    data, unreadable = cached.dataset_preview(TRAIN), None
+except DataError as exc:
+    data, unreadable = None, str(exc)
+if unreadable:
+    st.error(unreadable)
+elif data is None:
     st.info("No dataset yet: generate one above (or `ranker dataset`).")
 elif data.missing:
-    st.error(f"`{TRAIN_CSV}` has no column(s) {', '.join(data.missing)}, so training on it will fail. "
+    st.error(f"`{TRAIN}` has no column(s) {', '.join(data.missing)}, so training on it will fail. "
              "Generate a new dataset above (or `ranker dataset`).")
 else:
     first = "" if data.complete else "the first "
-    st.caption(f"`{TRAIN_CSV}` ({data.size_bytes / 1e6:.1f} MB): {first}{data.rows:,} rows below"
-               + (f"; validation rows in `{VAL_CSV}`" if VAL_CSV.exists() else ""))
+    of = f" of {data.total_rows:,}" if data.total_rows is not None and not data.complete else ""
+    st.caption(f"`{TRAIN}` ({data.size_bytes / 1e6:.1f} MB): {first}{data.rows:,}{of} rows below"
+               + (f"; validation rows in `{VAL}`" if VAL.exists() else ""))
     c1, c2, c3 = st.columns(3)
     c1.metric("Rows", f"{data.rows:,}")
     c2.metric("Positives", f"{data.positives:,}")
@@ -76,7 +86,7 @@ with st.form("train"):
     arch = c4.selectbox("Architecture", list(ARCHS), index=list(ARCHS).index(TrainConfig.arch),
                         format_func=lambda a: f"{a} ({ARCHS[a][0]}/{ARCHS[a][1]})")
     val_split = c5.number_input("Validation split", 0.0, 0.5, DatasetConfig.val_fraction, 0.05,
-                                help=f"Used when there is no {VAL_CSV.name}; whole lists are held out.")
+                                help=f"Used when there is no {VAL.name}; whole lists are held out.")
     estimate = saved_estimate(engine)
     c1, c2 = st.columns(2)
     loss = c1.selectbox("Loss", LOSSES, index=LOSSES.index(TrainConfig.loss),
@@ -90,9 +100,9 @@ with st.form("train"):
     st.caption(f"Position bias: {estimate.summary()}." if estimate else
                "Position bias: no estimate saved; training estimates one from the logged swaps, if any "
                "(`ranker propensity estimate` saves one).")
-    train_clicked = st.form_submit_button("Train", disabled=not (TRAIN_CSV.exists() and can_edit))
+    train_clicked = st.form_submit_button("Train", disabled=not (TRAIN.exists() and can_edit))
 if train_clicked and can_edit:
-    params = {"data": str(TRAIN_CSV), "val": str(VAL_CSV) if VAL_CSV.exists() else None,
+    params = {"data": str(TRAIN), "val": str(VAL) if VAL.exists() else None,
               "val_split": float(val_split), "activate": False,
               "config": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "arch": arch,
                          "loss": loss, "position_correction": correction}}
@@ -137,6 +147,6 @@ if last is not None and last.status == "succeeded" and last.result:
         common.done(f"{res['version']} is now serving (hot reload, no restart).")
 elif registry.active_version(engine) is None:
     st.info("No trained model yet: serving uses the rule-based ranker (weights on the **Rule weights** page). "
-            + ("Press **Train** above." if TRAIN_CSV.exists() else "Generate a dataset above, then press **Train**."))
+            + ("Press **Train** above." if TRAIN.exists() else "Generate a dataset above, then press **Train**."))
 common.show_done()
 

@@ -327,6 +327,7 @@ def test_the_training_forms_start_at_the_library_defaults(untrained, monkeypatch
                      "Learning rate": 0.005, "Validation split": 0.25,
                      "Share of lists with randomised swaps": 0.05}
     assert {s.label: s.value for s in at.selectbox} == {"Source": "impressions", "Feature set": "guide",
+                                                        "Format": "csv",
                                                         "Architecture": "small", "Loss": "pairwise",
                                                         "Position correction": "auto"}
 
@@ -341,6 +342,28 @@ def test_the_feature_set_is_chosen_on_the_training_page_and_the_dataset_job_uses
     rules = open_page("rule_weights")  # the rule has a weight for each feature of the chosen set
     assert [s.label for s in rules.slider][:9] == list(config.DEFAULT_RULE_WEIGHTS) + [
         "category_affinity", "field_affinity", "type_affinity", "item_ctr", "user_recency"]
+
+
+def test_a_parquet_dataset_is_built_previewed_and_trained_on_from_the_training_page(demo):
+    from ranker.rank.train import load_dataset
+
+    at = open_page("data_training")
+    next(s for s in at.selectbox if s.label == "Format").select("parquet")
+    click(at, "Generate dataset")
+    job = jobs.recent(demo, kind="dataset", limit=1)[0]
+    assert job.params["output"].endswith("ranker_train.parquet")
+    assert job.params["val_output"].endswith("ranker_val.parquet")
+    rerun_until(at, lambda at: jobs.get(demo, job.id).status == "succeeded", "the dataset job succeeding")
+
+    folder = config.DATA_DIR / "ranker_train.parquet"
+    assert folder.is_dir() and any(p.name.startswith("event_date=") for p in folder.iterdir())
+    data = load_dataset(folder)
+    at = open_page("data_training")
+    assert metrics(at)["Rows"] == f"{len(data):,}"
+    assert any("ranker_train.parquet" in c for c in texts(at, "caption"))
+    assert next(s for s in at.selectbox if s.label == "Format").value == "parquet"
+    train = start_training(at, demo, epochs=1)
+    assert train.params["data"].endswith("ranker_train.parquet")
 
 
 def test_position_correction_is_chosen_on_the_training_page_with_the_saved_estimate(demo):
@@ -616,6 +639,20 @@ def test_an_empty_database_offers_demo_init_on_every_page(empty_db, page):
     at = open_page(page)
     assert not at.exception, at.exception
     assert any("`ranker demo init`" in i for i in texts(at, "info")), everything_shown(at)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_a_demo_world_whose_build_did_not_finish_is_refused_on_every_page_with_the_rebuild_command(untrained, page):
+    # what a `ranker demo init` killed halfway leaves: rows, and the build record it never deleted
+    with db.session_scope(untrained) as s:
+        db.put_setting(s, keys.WORLD_BUILD, {"seed": 42, "preset": "default", "scale": "xlarge",
+                                             "started_at": "2026-12-16T09:00:00"})
+    at = open_page(page)
+    assert not at.exception, at.exception
+    errors = texts(at, "error")
+    assert any("did not finish (scale xlarge, seed 42" in e and "`ranker demo init --force`" in e
+               for e in errors), everything_shown(at)
+    assert not at.metric and not at.dataframe  # nothing of the half-built world is shown
 
 
 def test_without_a_model_the_pages_explain_the_rule_fallback_and_offer_train(demo):
