@@ -118,7 +118,12 @@ def link(page: str, label: str | None = None) -> None:
 
 
 def empty_database_notice(counts: dict[str, int]) -> bool:
-    """Show how to fill an empty database; True when it is empty."""
+    """Show how to fill an empty database, or how to rebuild a demo world whose build did not finish
+    (:func:`ranker.data.db.unfinished_world`); True when the page has no world to show."""
+    build = db.unfinished_world(get_engine_or_stop())
+    if build is not None:
+        st.error(f"Unfinished demo world: {db.unfinished_world_message(build)}")
+        return True
     if counts.get("users", 0) == 0 and counts.get("items", 0) == 0:
         st.info("The database is empty. Build the demo world with `ranker demo init` "
                 "(or `make run`, which does it on first run), or import your own data with `ranker import`.")

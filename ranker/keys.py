@@ -15,6 +15,9 @@ LAST_DATASET = "last_dataset"  # summary of the latest `ranker dataset`
 LAST_TRAINING = "last_training"  # summary of the latest training run
 POPULARITY_MAX_VIEWS = "popularity_max_views"  # the popularity feature's normaliser
 WORLD = "world"  # what built the data: demo world parameters or the import
+#: A demo world build under way: written with its first rows, deleted as its last step, so a build
+#: that crashed or was killed leaves it behind ({"seed", "preset", "scale", "started_at"}).
+WORLD_BUILD = "world_build"
 API_SERVER = "api_server"  # the running `ranker serve`: url, pid, workers, started_at
 #: Set when the reranker serving was significantly worse than the base order on a retrain's
 #: holdout: the treatment arm serves the base order until a model passes the gate or an operator
@@ -34,7 +37,7 @@ FETCH_MULTIPLIER = "fetch_multiplier"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
                 POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET,
-                FETCH_MULTIPLIER, SWAP_SHARE, PROPENSITIES)
+                FETCH_MULTIPLIER, SWAP_SHARE, PROPENSITIES, WORLD_BUILD)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

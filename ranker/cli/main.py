@@ -105,9 +105,10 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
 
     engine = get_engine()
     if args.if_empty:
-        from ranker.data.db import ensure_schema, is_empty
+        from ranker.data.db import ensure_schema, is_empty, refuse_unfinished_world
 
         if not is_empty(ensure_schema(engine)):
+            refuse_unfinished_world(engine)  # a crashed build is no world to keep
             print(f"{mask_url(str(engine.url))} already holds data; keeping it")
             return 0
     counts = build_world(engine, seed=args.seed, preset=args.preset, scale=args.scale,

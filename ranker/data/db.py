@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ranker import config
+from ranker import config, keys
 from ranker.data.clock import utcnow
 from ranker.data.schema import COUNTED_TABLES, ORIGINS, AuditLog, Base, Interaction, Item, Setting, User
 from ranker.errors import RankerError
@@ -231,6 +231,34 @@ def ensure_schema(engine: Engine | None = None) -> Engine:
     if schema_revision(engine) != head_revision():
         upgrade(engine)
     return engine
+
+
+class IncompleteWorldError(RankerError, RuntimeError):
+    """The database holds a demo world whose build started and never finished."""
+
+
+def unfinished_world(engine: Engine) -> dict[str, Any] | None:
+    """The record of a demo world build that started and has not finished (it crashed or was
+    killed, or is still running), or None. Such a world's rows are incomplete: nothing should
+    read it until ``ranker demo init --force`` rebuilds it."""
+    if "settings" not in inspect(engine).get_table_names():
+        return None
+    with session_scope(engine) as s:
+        return get_setting(s, keys.WORLD_BUILD)
+
+
+def unfinished_world_message(build: dict[str, Any]) -> str:
+    """What to tell the operator about the unfinished build ``build`` (a :func:`unfinished_world` record)."""
+    what = ", ".join(f"{k} {build[k]}" for k in ("scale", "seed", "started_at") if k in build)
+    return (f"the database holds a demo world whose build did not finish ({what}): its history is "
+            "incomplete. Re-run `ranker demo init --force` (with the same --scale) to rebuild it.")
+
+
+def refuse_unfinished_world(engine: Engine) -> None:
+    """Raise :class:`IncompleteWorldError` when the database holds an unfinished demo world build."""
+    build = unfinished_world(engine)
+    if build is not None:
+        raise IncompleteWorldError(unfinished_world_message(build))
 
 
 def is_empty(engine: Engine) -> bool:

@@ -20,22 +20,24 @@ popularity feature (organic interactions only) carries signal without the feed's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import JSON, Connection, Engine, Table, delete, func, insert, select, text, update
 from tqdm import tqdm
 
 from ranker import config, keys
-from ranker.data.clock import set_clock
+from ranker.data.clock import set_clock, utcnow
 from ranker.data.db import (
     WorldExistsError,
     audit,
     ensure_schema,
     is_empty,
     put_setting,
+    refuse_unfinished_world,
     session_scope,
     table_counts,
 )
@@ -53,6 +55,7 @@ from ranker.data.schema import (
     Setting,
     User,
 )
+from ranker.faults import fault_point
 from ranker.flows import flow_item_type, own_flows
 from ranker.rank.propensity import CONTEXT_KEY, Swaps, maybe_swaps, validate_share
 from ranker.serving.experiments import served_list_metrics, start_experiment
@@ -171,10 +174,17 @@ def build_world(
     are served with randomised adjacent swaps (:mod:`ranker.rank.propensity`), and serving
     starts with the same share.
 
+    The world is written in many transactions (the history in batches). The setting
+    :data:`ranker.keys.WORLD_BUILD` is written with the first rows and deleted as the last step,
+    so a build that crashes or is killed halfway leaves a world that ``demo init``, ``demo init
+    --if-empty`` and the dashboard refuse, saying to rebuild it with ``--force``.
+
     Raises
     ------
     WorldExistsError
         The database already holds data and ``force`` is False.
+    IncompleteWorldError
+        The database holds a world whose build did not finish, and ``force`` is False.
     ValueError
         Unknown preset or scale.
     """
@@ -192,7 +202,8 @@ def build_world(
 
     users = _make_users(rng, sc, start)
     items = _make_items(rng, sc, start)
-    user_ids, item_ids = _insert_entities(engine, users, items)
+    building = {"seed": seed, "preset": preset, "scale": scale, "started_at": utcnow().isoformat(timespec="seconds")}
+    user_ids, item_ids = _insert_entities(engine, users, items, building)
 
     truth = _make_truth(rng, params, users, items, user_ids, item_ids)
     with session_scope(engine) as s:
@@ -207,14 +218,18 @@ def build_world(
                   {"seed": seed, "preset": preset, "scale": scale, "force": force,
                    "view_logging": params.view_logging, "viewport": params.viewport, "swap_share": swap_share})
     start_experiment(engine, DEMO_EXPERIMENT, owner="demo init")
+    with session_scope(engine) as s:  # the last step: the world is complete
+        s.execute(delete(Setting).where(Setting.key == keys.WORLD_BUILD))
     return table_counts(engine)
 
 
 def _make_room(engine: Engine, force: bool) -> None:
-    """Create the schema; wipe an existing world only when ``force`` (else WorldExistsError)."""
+    """Create the schema; wipe an existing world only when ``force`` (else IncompleteWorldError for
+    an unfinished build, WorldExistsError for any other data)."""
     ensure_schema(engine)
     if not is_empty(engine):
         if not force:
+            refuse_unfinished_world(engine)
             raise WorldExistsError(
                 "the database already holds users, items or interactions; "
                 "refusing to mix two worlds. Re-run with --force to replace it."
@@ -222,9 +237,11 @@ def _make_room(engine: Engine, force: bool) -> None:
         wipe(engine)
 
 
-def _insert_entities(engine: Engine, users: dict, items: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Insert the user and item rows; returns their database ids, sorted."""
+def _insert_entities(engine: Engine, users: dict, items: dict, building: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Insert the user and item rows, and the record of the build under way (``building``, the
+    setting :data:`ranker.keys.WORLD_BUILD`) in the same transaction; returns their database ids, sorted."""
     with session_scope(engine) as s:
+        put_setting(s, keys.WORLD_BUILD, building)
         s.execute(insert(User), users["rows"])
         s.execute(insert(Item), items["rows"])
     with engine.connect() as conn:
@@ -435,21 +452,55 @@ class _History:
 
 def _flush(engine: Engine, buffer: list[dict], lists: list[dict] | None = None) -> None:
     """Insert the buffered interaction rows and logged lists (served list, impressions with the ids
-    :func:`_logged_list` gave them, their outcomes) in one transaction, then empty the buffers."""
+    :func:`_logged_list` gave them, their outcomes) in one transaction, then empty the buffers.
+
+    PostgreSQL bulk-loads them with ``COPY .. FROM STDIN`` (:func:`_copy_rows`); SQLite takes
+    Core ``executemany`` inserts. Both give the same rows and the same ids: COPY draws the
+    serial ids from the table's sequence in row order, as the inserts do.
+    """
     if not buffer and not lists:
         return
+    tables = [(Interaction.__table__, buffer)]
+    if lists:
+        tables += [(ServedList.__table__, [x["served"] for x in lists]),
+                   (Impression.__table__, [imp for x in lists for imp in x["impressions"]]),
+                   (Outcome.__table__, [o for x in lists for o in x["outcomes"]])]
+    copy = engine.dialect.name == "postgresql"
     with engine.begin() as conn:  # Core: the ORM's per-row bookkeeping costs more than the inserts
-        if buffer:
-            conn.execute(insert(Interaction.__table__), buffer)
-        if lists:
-            conn.execute(insert(ServedList.__table__), [x["served"] for x in lists])
-            conn.execute(insert(Impression.__table__), [imp for x in lists for imp in x["impressions"]])
-            outcomes = [o for x in lists for o in x["outcomes"]]
-            if outcomes:
-                conn.execute(insert(Outcome.__table__), outcomes)
+        for table, rows in tables:
+            if not rows:
+                continue
+            if copy:
+                _copy_rows(conn, table, rows)
+            else:
+                conn.execute(insert(table), rows)
+            fault_point("demo:mid_history")
     buffer.clear()
     if lists:
         lists.clear()
+
+
+def _copy_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """Bulk-load ``rows`` (dicts keyed by column name, all with the same keys) into ``table`` with
+    PostgreSQL's ``COPY .. FROM STDIN`` on ``conn``'s psycopg connection, inside its transaction.
+
+    JSON columns are written as ``json.dumps`` text, the same text SQLAlchemy's inserts write;
+    columns a row does not name take their defaults (the serial id among them).
+    """
+    columns = list(rows[0])
+    as_json = [isinstance(table.c[c].type, JSON) for c in columns]
+    names = ", ".join(f'"{c}"' for c in columns)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+            if any(as_json):
+                for row in rows:
+                    copy.write_row([json.dumps(row[c]) if j else row[c] for c, j in zip(columns, as_json)])
+            else:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+    finally:
+        cursor.close()
 
 
 def _next_ids(engine: Engine) -> int:

@@ -46,6 +46,8 @@ SCENARIOS: dict[str, Command | Feedback] = {
     "simulate:mid_day": Command(SIMULATE, nth=5, all_or_nothing=False),  # resumable, not atomic
     "simulate:before_clock": Command(SIMULATE, all_or_nothing=False),
     "api:feedback_write": Feedback(clicks=3),
+    # users, items and the first history batch are committed; the world is not marked complete
+    "demo:mid_history": Command(("demo", "init", "--scale", "small", "--force"), nth=6, all_or_nothing=False),
 }
 
 
