@@ -206,7 +206,7 @@ def test_the_cli_builds_parquet_and_refuses_a_bad_engine(world_copy, isolated_di
         assert main(["dataset", "--output", str(out), "--base-model", "popularity", "--window-days", "7"]) == 0
         assert f"to {out}" in capsys.readouterr().out and any(out.iterdir())
         with pytest.raises(SystemExit):
-            main(["dataset", "--engine", "spark"])
-        assert "invalid choice: 'spark'" in capsys.readouterr().err
+            main(["dataset", "--engine", "duckdb"])
+        assert "invalid choice: 'duckdb'" in capsys.readouterr().err
     finally:
         _cached_engine.cache_clear()

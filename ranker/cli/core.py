@@ -28,7 +28,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     cfg = DatasetConfig(output=args.output, neg_ratio=args.neg_ratio, source=args.source,
                         window_days=args.window_days, base_model=args.base_model, refit_days=args.refit_days,
                         val_output=args.val_output, val_fraction=args.val_fraction, seed=args.seed,
-                        engine=args.engine or DatasetConfig.engine, format=args.format)
+                        engine=args.engine or DatasetConfig.engine, format=args.format,
+                        spark_master=args.master, spark_input=args.from_parquet)
     engine = ensure_schema(get_engine())
     chosen = use_features(args, engine)
     summary = build_dataset(engine, cfg, show_bar=True)
@@ -226,8 +227,14 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
                     help="also write the latest --val-fraction of lists here (a time split)")
     ds.add_argument("--val-fraction", type=float, default=D.val_fraction)
     ds.add_argument("--seed", type=int, default=D.seed)
-    ds.add_argument("--engine", choices=("polars", "python"), default=None,
-                    help="feedback: compute the rows column by column (polars, the default) or list by list (python)")
+    ds.add_argument("--engine", choices=("polars", "python", "spark"), default=None,
+                    help="feedback: compute the rows column by column (polars, the default), list by list (python) "
+                         "or with PySpark (spark; see docs/scaling.md#spark)")
+    ds.add_argument("--master", default=None,
+                    help="--engine spark: the Spark master URL (local[2], spark://host:7077, yarn; default local[*])")
+    ds.add_argument("--from-parquet", type=Path, default=None, metavar="DIR",
+                    help="--engine spark: read the log from Parquet exports in DIR (interactions.parquet, "
+                         "impressions.parquet, outcomes.parquet, served_lists.parquet) instead of the database")
     ds.add_argument("--format", choices=("csv", "parquet"), default=None,
                     help="csv, or parquet: a folder of files partitioned by day, for `ranker train --data FOLDER` "
                          "(default: parquet when --output ends in .parquet, else csv)")

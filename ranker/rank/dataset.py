@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCES = ("feedback", "impressions")
-ENGINES = ("polars", "python")
+ENGINES = ("polars", "python", "spark")
 FORMATS = ("csv", "parquet")
 #: Lists whose features were never computed by the ranker's serving path: trending lists (never
 #: reranked, not ranker data) and legacy lists (no features logged; the feedback source
@@ -87,9 +87,12 @@ class DatasetConfig:
     #: Explicit feedback window; overrides ``window_days`` (used by time-split evaluation).
     window_start: datetime | None = None
     window_end: datetime | None = None
-    #: feedback: "polars" computes the rows column by column (ranker.rank.dataset_columnar), "python" list by list
+    #: feedback: "polars" computes the rows column by column (ranker.rank.dataset_columnar), "python" list by
+    #: list, "spark" with PySpark (ranker.rank.dataset_spark)
     engine: str = "polars"
     format: str | None = None  # "csv" or "parquet" (a folder partitioned by day); None: .parquet outputs are Parquet
+    spark_master: str | None = None  # engine "spark": the master URL (default: the active session's, else local[*])
+    spark_input: Path | None = None  # engine "spark": a folder of the log's Parquet exports (default: the database)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -100,6 +103,8 @@ class DatasetConfig:
         self.format = self.format or ("parquet" if self.output.suffix == ".parquet" else "csv")
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        if self.engine != "spark" and (self.spark_master or self.spark_input):
+            raise ValueError("--master and --from-parquet choose how the spark engine runs; add --engine spark")
         if not self.neg_ratio > 0:
             raise ValueError(f"--neg-ratio must be positive, got {self.neg_ratio}")
         if not self.refit_days > 0:
@@ -195,7 +200,11 @@ def build_dataset(engine: Engine, cfg: DatasetConfig, progress: Progress | None 
     ValueError
         Nothing to build from (say which command fills the data).
     """
-    if cfg.format == "parquet" or (cfg.source == "feedback" and cfg.engine == "polars"):
+    if cfg.engine == "spark":
+        from ranker.rank.dataset_spark import build as build_spark
+
+        summary = build_spark(engine, cfg, progress, show_bar, fitted_base)
+    elif cfg.format == "parquet" or (cfg.source == "feedback" and cfg.engine == "polars"):
         from ranker.rank.dataset_columnar import build
 
         summary = build(engine, cfg, progress, show_bar, fitted_base)
