@@ -86,3 +86,12 @@ def test_a_world_with_a_build_record_is_refused_by_demo_init_without_force_and_r
     counts = build_world(world_copy, seed=42, scale="small", force=True)
     assert db.unfinished_world(world_copy) is None
     assert counts["users"] == sum(SCALES["small"].users.values())
+
+
+def test_the_xlarge_scale_has_100k_items_200k_users_and_the_large_worlds_mix_of_types():
+    xlarge, large = SCALES["xlarge"], SCALES["large"]
+    assert sum(xlarge.items.values()) == 100_000 and sum(xlarge.users.values()) == 200_000
+    for kind in ("users", "items"):
+        x, big = getattr(xlarge, kind), getattr(large, kind)
+        assert list(x) == list(big)  # the same types in the same order (the names count on it)
+        assert {t: n / sum(x.values()) for t, n in x.items()} == {t: n / sum(big.values()) for t, n in big.items()}

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=config.DEFAULTS.seed)
     init.add_argument("--preset", choices=("default", "no-context"), default="default",
                       help="no-context: recency, popularity and diversity carry no signal")
-    init.add_argument("--scale", choices=("small", "default", "large"), default="default")
+    init.add_argument("--scale", choices=("small", "default", "large", "xlarge"), default="default")
     init.add_argument("--force", action="store_true", help="replace a non-empty database")
     init.add_argument("--view-logging", choices=("rendered", "examined"), default="rendered",
                       help="how the world's client logs a view: every position in the viewport (rendered), or "

@@ -139,6 +139,9 @@ SCALES = {
                      {"startup": 1500, "developer": 800, "investor": 400}, 0.11),
     "large": Scale({"developer": 8000, "investor": 5000, "founder": 7000},
                    {"startup": 12000, "developer": 5000, "investor": 3000}, 0.16),
+    # about 10M interactions (some 1,040 per session per user-day over the 90 days), for PostgreSQL
+    "xlarge": Scale({"developer": 80000, "investor": 50000, "founder": 70000},
+                    {"startup": 60000, "developer": 25000, "investor": 15000}, 0.048),
 }
 
 
