@@ -164,10 +164,18 @@ def load_version(bind: Engine | Connection, version: str, sha256: str | None = N
 
 
 def data_hash(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes, read 1 MiB at a time. A folder (a
+    Parquet dataset partitioned by day) hashes each ``.parquet`` file's path inside it and its bytes,
+    in path order, so a file that moves to another day changes the hash too."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*.parquet") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 - used within the iteration
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 

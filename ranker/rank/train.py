@@ -413,6 +413,8 @@ class TrainResult:
     config: TrainConfig = field(default_factory=TrainConfig)
     best_epoch: int | None = None
     eval_data: Dataset | None = None  # what ``metrics`` were computed on
+    # scores a model on the data ``metrics`` came from when that data is not held (streaming training)
+    evaluate: Callable[[RankerMLP], dict[str, Any]] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -449,6 +451,14 @@ def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int],
     Streams lists in chunks of about :data:`CHUNK_ROWS` rows, so memory does not grow
     with the data's pairs. nan when there is no pair.
     """
+    total, count = pair_loss_sums(model, data, cap, seed, weights)
+    return total / count if count else float("nan")
+
+
+def pair_loss_sums(model: RankerMLP, data: Dataset, cap: int, seed: list[int],
+                   weights: np.ndarray | None = None) -> tuple[float, int]:
+    """(sum of the pair terms, number of pairs) behind :func:`_pair_loss`, so that sums over
+    chunks of the data (streaming training) make one mean."""
     model.eval()
     rng = np.random.default_rng(seed)
     total, count = 0.0, 0
@@ -463,7 +473,7 @@ def _pair_loss(model: RankerMLP, data: Dataset, cap: int, seed: list[int],
                 terms = terms * torch.from_numpy(weights[idx][better])
             total += float(terms.sum(dtype=torch.float64))
             count += len(better)
-    return total / count if count else float("nan")
+    return total, count
 
 
 def pairwise_step_grads(model: RankerMLP, z: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
@@ -685,10 +695,12 @@ def ipw_row_weights(data: Dataset, cfg: TrainConfig) -> np.ndarray | None:
 
 def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
                  cfg: TrainConfig, rng: np.random.Generator, pair_rng: np.random.Generator, epoch: int,
-                 should_stop: Callable[[], bool] | None, weights: np.ndarray | None = None) -> None:
+                 should_stop: Callable[[], bool] | None, weights: np.ndarray | None = None) -> tuple[float, int]:
     """One pass over the groups in shuffled batches, one optimiser step per batch; with row
-    ``weights`` (:func:`ipw_row_weights`), each pair weighs its better row's weight."""
+    ``weights`` (:func:`ipw_row_weights`), each pair weighs its better row's weight. Returns
+    (sum of the steps' losses, steps)."""
     model.train()
+    total, steps = 0.0, 0
     batches = _group_batches(data.groups, cfg.batch_size, rng)
     for idx, better, worse in _batch_pairs(data, batches, cfg.max_pairs_per_positive, pair_rng):
         if should_stop and should_stop():
@@ -701,6 +713,9 @@ def _train_epoch(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_
             raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; nothing was saved. "
                                 "Lower --lr or check the data for extreme values")
         opt.step()
+        total += float(loss)
+        steps += 1
+    return total, steps
 
 
 def _batch_pairs(data: Dataset, batches: list[np.ndarray], cap: int, rng: np.random.Generator,
@@ -725,9 +740,11 @@ def _batch_pairs(data: Dataset, batches: list[np.ndarray], cap: int, rng: np.ran
 
 def _train_epoch_listwise(model: RankerMLP, opt: torch.optim.Optimizer, data: Dataset, z_all: torch.Tensor,
                           cfg: TrainConfig, rng: np.random.Generator, list_rng: np.random.Generator, epoch: int,
-                          should_stop: Callable[[], bool] | None) -> None:
-    """One pass of ``cfg.loss`` (listnet or lambdaloss) over the lists in shuffled whole-list batches."""
+                          should_stop: Callable[[], bool] | None) -> tuple[float, int]:
+    """One pass of ``cfg.loss`` (listnet or lambdaloss) over the lists in shuffled whole-list batches.
+    Returns (sum of the steps' losses, steps)."""
     model.train()
+    total, steps = 0.0, 0
     for idx in _group_batches(data.groups, cfg.batch_size, rng):
         if should_stop and should_stop():
             raise TrainingError("training cancelled")
@@ -744,6 +761,9 @@ def _train_epoch_listwise(model: RankerMLP, opt: torch.optim.Optimizer, data: Da
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        total += float(loss.detach())
+        steps += 1
+    return total, steps
 
 
 def _padded_lists(data: Dataset, idx: np.ndarray, loss: str, rng: np.random.Generator) -> np.ndarray | None:
@@ -767,6 +787,12 @@ def _list_loss(model: RankerMLP, data: Dataset, cfg: TrainConfig, seed: list[int
     """Mean ``cfg.loss`` (eval mode) over the lists of ``data`` with two labels; LambdaLoss cuts
     long lists the same way every epoch (from ``seed``), so the figures compare across epochs.
     Streams batches of about ``cfg.batch_size`` rows. nan when no list holds two labels."""
+    total, count = list_loss_sums(model, data, cfg, seed)
+    return total / count if count else float("nan")
+
+
+def list_loss_sums(model: RankerMLP, data: Dataset, cfg: TrainConfig, seed: list[int]) -> tuple[float, int]:
+    """(sum of the per-list losses, number of lists) behind :func:`_list_loss`."""
     model.eval()
     rng = np.random.default_rng(seed)
     total, count = 0.0, 0
@@ -782,7 +808,7 @@ def _list_loss(model: RankerMLP, data: Dataset, cfg: TrainConfig, seed: list[int
             lists_used = int((y.nan_to_num(-math.inf).amax(1) > y.nan_to_num(math.inf).amin(1)).sum())
             total += float(listwise_loss(cfg.loss, s, y.nan_to_num(0.0), at >= 0)) * lists_used
             count += lists_used
-    return total / count if count else float("nan")
+    return total, count
 
 
 def evaluate_model(model: RankerMLP, data: Dataset, k: int = 10) -> dict[str, Any]:
@@ -843,7 +869,9 @@ def write_checkpoints(result: TrainResult, output_dir: Path, data_hash: str | No
         best.load_state_dict(result.best_state)
         best.eval()
         meta = {**checkpoint_meta(result, data_hash, data_path, best=True), **(extra_meta or {})}
-        if result.eval_data is not None:
+        if result.evaluate is not None:
+            meta["metrics"] = {**result.evaluate(best), "evaluated_on": "validation"}
+        elif result.eval_data is not None:
             meta["metrics"] = {**evaluate_model(best, result.eval_data), "evaluated_on": "validation"}
         paths["best"] = output_dir / "ranker_v1_best.pth"
         save_checkpoint(paths["best"], best, meta)
