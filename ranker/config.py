@@ -123,6 +123,10 @@ class Defaults:
     position_correction: str = "auto"
     propensity_clip: float = 20.0  # ipw: a click's weight 1 / p(position) is at most this
     max_memory_fraction: float = 0.5  # without --max-memory, training may use this share of the machine's RAM
+    # streaming training over Parquet (`ranker train --stream`): rows read at a time (whole lists), and the
+    # size from which a Parquet dataset streams without the flag
+    stream_rows: int = 131_072
+    stream_min_rows: int = 1_000_000
     # retraining (`ranker retrain`): train on the earliest lists, pick the epoch on the next,
     # promote on the latest
     retrain_val_split: float = 0.2  # share of lists that picks the best epoch

@@ -21,6 +21,7 @@ FAULT_EXIT_CODE = 137
 
 #: Every named fault point, with what has happened when it fires.
 POINTS: dict[str, str] = {
+    "train:mid_epoch": "streaming training has stepped through part of an epoch's data; nothing is written yet",
     "train:after_epoch": "an epoch has finished; no checkpoint is written yet",
     "train:before_register": "the checkpoint files are written; the registry row is not",
     "activate:before_commit": "the new active version is staged; the registry has not committed",

@@ -62,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = train_and_register(
             engine, args.data, cfg, val=args.val, val_split=args.val_split, output_dir=args.output_dir,
             activate=True if args.activate else (False if args.no_activate else None),
-            min_positives=args.min_positives, on_epoch=on_epoch, split_by=args.split_by)
+            min_positives=args.min_positives, on_epoch=on_epoch, split_by=args.split_by,
+            stream=True if args.stream else (False if args.no_stream else None), stream_rows=args.stream_rows)
     finally:
         bar.close()
     if args.json:
@@ -253,6 +254,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--split-by", default=D.split_by, metavar="time|random",
                     help="--val-split holds out the latest lists (time, the default) or random ones (random)")
     tr.add_argument("--min-positives", type=positive_int, default=D.min_positives)
+    how = tr.add_mutually_exclusive_group()
+    how.add_argument("--stream", action="store_true",
+                     help="read the Parquet --data in chunks of whole lists, so memory follows --stream-rows and "
+                          f"not the data (default: Parquet of {D.stream_min_rows:,} rows or more streams)")
+    how.add_argument("--no-stream", action="store_true", help="load the data whole, however large")
+    tr.add_argument("--stream-rows", type=positive_int, default=D.stream_rows, metavar="N",
+                    help="streaming: rows read at a time, whole lists (default %(default)s)")
     act = tr.add_mutually_exclusive_group()
     act.add_argument("--activate", action="store_true", help="serve the new version at once")
     act.add_argument("--no-activate", action="store_true", help="only register the new version")

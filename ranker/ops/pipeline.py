@@ -86,6 +86,8 @@ def train_and_register(
     should_stop=None,
     actor: str = "cli",
     split_by: str = config.DEFAULTS.split_by,
+    stream: bool | None = None,
+    stream_rows: int = config.DEFAULTS.stream_rows,
 ) -> TrainOutcome:
     """Load ``data``, train, write ``ranker_v1.pth`` (+ ``_best``), register a version.
 
@@ -94,23 +96,38 @@ def train_and_register(
     share of them). ``activate``: True activates, False never, None activates only when no model
     is active yet. Bad data or a bad split raises :class:`ranker.rank.train.DataError` before
     anything is written, so the serving model is untouched.
+
+    ``stream``: True trains on the Parquet ``data`` chunk by chunk (:mod:`ranker.rank.stream`,
+    ``stream_rows`` rows read at a time), False loads it whole, None streams Parquet of at least
+    ``DEFAULTS.stream_min_rows`` rows.
     """
     if split_by not in SPLITS:
         raise ValueError(f"unknown --split-by {split_by!r}; choose one of: {', '.join(SPLITS)}")
+    from ranker.rank.stream import should_stream, train_stream  # polars and pyarrow, only when training
+
     cfg = with_propensities(engine, cfg)  # --position-correction ipw: the saved estimate's curve
-    dataset = load_dataset(data, min_positives=min_positives)
-    if val is not None:
-        val_set = load_dataset(val, min_positives=1)
-    elif val_split:
-        dataset, val_set = split_validation(dataset, val_split, split_by, cfg.seed)
+    stream_meta = None
+    if should_stream(data, stream):
+        streamed = train_stream(data, cfg, val=val, val_split=val_split, split_by=split_by,
+                                min_positives=min_positives, chunk_rows=stream_rows, on_epoch=on_epoch,
+                                should_stop=should_stop)
+        result, sets, stream_meta = streamed.result, streamed.sets, streamed.meta
     else:
-        val_set = None
-    sets = {"train": describe_set(dataset, "fit")}
-    if val_set is not None:
-        how = "file" if val is not None else split_by
-        sets["validation"] = {**describe_set(val_set, "best epoch"), "split": how}
-    result = train(dataset, cfg, val=val_set, on_epoch=on_epoch, should_stop=should_stop)
+        dataset = load_dataset(data, min_positives=min_positives)
+        if val is not None:
+            val_set = load_dataset(val, min_positives=1)
+        elif val_split:
+            dataset, val_set = split_validation(dataset, val_split, split_by, cfg.seed)
+        else:
+            val_set = None
+        sets = {"train": describe_set(dataset, "fit")}
+        if val_set is not None:
+            how = "file" if val is not None else split_by
+            sets["validation"] = {**describe_set(val_set, "best epoch"), "split": how}
+        result = train(dataset, cfg, val=val_set, on_epoch=on_epoch, should_stop=should_stop)
     recorded = {"val_path": str(val), "val_hash": data_hash(Path(val))} if val is not None else None
+    if stream_meta is not None:  # how the data was read; train_params records the rest
+        recorded = {**(recorded or {}), "stream": stream_meta}
     paths = write_checkpoints(result, Path(output_dir or config.MODELS_DIR), data_hash(Path(data)), str(data),
                               recorded)  # the LightGBM peer stops early on the same validation file
     chosen = paths.get("best", paths["final"])

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, Text, and_, cast, select
 from tqdm import tqdm
@@ -660,25 +659,11 @@ def read_training_parquet(path: str | Path) -> pa.Table:
     """The columns of a Parquet dataset (a ``.parquet`` file, or a folder of them as ``ranker dataset
     --format parquet`` writes), without the day partition; :class:`ranker.rank.train.DataError` when
     it is missing, unreadable, lacks a column training needs, or holds a column of the wrong type."""
+    from ranker.rank.stream import open_training_parquet
     from ranker.rank.train import DataError as ParquetDataError
 
-    path = Path(path)
-    if not path.exists():
-        raise ParquetDataError(f"{path} does not exist; generate it with `ranker dataset --output {path}`")
-    try:
-        data = pads.dataset(path, format="parquet", partitioning="hive")
-        schema = data.schema
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ParquetDataError(f"{path} is not a readable Parquet dataset: {str(exc).splitlines()[0]}") from None
-    item = next((c for c in ("item_id", "startup_id") if c in schema.names), "item_id")
-    missing = [c for c in ("user_id", item, *feature_columns(), "label") if c not in schema.names]
-    if missing:
-        raise ParquetDataError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with "
-                               f"`ranker dataset --format parquet --output {path}`")
-    for name, (what, ok) in _expected_types().items():
-        if name in schema.names and not ok(schema.field(name).type):
-            raise ParquetDataError(f"{path}: column {name} is {schema.field(name).type}, expected {what}; "
-                                   f"rebuild it with `ranker dataset --format parquet --output {path}`")
+    data = open_training_parquet(path)  # refuses a missing path, an unreadable file, a missing or mistyped column
+    schema = data.schema
     keep = [c for c in schema.names if c != PARTITION]
     try:
         return data.to_table(columns=keep)
