@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_fits"),
 
 @pytest.fixture(scope="module")
 def spark():
-    """A local[2] Spark session for the module: no web UI, 4 shuffle partitions, 1 GiB driver."""
+    """A local[2] Spark session for the module: no web UI, 4 shuffle partitions, 1 GiB driver, and
+    the PostgreSQL JDBC driver when this machine has its jar."""
+    from ranker.rank.dataset_spark import _pg_jars
+
     if shutil.which("java") is None:
         pytest.skip("the spark engine needs Java 17+ (`java` is not on PATH): apt-get install default-jre-headless")
     sql = pytest.importorskip("pyspark.sql", reason="the spark engine needs PySpark: pip install -r "
@@ -35,7 +38,8 @@ def spark():
     session = (sql.SparkSession.builder.master("local[2]").appName("ranker-tests")
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
                .config("spark.driver.memory", "1g").config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC").getOrCreate())
+               .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+               .config("spark.jars", ",".join(_pg_jars())).getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -126,3 +130,20 @@ def test_the_cli_builds_with_spark_and_refuses_the_impressions_source(spark, wor
         assert "--engine polars or python" in capsys.readouterr().err
     finally:
         _cached_engine.cache_clear()
+
+
+@pytest.mark.postgres
+def test_spark_engine_reads_postgresql_over_jdbc_and_writes_the_polars_engines_rows(spark, pg_world, isolated_dirs):
+    from ranker.data.db import make_engine
+    from ranker.rank.dataset_spark import PG_JDBC_JARS, _pg_jars
+
+    if not _pg_jars():
+        pytest.skip(f"no PostgreSQL JDBC jar at {' or '.join(PG_JDBC_JARS)}: apt-get install libpostgresql-jdbc-java")
+    engine = make_engine(pg_world[0])
+    try:
+        polars, polars_summary = build(engine, isolated_dirs["data"], "polars")
+        sparked, spark_summary = build(engine, isolated_dirs["data"], "spark")
+    finally:
+        engine.dispose()
+    assert_same_rows(polars, sparked)
+    assert spark_summary == polars_summary
