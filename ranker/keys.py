@@ -29,6 +29,10 @@ DIVERSITY = "diversity"
 SWAP_SHARE = "swap_share"
 #: The latest position-bias estimate (ranker.rank.propensity.PropensityEstimate as a dict).
 PROPENSITIES = "propensities"
+#: How far the daily rollups of the served-traffic log reach (ranker.data.rollups): {"through": the last
+#: day rolled up, "impression_id"/"outcome_id"/"interaction_id": the highest ids seen, "refreshed_at"}.
+#: Deleted with the world (or by migration 0010), which starts the rollups afresh.
+ROLLUPS = "rollups"
 
 #: The feature set datasets, training and serving use: {"name": "guide" | "history"}.
 FEATURE_SET = "feature_set"
@@ -37,7 +41,7 @@ FETCH_MULTIPLIER = "fetch_multiplier"
 
 SETTING_KEYS = (CLOCK, EXPERIMENT, RULE_WEIGHTS, FRESHNESS_BOOST, ACTIVE_HISTORY, LAST_DATASET, LAST_TRAINING,
                 POPULARITY_MAX_VIEWS, WORLD, API_SERVER, BASE_ORDER_HOLD, DIVERSITY, FEATURE_SET,
-                FETCH_MULTIPLIER, SWAP_SHARE, PROPENSITIES, WORLD_BUILD)
+                FETCH_MULTIPLIER, SWAP_SHARE, PROPENSITIES, WORLD_BUILD, ROLLUPS)
 
 # --- Metric keys -------------------------------------------------------------------------
 # Offline (training and evaluation reports: ``metrics[scorer][key]``).

@@ -7,13 +7,14 @@ code can reach it by accident.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -150,6 +151,58 @@ class Outcome(Base):
 
     #: One outcome of each kind per impression: feedback sent twice is stored once.
     __table_args__ = (Index("uq_outcomes_impression_kind", "impression_id", "kind", unique=True),)
+
+
+class DailyUserMetric(Base):
+    """The served-traffic log rolled up per day, flow, source, arm, user and cohort
+    (:mod:`ranker.data.rollups`, migration 0010): what the per-user analyses read (the A/B test,
+    its guardrails, CTR by cohort) instead of scanning ``impressions`` and ``outcomes``.
+
+    Impression-side counts (``impressions`` … ``trending_lists``) come from ``impressions`` (the
+    source through its served list; ``earlier`` without one), list-side ones (``served_lists`` and
+    the ``*_sum`` columns, sums over lists) from ``served_lists``, each keyed by its own columns.
+    """
+
+    __tablename__ = "daily_user_metrics"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # of served_at, the serve clock
+    flow: Mapped[str] = mapped_column(String(40), primary_key=True)
+    source: Mapped[str] = mapped_column(String(20), primary_key=True)  # api|sim|cli|legacy|...|earlier
+    arm: Mapped[str] = mapped_column(String(20), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(12), primary_key=True)  # engaged|view_only|new (before the list)
+    impressions: Mapped[int] = mapped_column(Integer)
+    clicks: Mapped[int] = mapped_column(Integer)  # impressions with an engagement
+    feedback: Mapped[int] = mapped_column(Integer)  # impressions with an explicit positive
+    lists: Mapped[int] = mapped_column(Integer)  # distinct request ids among the impressions
+    trending_lists: Mapped[int] = mapped_column(Integer)  # ... of them served the trending list
+    served_lists: Mapped[int] = mapped_column(Integer)  # rows of served_lists
+    ild_sum: Mapped[float] = mapped_column(Float)
+    coverage_sum: Mapped[float] = mapped_column(Float)
+    entropy_sum: Mapped[float] = mapped_column(Float)  # nats
+    age_sum: Mapped[float] = mapped_column(Float)  # days
+
+
+class DailyMetric(Base):
+    """:class:`DailyUserMetric` summed over users and cohorts: one row per day, flow, source and
+    arm, what the metric charts and the traffic scope read."""
+
+    __tablename__ = "daily_metrics"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    flow: Mapped[str] = mapped_column(String(40), primary_key=True)
+    source: Mapped[str] = mapped_column(String(20), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(20), primary_key=True)
+    impressions: Mapped[int] = mapped_column(Integer)
+    clicks: Mapped[int] = mapped_column(Integer)
+    feedback: Mapped[int] = mapped_column(Integer)
+    lists: Mapped[int] = mapped_column(Integer)
+    trending_lists: Mapped[int] = mapped_column(Integer)
+    served_lists: Mapped[int] = mapped_column(Integer)
+    ild_sum: Mapped[float] = mapped_column(Float)
+    coverage_sum: Mapped[float] = mapped_column(Float)
+    entropy_sum: Mapped[float] = mapped_column(Float)
+    age_sum: Mapped[float] = mapped_column(Float)
 
 
 class ModelVersion(Base):
