@@ -32,6 +32,7 @@ POINTS: dict[str, str] = {
     "simulate:mid_day": "some of a day's requests are served; the day is not finished",
     "simulate:before_clock": "a day's requests are all served; the world clock has not moved",
     "api:feedback_write": "a feedback request's outcomes are inserted; the transaction has not committed",
+    "rollups:before_commit": "a refresh has rewritten days of the daily rollups; its transaction has not committed",
     "demo:mid_history": "a demo world's users, items and some history batches are written; the world is not complete",
 }
 
