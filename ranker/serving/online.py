@@ -115,10 +115,14 @@ def daily_metrics_by_arm(engine: Engine, flow: str | None = None, start=None, en
     lists, CTR and feedback rate over the impressions, and the :data:`LIST_METRICS` as means over the
     lists. Built on :func:`daily_metrics` (SQL, per flow): each list metric is the flows' means
     weighted by their lists. Empty frame without traffic."""
+    return by_arm(daily_metrics(engine, flow, start, end, source=source))
+
+
+def by_arm(daily: pd.DataFrame) -> pd.DataFrame:
+    """:func:`daily_metrics_by_arm` from :func:`daily_metrics`' frame (rows per day, arm and flow)."""
     counts = ["impressions", "clicks", "feedback", "lists"]
     columns = ["day", "arm", *counts, keys.CTR, keys.FEEDBACK_RATE, *LIST_METRICS]
-    daily = daily_metrics(engine, flow, start, end, source=source).reindex(columns=["day", "arm", *counts,
-                                                                                  *LIST_METRICS])
+    daily = daily.reindex(columns=["day", "arm", *counts, *LIST_METRICS])
     if daily.empty:
         return pd.DataFrame(columns=columns)
     weighted = daily[list(LIST_METRICS)].mul(daily["lists"], axis=0)
