@@ -38,6 +38,7 @@ MODULES = (
     "ranker.cli.offline",
     "ranker.cli.parity",
     "ranker.cli.propensity",
+    "ranker.cli.rollups",
     "ranker.cli.serve",
 )
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from ranker.data.clock import serve_now, set_clock, utcnow
 from ranker.data.db import audit, session_scope, with_retries, write_lock
+from ranker.data.rollups import mark_stale
 from ranker.data.schema import Impression, Interaction, Item, Outcome, ServedList, SimulationRun
 
 #: What to do about an unfinished run whose process is gone.
@@ -269,6 +270,7 @@ def rollback_open_day(s: Session, clock: datetime) -> dict[str, int]:
                              Impression.user_id == Interaction.user_id, Impression.item_id == Interaction.item_id,
                              Outcome.kind == Interaction.kind, Outcome.created_at == Interaction.created_at)
     n_lists = s.scalar(select(func.count()).select_from(lists.subquery()))
+    mark_stale(s.connection(), clock.date())  # the daily rollups of these days are redone
     s.execute(delete(Interaction).where(Interaction.created_at >= clock, written), execution_options={
         "synchronize_session": False})
     s.execute(delete(Outcome).where(Outcome.impression_id.in_(shown)), execution_options={"synchronize_session": False})

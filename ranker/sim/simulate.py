@@ -16,6 +16,7 @@ transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ from ranker.rank.features import age_days
 from ranker.serving.experiments import log_outcomes
 from ranker.sim import runs
 from ranker.sim.truth import GroundTruth, click_model, load_truth, save_truth
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 
@@ -143,8 +146,20 @@ def _drive(engine: Engine, run: runs.Run, truth: GroundTruth, progress: Progress
             _serve_day(ctx, truth, day, first=run.request if day == run.day else 0)
             fault_point("simulate:before_clock")
             runs.end_day(engine, run, day)
+            _refresh_rollups(engine)
     finally:
         bar.close()
+
+
+def _refresh_rollups(engine: Engine) -> None:
+    """Roll up the day just finished for the dashboard (:func:`ranker.data.rollups.refresh`). A busy
+    database only delays it: the next refresh (the dashboard's, the next day's) catches up."""
+    from ranker.data.rollups import RollupsBusyError, refresh
+
+    try:
+        refresh(engine)
+    except RollupsBusyError as exc:
+        log.warning("%s", exc)
 
 
 def _rng(run: runs.Run, day: int, stream: int, *more: int) -> np.random.Generator:
