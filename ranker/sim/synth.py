@@ -402,7 +402,7 @@ def _simulate_history(engine, rng, organic_rng, sc, truth, users, items, user_id
         organic_rng=organic_rng, organic_views=np.zeros(n_items, dtype=np.int64),
         organic_engaged=np.zeros(n_items, dtype=np.int64),
         age_ref=np.where(items["updated"] > items["created"], items["updated"], items["created"]),
-        by_type={t: np.flatnonzero(items["item_type"] == t) for t in config.ITEM_TYPES},
+        pools={t: _Pool(np.flatnonzero(items["item_type"] == t), items["created"]) for t in config.ITEM_TYPES},
         next_impression=_next_ids(engine),
         swap_rng=swaps[0], swap_share=swaps[1],
     )
@@ -442,7 +442,7 @@ class _History:
     views: np.ndarray  # (n_items,) int64, views of legacy lists, updated in place
     engaged: np.ndarray  # (n_items,) int64, clicks and explicit positives on legacy lists, updated in place
     age_ref: np.ndarray  # (n_items,) datetime64[s]: the later of creation and last edit
-    by_type: dict[str, np.ndarray]  # item type -> item rows
+    pools: dict[str, _Pool]  # item type -> its items, and which exist when
     organic_rng: np.random.Generator  # the organic visits' own stream
     organic_views: np.ndarray  # (n_items,) int64, views of organic visits, updated in place
     organic_engaged: np.ndarray  # (n_items,) int64, their clicks and explicit positives
@@ -524,13 +524,60 @@ def _moment(h: _History, rng: np.random.Generator, u: int,
             day_start: datetime) -> tuple[tuple[str, ...], str, datetime, np.datetime64, np.ndarray]:
     """Where and when user row ``u`` looks today: (their flows, the item type of one drawn from
     ``rng``, a random moment of the day as datetime and datetime64, the rows of the items of that
-    type that exist by then)."""
+    type that exist by then, as an :class:`_Eligible` view)."""
     flows = own_flows(h.users["role"][u])
     item_type = flow_item_type(flows[rng.integers(len(flows))])
     secs = int(rng.integers(0, 86400))
     t64 = np.datetime64(day_start, "s") + np.timedelta64(secs, "s")
-    pool = h.by_type[item_type]
-    return flows, item_type, day_start + timedelta(seconds=secs), t64, pool[h.items["created"][pool] <= t64]
+    return flows, item_type, day_start + timedelta(seconds=secs), t64, h.pools[item_type].at(day_start, t64)
+
+
+class _Pool:
+    """The items of one type (rows, in row order) and which of them exist at a moment of a day.
+
+    ``pool[created[pool] <= t]`` costs a pass over the whole pool per session, most of the
+    history's time at 100k items. The pool is instead split once per day into the items created
+    by the day's start and the few created during it, and :meth:`at` gives an :class:`_Eligible`
+    view holding the same items in the same order.
+    """
+
+    def __init__(self, rows: np.ndarray, created: np.ndarray) -> None:
+        self.rows, self.created = rows, created[rows]  # (n,) int64 item rows, (n,) datetime64[s]
+        self.day: datetime | None = None
+
+    def at(self, day_start: datetime, t64: np.datetime64) -> _Eligible:
+        """The items created at or before ``t64``, a moment of the day starting at ``day_start``."""
+        if self.day != day_start:
+            start = np.datetime64(day_start, "s")
+            before = self.created <= start
+            during = np.flatnonzero(~before & (self.created < start + np.timedelta64(1, "D")))
+            by_time = np.argsort(self.created[during], kind="stable")
+            self.day, self.base = day_start, np.flatnonzero(before)  # positions in the pool, ascending
+            self.new, self.new_created = during[by_time], self.created[during][by_time]
+        m = int(np.searchsorted(self.new_created, t64, side="right"))
+        return _Eligible(self.rows, self.base, np.sort(self.new[:m]))
+
+
+class _Eligible:
+    """``rows[sorted(base ∪ extra)]`` (positions in a pool, each ascending) without building it:
+    its length and its elements at given indices, which is all the history draws from it."""
+
+    def __init__(self, rows: np.ndarray, base: np.ndarray, extra: np.ndarray) -> None:
+        self.rows, self.base, self.extra = rows, base, extra
+        # where each extra position lands in the merged order
+        self.rank = np.searchsorted(base, extra) + np.arange(len(extra))
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.extra)
+
+    def __getitem__(self, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q)
+        if len(self.extra) == 0 or len(self.base) == 0:
+            return self.rows[self.base[q] if len(self.extra) == 0 else self.extra[q]]
+        hit = np.searchsorted(self.rank, q)  # extras ranked before q, or q's own extra
+        last = np.minimum(hit, len(self.extra) - 1)
+        is_extra = (hit < len(self.extra)) & (self.rank[last] == q)
+        return self.rows[np.where(is_extra, self.extra[last], self.base[np.where(is_extra, 0, q - hit)])]
 
 
 def _legacy_session(h: _History, u: int, day_start: datetime) -> list[dict]:
