@@ -145,11 +145,24 @@ SCALES = {
 }
 
 
+#: The tables of a world, children first. The audit log is not among them.
+WORLD_TABLES = (Outcome, Impression, ServedList, Interaction, WorldTruth, Item, User, ModelVersion, Job, Setting,
+                ExperimentRecord)
+
+
 def wipe(engine: Engine) -> None:
-    """Delete every world table (children first). The audit log is kept."""
+    """Delete every world table (:data:`WORLD_TABLES`) in one transaction. The audit log is kept.
+
+    PostgreSQL truncates them (restarting their id sequences, as SQLite's emptied tables
+    restart their ids): deleting 10M rows row by row also ran the foreign keys' cascade check
+    once per deleted user and item, each a scan of the tables that reference it.
+    """
     with session_scope(engine) as s:
-        for model in (Outcome, Impression, ServedList, Interaction, WorldTruth, Item, User,
-                      ModelVersion, Job, Setting, ExperimentRecord):
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{m.__tablename__}"' for m in WORLD_TABLES)
+            s.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+            return
+        for model in WORLD_TABLES:
             s.execute(delete(model))
 
 
