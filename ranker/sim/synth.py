@@ -663,16 +663,17 @@ def _logged_list(h: _History, uid: int, flow: str, candidates: np.ndarray, shown
     request_id = f"{LEGACY}-{h.served:08d}"
     served = {"request_id": request_id, "user_id": uid, "flow": flow, "arm": LEGACY, "k": LIST_LENGTH,
               "reranked": False, "model_version": LEGACY, "served_at": t, "source": LEGACY,
-              "context": {"candidates": [int(i) for i in h.item_ids[candidates]],
+              "context": {"candidates": h.item_ids[candidates].tolist(),
                           **({CONTEXT_KEY: swaps.to_context()} if swaps is not None else {})},
               **served_list_metrics(list(items["category"][shown]), list(items["field"][shown]),
                                     list(items["type"][shown]), list(age_days))}
     first = h.next_impression
     h.next_impression += len(shown)
-    impressions = [{"id": first + p, "request_id": request_id, "user_id": uid, "item_id": int(h.item_ids[i]),
+    shown_ids = h.item_ids[shown].tolist()  # Python ints
+    impressions = [{"id": first + p, "request_id": request_id, "user_id": uid, "item_id": iid,
                     "flow": flow, "arm": LEGACY, "position": p, "score": None, "features": {},
-                    "model_version": LEGACY, "served_at": t} for p, i in enumerate(shown)]
-    impression_of = {int(h.item_ids[i]): first + p for p, i in enumerate(shown)}
+                    "model_version": LEGACY, "served_at": t} for p, iid in enumerate(shown_ids)]
+    impression_of = {iid: first + p for p, iid in enumerate(shown_ids)}
     outcomes = [{"impression_id": impression_of[r["item_id"]], "kind": r["kind"], "created_at": r["created_at"]}
                 for r in rows]
     return {"served": served, "impressions": impressions, "outcomes": outcomes}
