@@ -109,10 +109,11 @@ def _pg_jars() -> list[str]:
 def spark_session(master: str | None = None, jdbc: bool = False) -> SparkSession:
     """The active Spark session, or a new one on ``master`` (default :data:`DEFAULT_MASTER`).
 
-    A new session keeps times in UTC (the database's naive times are UTC), runs no web UI and,
-    with ``jdbc``, has the PostgreSQL JDBC driver on its classpath (a local jar, else the package
-    fetched through Spark's resolver). Other settings (memory, executors) come from
-    ``spark-defaults.conf`` or ``spark-submit`` as usual.
+    A new session keeps times in UTC (the database's naive times are UTC), runs no web UI nor
+    console progress bars and, with ``jdbc``, has the PostgreSQL JDBC driver on its classpath (a
+    local jar, else the package fetched through Spark's resolver). In local mode it shuffles into
+    two partitions per core, not Spark's 200. Other settings (memory, executors) come from
+    ``spark-defaults.conf`` or ``PYSPARK_SUBMIT_ARGS`` as usual.
     """
     sql = _pyspark()
     active = sql.SparkSession.getActiveSession()
@@ -120,10 +121,13 @@ def spark_session(master: str | None = None, jdbc: bool = False) -> SparkSession
         if master and active.sparkContext.master != master:
             log.warning("using the active Spark session on %s, not --master %s", active.sparkContext.master, master)
         return active
-    utc = "-Duser.timezone=UTC"
-    builder = (sql.SparkSession.builder.appName("ranker-dataset").master(master or DEFAULT_MASTER)
+    utc, master = "-Duser.timezone=UTC", master or DEFAULT_MASTER
+    builder = (sql.SparkSession.builder.appName("ranker-dataset").master(master)
                .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.extraJavaOptions", utc).config("spark.executor.extraJavaOptions", utc))
+    if master.startswith("local"):
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
     if jdbc:
         jars = _pg_jars()
         builder = builder.config("spark.jars", ",".join(jars)) if jars else \
@@ -420,6 +424,7 @@ def _features(spark: SparkSession, rows: pl.DataFrame, lists: pl.DataFrame, cata
         counts += _with_history(x, history, items)
     for got in counts:
         x = x.join(got, ["lst", "rank"])
+    x = x.repartition("lst")  # every window below is within a list: one shuffle, not one per window
     if "user_affinity" in names:
         user_cats = spark.createDataFrame(users.select(user_id="id", user_category="category").to_arrow())
         x = x.join(F.broadcast(user_cats), "user_id", "left")
