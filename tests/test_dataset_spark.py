@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
@@ -96,8 +97,8 @@ def test_spark_parquet_output_matches_the_polars_engines_to_float_precision(spar
     assert len(trained) == (sparked["file"] == "train").sum()
 
 
-def test_spark_engine_reads_the_log_from_parquet_exports_and_refuses_one_without_a_column(spark, world_copy,
-                                                                                          isolated_dirs):
+def test_spark_engine_reads_parquet_exports_with_either_time_type_and_refuses_a_missing_column(
+        spark, world_copy, isolated_dirs):
     from ranker.rank.dataset_spark import export_tables
 
     folder = isolated_dirs["data"]
@@ -105,6 +106,13 @@ def test_spark_engine_reads_the_log_from_parquet_exports_and_refuses_one_without
     assert sorted(p.name for p in exports.iterdir()) == ["impressions.parquet", "interactions.parquet",
                                                          "outcomes.parquet", "served_lists.parquet"]
     polars, _ = build(world_copy, folder, "polars")
+    sparked, _ = build(world_copy, folder, "spark", spark_input=exports)
+    assert_same_rows(polars, sparked)
+    for name, when in (("interactions", "created_at"), ("impressions", "served_at")):  # times as int64 µs
+        table = pq.read_table(exports / f"{name}.parquet")
+        micros = table.column(when).cast(pa.int64())
+        pq.write_table(table.set_column(table.schema.get_field_index(when), when, micros),
+                       exports / f"{name}.parquet")
     sparked, _ = build(world_copy, folder, "spark", spark_input=exports)
     assert_same_rows(polars, sparked)
     table = pq.read_table(exports / "outcomes.parquet")

@@ -157,7 +157,9 @@ def export_tables(engine: Engine, folder: str | Path) -> Path:
 
 
 class _Source:
-    """The log tables as Spark frames with :data:`TABLES`' columns, times as microseconds (``t``)."""
+    """The log tables as Spark frames with :data:`TABLES`' columns, the time column replaced by ``t``:
+    microseconds since 1970, from a naive-UTC timestamp (read in the session's UTC) or an integer
+    column that already holds them."""
 
     def __init__(self, spark: SparkSession, engine: Engine, parquet: Path | None):
         self.spark, self.engine, self.parquet = spark, engine, parquet
@@ -179,7 +181,10 @@ class _Source:
                              f"export it again with ranker.rank.dataset_spark.export_tables")
         frame = frame.select(*TABLES[name])
         if name in _TIME:
-            frame = frame.withColumn("t", _micros(F.col(_TIME[name]))).drop(_TIME[name])
+            when = _TIME[name]
+            integer = frame.schema[when].dataType.typeName() in ("long", "integer")
+            t = F.col(when).cast("long") if integer else F.unix_micros(F.col(when).cast("timestamp"))
+            frame = frame.withColumn("t", t).drop(when)
         return frame
 
     def _jdbc(self, name: str) -> DataFrame:
@@ -203,13 +208,6 @@ class _Source:
                 reader = (reader.option("partitionColumn", "id").option("lowerBound", str(lo))
                           .option("upperBound", str(hi + 1)).option("numPartitions", str(parts)))
         return reader.load()
-
-
-def _micros(col: Column) -> Column:
-    """Microseconds since 1970 of a time column, whether timestamp or already int64 microseconds."""
-    from pyspark.sql import functions as F  # noqa: N812
-
-    return F.unix_micros(col.cast("timestamp"))
 
 
 # --- The build ------------------------------------------------------------------------
