@@ -55,8 +55,12 @@ log = logging.getLogger(__name__)
 #: The source of lists logged without one, and of impressions with no served list
 #: (the same as :data:`ranker.serving.online.EARLIER`).
 EARLIER = "earlier"
-#: A list's cohort: what its user had done strictly before it was served.
-COHORTS = ("engaged", "view_only", "new")
+#: A list's cohort, what its user had done strictly before it was served → its label.
+COHORTS: dict[str, str] = {
+    "engaged": "engaged before",
+    "view_only": "view-only before",
+    "new": "no events before",
+}
 #: The key columns of ``daily_metrics``; ``daily_user_metrics`` adds ``user_id`` and ``cohort``.
 KEYS = ("day", "flow", "source", "arm")
 USER_KEYS = (*KEYS, "user_id", "cohort")
@@ -66,8 +70,8 @@ IMPRESSION_SUMS = ("impressions", "clicks", "feedback", "lists", "trending_lists
 LIST_SUMS = ("served_lists", "ild_sum", "coverage_sum", "entropy_sum", "age_sum")
 SUMS = (*IMPRESSION_SUMS, *LIST_SUMS)
 #: ``served_lists`` column summed into each ``*_sum`` column.
-LIST_COLUMNS = {"ild_sum": "ild", "coverage_sum": "category_coverage", "entropy_sum": "category_entropy",
-                "age_sum": "mean_age_days"}
+LIST_COLUMNS = {"ild_sum": keys.ILD, "coverage_sum": keys.CATEGORY_COVERAGE, "entropy_sum": keys.CATEGORY_ENTROPY,
+                "age_sum": keys.MEAN_AGE_DAYS}
 
 
 class RollupsBusyError(RankerError, RuntimeError):

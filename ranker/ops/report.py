@@ -31,6 +31,7 @@ from scipy import stats
 from sqlalchemy import Engine, case, distinct, exists, func, select
 
 from ranker import config, keys
+from ranker.data import rollups
 from ranker.data.clock import serve_now
 from ranker.data.db import session_scope
 from ranker.data.schema import Impression, Interaction, Outcome, User
@@ -52,11 +53,7 @@ PEER_MAX_ROUNDS = 500
 PEER_VAL_FRACTION = 0.2
 #: What the user had done strictly before a request: a click or an explicit positive, only views
 #: (served a list personalised from those views), or nothing (served the trending list).
-COHORTS: dict[str, str] = {
-    "engaged": "engaged before",
-    "view_only": "view-only before",
-    "new": "no events before",
-}
+COHORTS = rollups.COHORTS
 
 
 # --- The LightGBM peer ------------------------------------------------------------------

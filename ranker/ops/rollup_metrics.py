@@ -25,7 +25,6 @@ from ranker import keys
 from ranker.data import rollups
 from ranker.data.schema import DailyMetric, DailyUserMetric
 from ranker.evaluation.abtest import ABResult
-from ranker.ops.report import COHORTS
 from ranker.serving import online
 
 Day = date | datetime | None
@@ -234,8 +233,8 @@ def ctr_by_cohort(engine: Engine, flow: str | None = None, start: Day = None, en
             .where(r.c.impressions > 0).group_by(r.c.arm, r.c.cohort))
     with engine.connect() as conn:
         found = [(arm, cohort, *(int(v) for v in counts)) for arm, cohort, *counts in conn.execute(stmt).all()]
-    order = {c: i for i, c in enumerate(COHORTS)}
-    return [{"arm": arm, "cohort": cohort, "label": COHORTS[cohort], "lists": lists, "trending_lists": trending,
+    order = {c: i for i, c in enumerate(rollups.COHORTS)}
+    return [{"arm": arm, "cohort": cohort, "label": rollups.COHORTS[cohort], "lists": lists, "trending_lists": trending,
              "users": n_users, "impressions": n, "clicks": clicks, keys.CTR: clicks / n if n else float("nan")}
             for arm, cohort, lists, trending, n_users, n, clicks in sorted(found, key=lambda r: (r[0], order[r[1]]))]
 
