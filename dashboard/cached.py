@@ -6,6 +6,7 @@ A cached read takes the engine first; it is cached per database URL. Writes call
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from sqlalchemy import Engine
 
 from ranker.data import db
 from ranker.evaluation.abtest import ABResult
+from ranker.ops import rollup_metrics
 from ranker.rank import dataset_files
 from ranker.serving import online, views
 
 #: Engines are cached per URL (with its password: two users of one server are two databases here).
 BY_URL = {Engine: lambda engine: engine.url.render_as_string(hide_password=False)}
 Day = date | datetime | None
+log = logging.getLogger(__name__)
 
 
 def clear() -> None:
@@ -108,37 +111,69 @@ def users_for_flow(engine: Engine, flow: str) -> pd.DataFrame:
 
 
 # --- Online metrics ---------------------------------------------------------------------
+# Read from the daily rollups (ranker.ops.rollup_metrics): the same figures as ranker.serving.online's
+# live queries, without scanning the log on every render. Each read refreshes the rollups first.
+
+
+@st.cache_data(ttl=15, show_spinner="Rolling up the served traffic…", hash_funcs=BY_URL)
+def fresh_rollups(engine: Engine) -> str | None:
+    """Bring the daily rollups up to date (:func:`ranker.data.rollups.refresh`), at most every 15 s;
+    returns the last day they cover (ISO), or None. When the refresh cannot run (a busy database,
+    a read-only role), the reads stay right but late outcomes on rolled-up days wait for the next."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ranker.data import rollups
+    from ranker.errors import RankerError
+
+    try:
+        done = rollups.refresh(engine)
+    except (RankerError, SQLAlchemyError) as exc:
+        log.warning("daily rollups not refreshed: %s", exc)
+        reached = rollups.through(engine)
+        return None if reached is None else reached.isoformat()
+    return None if done.through is None else done.through.isoformat()
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def traffic_scope(engine: Engine) -> online.TrafficScope | None:
-    return online.traffic_scope(engine)
+    fresh_rollups(engine)
+    return rollup_metrics.traffic_scope(engine)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def metrics_by_arm(engine: Engine, flow: str | None, start: Day, end: Day, source: str | None) -> pd.DataFrame:
-    return online.daily_metrics_by_arm(engine, flow, start, end, source=source)
+    fresh_rollups(engine)
+    return rollup_metrics.daily_metrics_by_arm(engine, flow, start, end, source=source)
+
+
+@st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
+def summary_by_arm(engine: Engine) -> pd.DataFrame:
+    """Headline metrics per arm over all served traffic (:func:`ranker.serving.online.summary_by_arm`)."""
+    fresh_rollups(engine)
+    return rollup_metrics.summary_by_arm(engine)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def ab_test(engine: Engine, flow: str | None, start: Day, end: Day, mde: float, source: str | None,
             experiment: str | None = None) -> ABResult:
-    return online.ab_test(engine, flow, start, end, mde=mde, source=source, experiment=experiment or online.LATEST)
+    fresh_rollups(engine)
+    return rollup_metrics.ab_test(engine, flow, start, end, mde=mde, source=source,
+                                  experiment=experiment or online.LATEST)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def ctr_by_cohort(engine: Engine, flow: str | None, start: Day, end: Day, source: str | None,
                   experiment: str | None = None) -> list[dict]:
-    from ranker.ops.report import ctr_by_cohort
-
-    return ctr_by_cohort(engine, flow, start, end, source, experiment or online.LATEST)
+    fresh_rollups(engine)
+    return rollup_metrics.ctr_by_cohort(engine, flow, start, end, source, experiment or online.LATEST)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def guardrail_tests(engine: Engine, flow: str | None, start: Day, end: Day,
                     source: str | None, experiment: str | None = None) -> dict[str, ABResult]:
-    return online.guardrail_tests(engine, flow, start, end, source=source,
-                                  experiment=experiment or online.LATEST)
+    fresh_rollups(engine)
+    return rollup_metrics.guardrail_tests(engine, flow, start, end, source=source,
+                                          experiment=experiment or online.LATEST)
 
 
 @st.cache_data(ttl=5, show_spinner=False, hash_funcs=BY_URL)
@@ -151,7 +186,8 @@ def experiments(engine: Engine) -> list[dict]:
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def requests_by_source(engine: Engine, flow: str | None, start: Day, end: Day) -> pd.DataFrame:
-    return online.daily_requests_by_source(engine, flow, start, end)
+    fresh_rollups(engine)
+    return rollup_metrics.daily_requests_by_source(engine, flow, start, end)
 
 
 # --- Dataset files ----------------------------------------------------------------------

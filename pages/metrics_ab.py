@@ -165,7 +165,8 @@ for i, (metric, title) in enumerate(OVER_TIME.items()):
         st.plotly_chart(charts.metric_over_time(per_day_arm, metric, title,
                                                 percent=metric in (keys.CTR, keys.FEEDBACK_RATE)),
                         key=f"chart_{metric}")
-st.caption("Aggregated in SQL per day, arm and flow. Diversity is intra-list diversity (1 − mean pairwise "
+st.caption("Aggregated per day, arm and flow (daily rollups of the log, refreshed as you load the page; the current "
+           "day read live). Diversity is intra-list diversity (1 − mean pairwise "
            "similarity over category, field and type); freshness is the mean age of served items.")
 
 # --- Traffic by source ----------------------------------------------------------------

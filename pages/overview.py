@@ -9,7 +9,7 @@ from dashboard import cached, common
 from ranker import keys
 from ranker.data import db
 from ranker.rank.rerank import BaseOrderScorer, FreshnessBoosted
-from ranker.serving import online, views
+from ranker.serving import views
 from ranker.serving.service import service
 
 st.title("Overview")
@@ -82,7 +82,7 @@ with right:
 
 # --- Headline metrics ---------------------------------------------------------------
 st.subheader("Treatment vs control")
-arms = online.summary_by_arm(engine)
+arms = cached.summary_by_arm(engine)
 if arms.empty:
     st.info("No served traffic yet. Run simulated traffic on the **Metrics & A/B** page "
             "(or `ranker simulate`).")
