@@ -96,3 +96,27 @@ def test_the_xlarge_scale_has_100k_items_200k_users_and_the_large_worlds_mix_of_
         x, big = getattr(xlarge, kind), getattr(large, kind)
         assert list(x) == list(big)  # the same types in the same order (the names count on it)
         assert {t: n / sum(x.values()) for t, n in x.items()} == {t: n / sum(big.values()) for t, n in big.items()}
+
+
+def test_the_ranker_data_index_leaves_out_exactly_what_the_dataset_builder_leaves_out():
+    import re
+
+    from ranker.rank.dataset import NOT_RANKER_DATA
+
+    index = next(i for i in Impression.__table__.indexes if i.name == "ix_impressions_ranker_served")
+    for dialect in ("postgresql", "sqlite"):
+        assert set(re.findall(r"'(\w+)'", str(index.dialect_options[dialect]["where"]))) == set(NOT_RANKER_DATA)
+
+
+def test_migration_0009_gives_the_indexes_the_schema_declares(tmp_path):
+    from sqlalchemy import inspect
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    db.upgrade(engine)
+    migrated = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("impressions")}
+    declared = {i.name: [c.name for c in i.columns] for i in Impression.__table__.indexes}
+    assert migrated == declared
+    assert migrated["ix_impressions_ranker_served"] == ["served_at"] and migrated["ix_impressions_item"] == ["item_id"]
+    with engine.connect() as conn:
+        sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'ix_impressions_ranker_served'")).scalar()
+    assert "WHERE model_version NOT IN ('trending', 'legacy')" in sql

@@ -23,6 +23,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +90,11 @@ class Interaction(Base):
     )
 
 
+#: Impressions that are ranker training data: neither trending lists nor the legacy feed
+#: (``ranker.rank.dataset.NOT_RANKER_DATA``), the condition of a partial index.
+_RANKER_DATA = text("model_version NOT IN ('trending', 'legacy')")
+
+
 class Impression(Base):
     """One item in one served list."""
 
@@ -108,7 +114,9 @@ class Impression(Base):
 
     __table_args__ = (
         Index("ix_impressions_served", "served_at", "arm", "flow"),
-        Index("ix_impressions_user_time", "user_id", "served_at"),  # migration 0009
+        # migration 0009: the item foreign key's cascade on delete, and the dataset builder's served span
+        Index("ix_impressions_item", "item_id"),
+        Index("ix_impressions_ranker_served", "served_at", sqlite_where=_RANKER_DATA, postgresql_where=_RANKER_DATA),
     )
 
 
