@@ -526,11 +526,16 @@ def _next_ids(engine: Engine) -> int:
 
 
 def _sync_id_sequence(engine: Engine) -> None:
-    """After rows with explicit ids, move PostgreSQL's id sequence past them (SQLite needs nothing)."""
+    """After rows with explicit ids, move PostgreSQL's id sequence past them, and gather the loaded
+    tables' planner statistics (``ANALYZE``: a fresh 10M-row world has none until autovacuum comes
+    round, and the planner guesses meanwhile). SQLite needs neither."""
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(text("SELECT setval(pg_get_serial_sequence('impressions', 'id'), "
                               "(SELECT COALESCE(MAX(id), 1) FROM impressions))"))
+            loaded = (User, Item, Interaction, ServedList, Impression, Outcome)
+            names = ", ".join(f'"{m.__tablename__}"' for m in loaded)
+            conn.execute(text(f"ANALYZE {names}"))
 
 
 def _moment(h: _History, rng: np.random.Generator, u: int,
