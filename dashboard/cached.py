@@ -148,9 +148,10 @@ def metrics_by_arm(engine: Engine, flow: str | None, start: Day, end: Day, sourc
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)
 def summary_by_arm(engine: Engine) -> pd.DataFrame:
-    """Headline metrics per arm over all served traffic (:func:`ranker.serving.online.summary_by_arm`)."""
+    """Headline metrics per arm over all served traffic (:func:`ranker.serving.online.summary_by_arm`),
+    without the distinct users, which the Overview does not show."""
     fresh_rollups(engine)
-    return rollup_metrics.summary_by_arm(engine)
+    return rollup_metrics.summary_by_arm(engine, users=False)
 
 
 @st.cache_data(ttl=15, show_spinner=False, hash_funcs=BY_URL)

@@ -14,9 +14,10 @@ Both are computed by one query, :func:`user_rows`, which readers also run on wha
 do not cover (:mod:`ranker.ops.rollup_metrics`), so a figure read from rollups equals the one
 the live queries of :mod:`ranker.serving.online` give.
 
-**What is rolled up.** Complete days only: every day before the day of the latest served list.
-The latest (partial) day is read live. A refresh recomputes, besides the days completed since
-the last one, every rolled-up day the log changed under since: a day with new impressions, a day
+**What is rolled up.** Every day through the day of the latest served list, the current (partial)
+day included; traffic served after the last refresh on a later day is read live. A refresh
+recomputes, besides the days new since the last one, every rolled-up day the log changed under
+since (the current day whenever it has new traffic): a day with new impressions, a day
 whose impressions got new outcomes (late clicks), and every day from the earliest new interaction
 on (an interaction changes the cohort of the lists served after it). It finds them from the
 highest ids it saw last time (:data:`ranker.keys.ROLLUPS`). A deletion from the log calls
@@ -164,10 +165,6 @@ class Marks:
     interaction_id: int
     last_day: date | None
 
-    @property
-    def complete_through(self) -> date | None:
-        """The last complete day: the one before the latest served list's."""
-        return None if self.last_day is None else self.last_day - timedelta(days=1)
 
 
 def _marks(conn: Connection) -> Marks:
@@ -266,7 +263,7 @@ class Refreshed:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        reach = f"through {self.through}" if self.through else "nothing complete to roll up yet"
+        reach = f"through {self.through}" if self.through else "no served traffic to roll up yet"
         if not self.days:
             return f"daily rollups up to date ({reach})"
         what = "rebuilt" if self.full else "refreshed"
@@ -275,7 +272,7 @@ class Refreshed:
 
 
 def _up_to_date(state: State | None, marks: Marks) -> bool:
-    return (state is not None and state.through == marks.complete_through
+    return (state is not None and state.through == marks.last_day
             and (state.impression_id, state.outcome_id, state.interaction_id)
             == (marks.impression_id, marks.outcome_id, marks.interaction_id))
 
@@ -383,7 +380,7 @@ def refresh(engine: Engine, full: bool = False) -> Refreshed:
 
 def _refresh_locked(conn: Connection, full: bool) -> Refreshed:
     state, marks = read_state(conn), _marks(conn)
-    target = marks.complete_through
+    target = marks.last_day
     stale = None if full or state is None else _stale_days(conn, state, marks)
     if stale is None:  # everything, from scratch
         first = _first_day(conn)

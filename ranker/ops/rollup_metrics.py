@@ -6,8 +6,9 @@ Every function here returns what its namesake in :mod:`ranker.serving.online` (o
 - the rollup tables for the whole days of the period the rollups cover (up to their
   watermark, :func:`ranker.data.rollups.through`);
 - the live log, through :func:`ranker.data.rollups.user_rows` (the query that fills the rollups),
-  for the rest: the days after the watermark (the current, partial day) and the part-days at the
-  edges of a period that does not start or end at midnight (an experiment's window).
+  for the rest: the days after the watermark (traffic on a new day since the last refresh) and
+  the part-days at the edges of a period that does not start or end at midnight (an
+  experiment's window that started mid-day).
 
 So the figures are the live queries' figures as of the last refresh, for any period; only the
 work differs. ``tests/test_rollups.py`` checks each against its live namesake.
@@ -130,37 +131,40 @@ def daily_requests_by_source(engine: Engine, flow: str | None = None, start: Day
 def traffic_scope(engine: Engine) -> online.TrafficScope | None:
     """:func:`ranker.serving.online.traffic_scope` from the rollups."""
     r = rows(engine, None, None, None, per_user=False)
-    served = r.c.impressions > 0
+    stmt = (select(r.c.flow, r.c.source, func.min(r.c.day), func.max(r.c.day)).where(r.c.impressions > 0)
+            .group_by(r.c.flow, r.c.source))
     with engine.connect() as conn:
-        first, last = conn.execute(select(func.min(r.c.day), func.max(r.c.day)).where(served)).one()
-        if first is None:
-            return None
-        flows = sorted(conn.execute(select(r.c.flow).distinct().where(served)).scalars())
-        sources = sorted(conn.execute(select(r.c.source).distinct().where(served)).scalars())
-    return online.TrafficScope(flows, sources, pd.Timestamp(first).date(), pd.Timestamp(last).date())
+        found = conn.execute(stmt).all()  # one pass over the rows
+    if not found:
+        return None
+    first, last = min(pd.Timestamp(f).date() for *_, f, _ in found), max(pd.Timestamp(x).date() for *_, x in found)
+    return online.TrafficScope(sorted({f for f, *_ in found}), sorted({s for _, s, *_ in found}), first, last)
 
 
 # --- Over a period --------------------------------------------------------------------------
 
 
 def summary_by_arm(engine: Engine, flow: str | None = None, start: Day = None, end: Day = None,
-                   source: str | None = None, experiment: int | str | None = None) -> pd.DataFrame:
-    """:func:`ranker.serving.online.summary_by_arm` from the rollups."""
+                   source: str | None = None, experiment: int | str | None = None,
+                   users: bool = True) -> pd.DataFrame:
+    """:func:`ranker.serving.online.summary_by_arm` from the rollups; ``users`` False leaves out the
+    ``users`` column (distinct users read the per-user rollup, the rest only the daily one)."""
     if experiment is not None:
         start, end = _window(engine, start, end, experiment)[:2]
     r = rows(engine, flow, start, end, source, per_user=False)
     stmt = select(r.c.arm, *(func.sum(r.c[c]).label(c) for c in rollups.SUMS)).group_by(r.c.arm)
-    u = rows(engine, flow, start, end, source)
-    users = (select(u.c.arm, func.count(distinct(u.c.user_id))).where(u.c.impressions > 0).group_by(u.c.arm))
     with engine.connect() as conn:
         found = pd.DataFrame(conn.execute(stmt).all(), columns=["arm", *rollups.SUMS])
-        n_users = dict(conn.execute(users).all())
+        if users:
+            u = rows(engine, flow, start, end, source)
+            n_users = dict(conn.execute(select(u.c.arm, func.count(distinct(u.c.user_id)))
+                                        .where(u.c.impressions > 0).group_by(u.c.arm)).all())
     found = found[found["impressions"] > 0]
     if found.empty:
         return pd.DataFrame(columns=["arm", "impressions", "clicks", keys.CTR])
     out = pd.DataFrame({"arm": found["arm"], "impressions": found["impressions"].astype(int),
                         "clicks": found["clicks"].astype(int), "feedback": found["feedback"].astype(int),
-                        "users": found["arm"].map(n_users).astype(int)})
+                        **({"users": found["arm"].map(n_users).astype(int)} if users else {})})
     lists = found["served_lists"].astype(float)
     has_lists = lists > 0
     out["lists"] = lists.where(has_lists)
