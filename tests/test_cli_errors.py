@@ -68,6 +68,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "propensity estimate": ([], EMPTY, "no list with randomised swaps in the log"),
     "propensity show": ([], EMPTY, "run `ranker propensity estimate`"),
     "propensity share": (["1.5"], EMPTY, "the swap share must be between 0 and 1"),
+    "rollups refresh": ([], DOWN, "cannot connect to postgresql"),
     "serve": (["--port", "70000"], EMPTY, "--port must be between 1 and 65535"),
 }
 
