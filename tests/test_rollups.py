@@ -82,7 +82,7 @@ def assert_rollups_match_live(engine: Engine, every_filter: bool = True) -> int:
                 what = f"flow={flow} source={source} [{start}, {end})"
                 _same_frame(online.daily_metrics_by_arm(engine, flow, start, end, source),
                             rolled.daily_metrics_by_arm(engine, flow, start, end, source), f"by arm {what}")
-                _same_frame(online.summary_by_arm(engine, flow, start, end, source),
+                _same_frame(online.summary_by_arm(engine, flow, start, end, source).sort_index(),  # arms unordered
                             rolled.summary_by_arm(engine, flow, start, end, source), f"summary {what}")
                 for experiment in (None, online.LATEST):
                     _same_ab(online.ab_test(engine, flow, start, end, source=source, experiment=experiment),
@@ -142,19 +142,19 @@ def _late_click(engine: Engine, day: date) -> datetime:
     return at
 
 
-def _exercise(engine: Engine, simulate_more) -> None:
-    """The scenario both backends run: roll up, compare; late click, compare; more traffic, compare;
-    the incremental tables against a full rebuild."""
+def _exercise(engine: Engine, simulate_more, every_filter: bool = True) -> None:
+    """The scenario both backends run: roll up, compare (over every filter, or the main ones); late
+    click, compare; more traffic, compare; the incremental tables against a full rebuild."""
     _forget(engine)  # simulate refreshed them: start from nothing rolled up
     first = rollups.refresh(engine)
-    assert first.days and first.through == online.traffic_scope(engine).last_day - timedelta(days=1)
+    assert first.days and first.through == online.traffic_scope(engine).last_day
     assert rollups.refresh(engine).days == []  # nothing new: nothing recomputed
-    assert assert_rollups_match_live(engine) > 100
+    assert assert_rollups_match_live(engine, every_filter) > 20
 
-    clicked_day = first.through - timedelta(days=1)
+    clicked_day = first.through - timedelta(days=2)
     at = _late_click(engine, clicked_day)
     # the impression's day, and the days from the click on (as an interaction it changes later cohorts)
-    assert rollups.refresh(engine).days == [clicked_day, *(d for d in (at.date(),) if d <= first.through)]
+    assert rollups.refresh(engine).days == [clicked_day, *rollups._days(at.date(), first.through)]
     assert_rollups_match_live(engine, every_filter=False)
 
     simulate_more()
@@ -187,7 +187,7 @@ def test_every_page_metric_from_rollups_equals_the_live_query_on_sqlite(traffic)
 
 def test_simulation_refreshes_the_rollups_after_each_day(traffic):
     reached = rollups.through(traffic)
-    assert reached == online.traffic_scope(traffic).last_day - timedelta(days=1)
+    assert reached == online.traffic_scope(traffic).last_day
     assert rollups.refresh(traffic).days == []  # simulate left nothing to do
 
 
@@ -216,7 +216,7 @@ def test_a_deleted_partial_day_marks_its_rollups_stale(traffic):
     assert gone["lists"] > 0
     assert rollups.through(traffic) == last - timedelta(days=1)  # the day is read live until refreshed
     assert_rollups_match_live(traffic, every_filter=False)
-    assert rollups.refresh(traffic).through == online.traffic_scope(traffic).last_day - timedelta(days=1)
+    assert rollups.refresh(traffic).through == online.traffic_scope(traffic).last_day
     assert_rollups_match_live(traffic, every_filter=False)
 
 
@@ -283,20 +283,18 @@ def test_every_page_metric_from_rollups_equals_the_live_query_on_postgresql(pg_w
     simulate(2, 1)
     engine = make_engine(url)
     try:
-        _exercise(engine, lambda: simulate(2, 2))
+        # the main filters only: the full grid runs on SQLite, and this one must stay within the timeout
+        _exercise(engine, lambda: simulate(2, 2), every_filter=False)
     finally:
         engine.dispose()
 
 
 def test_served_lists_with_no_impressions_count_as_lists_only(traffic):
-    """An empty served list has list metrics and no impressions, as in the live queries: read live on the
-    partial day, then from the rollups."""
+    """An empty served list has list metrics and no impressions, as in the live queries."""
     with session_scope(traffic) as s:
         last = s.scalar(select(ServedList.served_at).order_by(ServedList.served_at.desc()).limit(1))
         s.add(ServedList(request_id="empty-1", user_id=1, flow="developer-startup", arm="treatment", k=0,
-                         reranked=True, model_version="rule", served_at=last, ild=0.0,
+                         reranked=True, model_version="rule", served_at=last - timedelta(days=1), ild=0.0,
                          category_coverage=0.0, category_entropy=0.0, mean_age_days=0.0, source="api"))
-    assert_rollups_match_live(traffic, every_filter=False)
-    _forget(traffic)
-    rollups.refresh(traffic)
+    rollups.refresh(traffic, full=True)  # a list with no impressions moves no id: a refresh finds it with its day
     assert_rollups_match_live(traffic, every_filter=False)

@@ -173,7 +173,7 @@ def summary_by_arm(engine: Engine, flow: str | None = None, start: Day = None, e
         out[column] = (found[total].astype(float) / lists).where(has_lists)
     out[keys.CTR] = out["clicks"] / out["impressions"]
     out[keys.FEEDBACK_RATE] = out["feedback"] / out["impressions"]
-    return out.set_index("arm")
+    return out.set_index("arm").sort_index()
 
 
 def _window(engine: Engine, start: Day, end: Day, experiment: int | str | None) -> tuple[Day, Day, str | None]:
