@@ -120,10 +120,11 @@ def _copy_files(src: Path, dst: Path) -> None:
 def fault_world(trained_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder every world of the suite is copied from (read-only): ``trained_world`` (v1 active)
     plus v2 to activate (v1's weights scaled by 0.9, so the served file tells them apart), with the
-    registry's paths made relative."""
+    registry's paths made relative, and the training CSV also as Parquet (``data/ranker_train.parquet``)."""
     from ranker.base import store
     from ranker.data.files import atomic_write_bytes
     from ranker.rank import registry
+    from ranker.rank.dataset_columnar import _read_built_csv, _write_parquet_frame
 
     root = tmp_path_factory.mktemp("fault_world")
     _copy_sqlite(trained_world["db"], root / "world.db")
@@ -136,6 +137,8 @@ def fault_world(trained_world: dict[str, Path], tmp_path_factory: pytest.TempPat
         v2 = registry.Checkpoint({k: v * 0.9 for k, v in v1.state_dict.items()}, v1.meta)
         atomic_write_bytes(root / "v2.pth", v2.to_bytes())
         registry.register(engine, root / "v2.pth")
+        data = root / "data"
+        _write_parquet_frame(_read_built_csv(data / "ranker_train.csv"), data / "ranker_train.parquet")
         with engine.begin() as conn:  # the registry's layout, relative to the world's folder
             conn.execute(ModelVersion.__table__.update().values(
                 path="models/versions/" + ModelVersion.version + ".pth"))
@@ -233,8 +236,21 @@ class Snapshot:
 
 
 def fingerprint(path: Path) -> str:
-    """What ``path`` holds: a checkpoint by its weights (its meta carries times), any other file
-    by its bytes. A checkpoint that does not load is ``unreadable`` with the reason."""
+    """What ``path`` holds: a checkpoint by its weights and a fitted base model by its arrays (their
+    meta carries times), any other file by its bytes. A checkpoint or base model that does not load
+    is ``unreadable`` with the reason."""
+    if path.suffix == ".npz" and "base" in path.parts:
+        from ranker.base.base import BaseRecommender
+
+        try:
+            arrays = BaseRecommender.load(path)._arrays()
+        except Exception as exc:  # noqa: BLE001 - the reason is the fingerprint
+            return f"unreadable: {exc}"
+        h = hashlib.sha256()
+        for name in sorted(arrays):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arrays[name]).tobytes())
+        return "arrays:" + h.hexdigest()[:16]
     if path.suffix == ".pth":
         from ranker.rank.registry import load_checkpoint
 

@@ -38,6 +38,8 @@ SCENARIOS: dict[str, Command | Feedback] = {
     # users, items, then the first of two interaction batches are inserted; the wipe of --force too
     "import:mid_batch": Command(IMPORT, nth=3),
     "dataset:mid_write": Command(DATASET, nth=50),  # of about 100 lists
+    "train:mid_epoch": Command(("train", "--data", "data/ranker_train.parquet", "--stream", "--epochs", "2",
+                                "--no-activate")),  # the fault fires in epoch 1's first chunk
     "train:after_epoch": Command(TRAIN),
     "train:before_register": Command(TRAIN),
     "activate:before_commit": Command(ACTIVATE),
@@ -46,6 +48,7 @@ SCENARIOS: dict[str, Command | Feedback] = {
     "simulate:mid_day": Command(SIMULATE, nth=5, all_or_nothing=False),  # resumable, not atomic
     "simulate:before_clock": Command(SIMULATE, all_or_nothing=False),
     "api:feedback_write": Feedback(clicks=3),
+    "rollups:before_commit": Command(("rollups", "refresh", "--json")),  # the first refresh: every day
     # users, items and the first history batch are committed; the world is not marked complete
     "demo:mid_history": Command(("demo", "init", "--scale", "small", "--force"), nth=6, all_or_nothing=False),
 }
