@@ -40,7 +40,8 @@ with st.form("dataset"):
                                     "trained on the other set is not served until one is trained on this one.")
     fmt = c5.selectbox("Format", list(SUFFIXES), index=list(SUFFIXES).index(data_format(TRAIN)),
                        help="csv: one file, as the guide's `--data PATH.csv`. parquet: a folder partitioned by "
-                            "day, smaller and faster to read; training streams it in batches.")
+                            "day, smaller and faster to read; training streams one of 1M rows or more in "
+                            "batches, so memory stays flat.")
     go = st.form_submit_button("Generate dataset", disabled=not can_edit)
 if go and can_edit:
     if feature_set != saved_set:
