@@ -79,7 +79,8 @@ def ensure_database(url: str) -> None:
 
 
 def timed(cmd: list[str], env: dict, log: Path | None = None) -> dict:
-    """Run ``cmd``; its wall time (s), peak RSS (MiB) and stdout (its stderr goes to ``log``)."""
+    """Run ``cmd``; its wall time and CPU time (s, the child's own: the database server's work is not
+    in it), peak RSS (MiB) and stdout (its stderr goes to ``log``)."""
     t = time.perf_counter()
     with open(log or os.devnull, "w") as err:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -88,11 +89,13 @@ def timed(cmd: list[str], env: dict, log: Path | None = None) -> dict:
     seconds = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({status}); see {log}\n{out}")
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out}
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "stdout": out}
 
 
 def counts(env: dict) -> dict[str, int]:
-    code = "import json; from ranker.data.db import get_engine, table_counts; print(json.dumps(table_counts(get_engine())))"
+    code = ("import json; from ranker.data.db import get_engine, table_counts; "
+            "print(json.dumps(table_counts(get_engine())))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -123,7 +126,8 @@ def main() -> int:
         ensure_database(args.db_url)
         build = timed([sys.executable, "-m", "ranker", "demo", "init", "--scale", args.scale, "--force"], env, args.log)
         result["build"] = {k: v for k, v in build.items() if k != "stdout"}
-        rows += [(f"demo init --scale {args.scale} (PostgreSQL, COPY)", f"{build['seconds']:.0f} s"),
+        rows += [(f"demo init --scale {args.scale} (PostgreSQL, COPY)",
+                  f"{build['seconds']:.0f} s wall, {build['cpu_seconds']:.0f} s CPU (ranker process)"),
                  ("  peak RSS", f"{build['peak_rss_mib']:,.0f} MiB")]
     result["counts"] = counts(env)
     rows += [(f"  {k}", f"{v:,}") for k, v in result["counts"].items() if v]
