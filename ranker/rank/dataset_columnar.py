@@ -469,37 +469,33 @@ class _Ticker:
             self.progress(0.1 + 0.8 * n / max(self.total, 1), f"list {n:,}/{self.total:,}")
 
 
-def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress | None, show_bar: bool,
-                   base=None) -> ds.DatasetSummary:
-    start, now, history = _feedback_window(engine, cfg)
-    bases = ds._BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
-    catalog = load_catalog(engine)
-    users = pl.from_pandas(load_users(engine)).with_columns(pl.col("category").cast(pl.String))
+def sample_lists(frame: pl.DataFrame, candidates: Callable[[], dict[str, list[int]]],
+                 sessions: Callable[[], pl.DataFrame], bases: ds._BaseSchedule, cfg: ds.DatasetConfig,
+                 progress: ds.Progress | None, show_bar: bool) -> _Rows:
+    """Stage 2, on the driver, for every engine: the logged lists of ``frame`` (with the candidates
+    ``candidates()`` reads), or without any, the view sessions ``sessions()`` gives, scored by the
+    base model and sampled with one generator seeded by ``cfg.seed``, in the python builder's order."""
     rng = np.random.default_rng(cfg.seed)
-    frame = _logged_frame(engine, start, now)
-    if len(frame):
-        tick = _Ticker(int(frame["lst"].n_unique()), progress, show_bar)
-        try:
-            kept, skipped_unknown = _scan_logged(frame, _candidates(engine, start, now), bases, cfg, rng, tick)
-        finally:
-            tick.bar.close()
-    else:  # no lists were logged (imported data): the views of a session are the list
-        # read as the python builder reads it (every event before the end, in database order), so
-        # events at the same moment keep the same order
-        window = _load_events(engine, now).filter(pl.col("t") >= _us(start))
-        sessions = _session_frame(window, cfg.session_gap_minutes)
-        tick = _Ticker(int(sessions["lst"].n_unique()), progress, show_bar)
-        try:
-            kept, skipped_unknown = _scan_sessions(sessions, bases, cfg, rng, tick)
-        finally:
-            tick.bar.close()
+    lists = frame if len(frame) else sessions()
+    tick = _Ticker(int(lists["lst"].n_unique()), progress, show_bar)
+    try:
+        if len(frame):
+            kept, skipped_unknown = _scan_logged(frame, candidates(), bases, cfg, rng, tick)
+        else:  # no lists were logged (imported data): the views of a session are the list
+            kept, skipped_unknown = _scan_sessions(lists, bases, cfg, rng, tick)
+    finally:
+        tick.bar.close()
     if skipped_unknown:
         log.info("skipped %d lists of users the base model does not know (served trending)", skipped_unknown)
     if progress:
         progress(0.9, "features")
-    rows, lists = kept.frames()
-    recomputed = lists.filter(~pl.col("logged")).select("lst")
-    parts = [_features(rows.join(recomputed, on="lst", how="semi"), lists, catalog, users, history)]
+    return kept
+
+
+def assemble(rows: pl.DataFrame, lists: pl.DataFrame, frame: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """The sampled rows with their features: ``features`` (lst, rank, one column per feature) for the
+    recomputed lists, the logged ones for lists the ranker served; ValueError without a positive."""
+    parts = [features]
     served = rows.join(lists.filter("logged").select("lst"), on="lst", how="semi")
     if len(served):
         parts.append(_logged_features(served, frame))
@@ -508,6 +504,28 @@ def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress 
     if out["label"].sum() == 0:
         raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
                          "widen --window-days or collect more feedback")
+    return out
+
+
+def _from_feedback(engine: Engine, cfg: ds.DatasetConfig, progress: ds.Progress | None, show_bar: bool,
+                   base=None) -> ds.DatasetSummary:
+    start, now, history = _feedback_window(engine, cfg)
+    bases = ds._BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
+    catalog = load_catalog(engine)
+    users = pl.from_pandas(load_users(engine)).with_columns(pl.col("category").cast(pl.String))
+    frame = _logged_frame(engine, start, now)
+
+    def sessions() -> pl.DataFrame:
+        # read as the python builder reads it (every event before the end, in database order), so
+        # events at the same moment keep the same order
+        window = _load_events(engine, now).filter(pl.col("t") >= _us(start))
+        return _session_frame(window, cfg.session_gap_minutes)
+
+    kept = sample_lists(frame, lambda: _candidates(engine, start, now), sessions, bases, cfg, progress, show_bar)
+    rows, lists = kept.frames()
+    recomputed = lists.filter(~pl.col("logged")).select("lst")
+    out = assemble(rows, lists, frame,
+                   _features(rows.join(recomputed, on="lst", how="semi"), lists, catalog, users, history))
     return _write(out, cfg, ds._val_start(start, now, cfg), "feedback", start, now)
 
 

@@ -265,40 +265,16 @@ def _build(engine: Engine, cfg: ds.DatasetConfig, source: _Source, progress: ds.
         history = history.where(F.col("origin") == ORGANIC)  # popularity counts organic events only
     bases = ds._BaseSchedule(engine, cfg.base_model, cfg.refit_days, start, progress, base)
     catalog = load_catalog(engine)
-    rng = np.random.default_rng(cfg.seed)
     frame = _logged_frame(source, start_us, now_us)
     if progress:
         progress(0.05, "lists")
-    if len(frame):
-        tick = dc._Ticker(int(frame["lst"].n_unique()), progress, show_bar)
-        try:
-            kept, skipped_unknown = dc._scan_logged(frame, _candidates(source, start_us, now_us), bases, cfg, rng,
-                                                    tick)
-        finally:
-            tick.bar.close()
-    else:  # no lists were logged (imported data): the views of a session are the list
-        sessions = _session_frame(window, cfg.session_gap_minutes)
-        tick = dc._Ticker(int(sessions["lst"].n_unique()), progress, show_bar)
-        try:
-            kept, skipped_unknown = dc._scan_sessions(sessions, bases, cfg, rng, tick)
-        finally:
-            tick.bar.close()
-    if skipped_unknown:
-        log.info("skipped %d lists of users the base model does not know (served trending)", skipped_unknown)
-    if progress:
-        progress(0.9, "features")
+    kept = dc.sample_lists(frame, lambda: _candidates(source, start_us, now_us),
+                           lambda: _session_frame(window, cfg.session_gap_minutes), bases, cfg, progress, show_bar)
     rows, lists = kept.frames()
     users = pl.from_pandas(load_users(engine)).with_columns(pl.col("category").cast(pl.String))
     recomputed = lists.filter(~pl.col("logged")).select("lst")
-    parts = [_features(source.spark, rows.join(recomputed, on="lst", how="semi"), lists, catalog, users, history)]
-    served = rows.join(lists.filter("logged").select("lst"), on="lst", how="semi")
-    if len(served):
-        parts.append(dc._logged_features(served, frame))
-    out = (rows.filter("picked").join(pl.concat(parts), on=["lst", "rank"])
-           .join(lists.select("lst", "user_id", "when", "group_id"), on="lst").sort("lst", "rank"))
-    if out["label"].sum() == 0:
-        raise ValueError("no list in the window holds both engagement and a viewed-not-engaged item; "
-                         "widen --window-days or collect more feedback")
+    out = dc.assemble(rows, lists, frame, _features(source.spark, rows.join(recomputed, on="lst", how="semi"), lists,
+                                                    catalog, users, history))
     return dc._write(out, cfg, ds._val_start(start, now, cfg), "feedback", start, now)
 
 
