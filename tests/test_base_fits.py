@@ -88,11 +88,10 @@ def test_the_cache_keeps_the_newest_entries_only(tmp_path):
     assert left == list(range(3, fits.KEEP + 3))
 
 
-def test_rebuilding_a_dataset_reuses_every_fit_and_writes_the_same_rows(small_world_engine, cache_on, fit_count,
-                                                                      tmp_path):
+def test_rebuilding_a_dataset_reuses_every_fit_and_writes_the_same_rows(world_copy, cache_on, fit_count, tmp_path):
     def build(name: str) -> pd.DataFrame:
         cfg = ds.DatasetConfig(output=tmp_path / f"{name}.csv", base_model="als", window_days=21, refit_days=7)
-        ds.build_dataset(small_world_engine, cfg)
+        ds.build_dataset(world_copy, cfg)  # a copy: a build records itself in the world's settings
         return pd.read_csv(cfg.output)
 
     first = build("first")
@@ -103,10 +102,10 @@ def test_rebuilding_a_dataset_reuses_every_fit_and_writes_the_same_rows(small_wo
     pd.testing.assert_frame_equal(first, again)
 
 
-def test_with_the_cache_off_every_build_fits(small_world_engine, isolated_dirs, fit_count, tmp_path):
+def test_with_the_cache_off_every_build_fits(world_copy, isolated_dirs, fit_count, tmp_path):
     assert config.FIT_CACHE is False  # the test session's default (conftest)
     for name in ("a", "b"):
-        ds.build_dataset(small_world_engine, ds.DatasetConfig(output=tmp_path / f"{name}.csv", base_model="als",
+        ds.build_dataset(world_copy, ds.DatasetConfig(output=tmp_path / f"{name}.csv", base_model="als",
                                                               window_days=7, refit_days=7))
     assert fit_count == ["als", "als"]
     assert not fits.cache_dir().exists()
